@@ -1,0 +1,165 @@
+"""The model directory: ``model.keras``, ``model_card.json``, ``split.csv``, ``training_curves.png``.
+
+``model.keras`` holds the inference model only (no optimizer state). The card carries
+everything a scorer or reviewer needs: the finding, input size and preprocessing, the
+thresholds chosen on validation, the training history and counts, versions and intended use.
+``model_id`` is the sha256 of ``model.keras``, so predictions name the exact weights they came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MODEL_FILE",
+    "CARD_FILE",
+    "SPLIT_FILE",
+    "CURVES_FILE",
+    "INTENDED_USE",
+    "ModelDirError",
+    "LoadedModel",
+    "file_sha256",
+    "package_versions",
+    "write_json",
+    "save_model_dir",
+    "read_card",
+    "load_model_dir",
+]
+
+MODEL_FILE = "model.keras"
+CARD_FILE = "model_card.json"
+SPLIT_FILE = "split.csv"
+CURVES_FILE = "training_curves.png"
+INTENDED_USE = (
+    "Research use only. Not a medical device and not for diagnosis or clinical decisions; "
+    "scores must be reviewed by qualified radiologists."
+)
+PREPROCESSING = (
+    "decode (PNG/JPEG, 8/16-bit, gray/RGB/RGBA) -> luminance uint8 -> resize to image_size "
+    "(bilinear) -> repeat to 3 channels -> x/127.5 - 1 (InceptionV3 scaling, inside the model)"
+)
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing or incomplete."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model directory.
+
+    Attributes:
+        model: The Keras model.
+        card: The parsed model card.
+        path: The model directory.
+    """
+
+    model: Any
+    card: dict
+    path: Path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that determine a model's behaviour."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("medai", "ray", "tensorflow", "keras", "numpy", "pillow", "pandas", "pyarrow")
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically (temp file, then rename) so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=False, default=str)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def save_model_dir(model, out: str | Path, card: dict) -> dict:
+    """Save the inference model and its card; returns the card completed with ``model_id``.
+
+    Args:
+        model: The trained Keras model.
+        out: The model directory (created if needed).
+        card: Card fields from training (finding, thresholds, history, counts, ...).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{MODEL_FILE}.tmp.keras"
+    model.save(tmp, include_optimizer=False)
+    os.replace(tmp, out / MODEL_FILE)
+    completed = {
+        "model_id": file_sha256(out / MODEL_FILE),
+        **card,
+        "preprocessing": PREPROCESSING,
+        "package_versions": package_versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "intended_use": INTENDED_USE,
+    }
+    write_json(out / CARD_FILE, completed)
+    return completed
+
+
+def read_card(model_dir: str | Path) -> dict:
+    """Read and check a model card.
+
+    Raises:
+        ModelDirError: If the directory, the model file or the card is missing or unreadable.
+    """
+    model_dir = Path(model_dir)
+    for name in (MODEL_FILE, CARD_FILE):
+        if not (model_dir / name).is_file():
+            raise ModelDirError(f"{model_dir} is not a model directory: {name} is missing")
+    try:
+        card = json.loads((model_dir / CARD_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelDirError(f"{model_dir / CARD_FILE}: not valid JSON ({exc})") from exc
+    missing = [key for key in ("model_id", "finding", "image_size", "threshold") if key not in card]
+    if missing:
+        raise ModelDirError(f"{model_dir / CARD_FILE}: missing fields {missing}")
+    return card
+
+
+def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:
+    """Load a model directory for inference.
+
+    Args:
+        model_dir: Folder written by :func:`save_model_dir`.
+        verify: Check that ``model.keras`` still hashes to the card's ``model_id``.
+
+    Raises:
+        ModelDirError: If the directory is incomplete or ``model.keras`` was changed.
+    """
+    import keras
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    if verify and file_sha256(model_dir / MODEL_FILE) != card["model_id"]:
+        raise ModelDirError(f"{model_dir / MODEL_FILE} does not match model_id in the card")
+    model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False)
+    return LoadedModel(model=model, card=card, path=model_dir)

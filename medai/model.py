@@ -1,0 +1,162 @@
+"""The network: InceptionV3 with a binary head, taking the ``uint8`` images of :mod:`medai.images`.
+
+The model's first layers finish preprocessing (one channel repeated to RGB, InceptionV3's
+``x / 127.5 - 1`` scaling), so every caller feeds it exactly what
+:func:`medai.images.decode_image` returns. Only built-in Keras layers are used, so
+``model.keras`` loads anywhere with ``keras.saving.load_model`` and no custom objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "HEADS",
+    "WeightsError",
+    "ModelSpec",
+    "build_model",
+    "build_augmenter",
+    "rebuild_with_policy",
+    "resolve_weights",
+]
+
+HEADS = ("gap", "flatten")
+IMAGENET_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+MIN_IMAGE_SIZE = 75  # InceptionV3's smallest accepted input
+
+
+class WeightsError(RuntimeError):
+    """The requested initial weights cannot be had; the message says how to supply them."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that defines the architecture.
+
+    Attributes:
+        image_size: Input width and height in pixels.
+        head: ``gap`` (global average pooling) or ``flatten`` (the original design).
+        weights: ``imagenet``, ``none`` or a path to a Keras InceptionV3 ``notop`` weights file.
+        dropout: Dropout rate before the output unit.
+    """
+
+    image_size: int = 256
+    head: str = "gap"
+    weights: str = "imagenet"
+    dropout: float = 0.2
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the base starts from trained weights (and so keeps BatchNorm frozen)."""
+        return self.weights != "none"
+
+
+def resolve_weights(weights: str) -> str | None:
+    """Translate the ``--weights`` option into the argument Keras expects, checking files.
+
+    Args:
+        weights: ``imagenet``, ``none`` or a path to a weights file.
+
+    Returns:
+        ``"imagenet"``, ``None`` or an absolute file path.
+
+    Raises:
+        WeightsError: If a named weights file does not exist.
+    """
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"--weights: no such weights file: {weights} (use imagenet, none or a path)")
+    return str(path.resolve())
+
+
+def _load_base(spec: ModelSpec):
+    import keras
+
+    weights = resolve_weights(spec.weights)
+    shape = (spec.image_size, spec.image_size, 3)
+    try:
+        return keras.applications.InceptionV3(include_top=False, weights=weights, input_shape=shape)
+    except Exception as exc:  # Keras raises a bare Exception on a failed download
+        if weights != "imagenet":
+            raise WeightsError(f"cannot load weights from {weights}: {exc}") from exc
+        raise WeightsError(
+            "could not fetch the ImageNet weights for InceptionV3 "
+            f"({exc}). On a machine with network access download {IMAGENET_FILE} "
+            "(Keras applications release files) and either pass it with --weights PATH or "
+            f"put it in ~/.keras/models/{IMAGENET_FILE}. To train from random initialisation "
+            "instead, say --weights none explicitly."
+        ) from exc
+
+
+def build_model(spec: ModelSpec):
+    """Build the classifier: ``uint8 (size, size, 1)`` image in, probability of the finding out.
+
+    Args:
+        spec: The architecture.
+
+    Returns:
+        An uncompiled ``keras.Model``.
+
+    Raises:
+        WeightsError: If the requested initial weights cannot be loaded.
+        ValueError: On an unknown head or too small an image size.
+    """
+    import keras
+
+    if spec.head not in HEADS:
+        raise ValueError(f"--head must be one of {', '.join(HEADS)}, not {spec.head!r}")
+    if spec.image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"--image-size must be at least {MIN_IMAGE_SIZE} for InceptionV3")
+    inputs = keras.Input((spec.image_size, spec.image_size, 1), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="inception_scaling")(inputs)
+    x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    base = _load_base(spec)
+    # A pretrained base keeps its BatchNorm statistics (inference mode) while fine-tuning.
+    x = base(x, training=False) if spec.pretrained else base(x)
+    if spec.head == "gap":
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    else:
+        x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(1024, activation="relu", name="fc")(x)
+    x = keras.layers.Dropout(spec.dropout, name="dropout")(x)
+    # float32 output keeps probabilities exact under a mixed precision policy.
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="score")(x)
+    return keras.Model(inputs, outputs, name=f"inceptionv3_{spec.head}")
+
+
+def rebuild_with_policy(model, spec: ModelSpec, policy: str):
+    """Rebuild ``model`` under a dtype policy (e.g. ``mixed_bfloat16``) with the same weights.
+
+    Setting a global policy before ``load_model`` has no effect on a saved model, so the
+    network is constructed anew under the policy and the weights are copied in.
+    """
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        fresh = build_model(ModelSpec(spec.image_size, spec.head, "none", spec.dropout))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    fresh.set_weights(model.get_weights())
+    return fresh
+
+
+def build_augmenter(seed: int | None = None):
+    """Training-only augmentation: small rotation, shifts, zoom and shear of a radiograph."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
+            keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed),
+            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
+            keras.layers.RandomShear(0.05, 0.05, fill_mode="constant", seed=seed),
+        ],
+        name="augment",
+    )

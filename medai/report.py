@@ -1,0 +1,994 @@
+"""The report job: score Parquet files + labels -> metrics.json, PNG plots and report.html.
+
+``medai score`` writes one row per image and model (see :data:`REQUIRED_COLUMNS` and
+:data:`OPTIONAL_COLUMNS`). The report joins those rows to the label table by ``image_id``,
+keeps the chosen split, and for every model writes its ranking metrics with a bootstrap CI,
+its operating points at the model threshold and at the Youden-optimal threshold, and plots.
+Models that scored the same images are compared pairwise on the images both scored.
+
+Nothing is dropped silently: per model the rows are accounted for as
+``n_rows = n_duplicates + n_outside_split + n_errors + n_unlabeled + n``, and every metric
+that is undefined on the data is ``null`` with an entry in ``reasons``. All input problems
+raise :class:`ReportError` before any output is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import itertools
+import json
+import logging
+import math
+import numbers
+import re
+import tarfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medai import metrics
+from medai.labels import (
+    NEGATIVE_POLICIES,
+    LabelError,
+    find_split_lists,
+    load_labels,
+    read_split_list,
+)
+
+__all__ = [
+    "INTENDED_USE",
+    "OPTIONAL_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "SPLITS",
+    "ReportConfig",
+    "ReportError",
+    "add_report_arguments",
+    "build_report_parser",
+    "check_config",
+    "config_from_args",
+    "run_report",
+]
+
+log = logging.getLogger("medai.report")
+
+SPLITS = ("test", "train_val", "all")
+REQUIRED_COLUMNS = ("image_id", "score", "model_id")
+OPTIONAL_COLUMNS = ("source", "predicted", "threshold", "finding", "scored_at", "error")
+INTENDED_USE = "Research use only, not for diagnosis."
+EXAMPLES_PER_GROUP = 4
+THUMBNAIL_SIZE = 192
+
+
+class ReportError(ValueError):
+    """The report cannot run with these inputs or options; the message says why."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportConfig:
+    """Options of one report run (the ``medai report`` flags).
+
+    Attributes:
+        predictions: Folder of ``*.parquet`` files written by ``medai score``.
+        labels: NIH ``Data_Entry_2017.csv`` or a generic ``image,label`` CSV.
+        out: Output folder for ``metrics.json``, ``config.json``, ``plots/`` and ``report.html``.
+        finding: The finding the models detect; models scored for another finding are skipped.
+        negatives: ``all-others`` or ``no-finding`` (see :func:`medai.labels.load_labels`).
+        split: ``test``, ``train_val`` or ``all``; ``None`` means ``test`` when the NIH
+            ``test_list.txt`` is beside the labels file, else ``all``.
+        model_id: Report only this model (a unique prefix of its id is enough).
+        threshold: Cut-off overriding the model's own threshold.
+        bootstrap: Bootstrap resamples for the confidence intervals (0 disables them).
+        seed: Seed of the bootstrap.
+    """
+
+    predictions: str | Path
+    labels: str | Path
+    out: str | Path
+    finding: str = "Mass"
+    negatives: str = "all-others"
+    split: str | None = None
+    model_id: str | None = None
+    threshold: float | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``medai report`` flags to ``parser``.
+
+    Args:
+        parser: A parser or sub-command parser.
+
+    Returns:
+        The same parser.
+    """
+    parser.add_argument("--predictions", required=True, metavar="PRED_DIR",
+                        help="folder of *.parquet files written by `medai score`")
+    parser.add_argument("--labels", required=True, metavar="CSV",
+                        help="NIH Data_Entry_2017.csv or a generic CSV with columns image,label")
+    parser.add_argument("--finding", default="Mass", help="finding to evaluate (default: Mass)")
+    parser.add_argument("--out", required=True, metavar="OUT_DIR",
+                        help="output folder for metrics.json, plots and report.html")
+    parser.add_argument("--negatives", default="all-others", choices=NEGATIVE_POLICIES,
+                        help="which images count as negatives (default: all-others)")
+    parser.add_argument("--split", default=None, choices=SPLITS,
+                        help="images to evaluate (default: test when the NIH test_list.txt is "
+                             "beside the labels file, else all)")
+    parser.add_argument("--model-id", default=None, metavar="ID",
+                        help="report only this model (a unique prefix of its id is enough)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="cut-off overriding the model's threshold")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples for confidence intervals, 0 disables "
+                             "(default: 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    return parser
+
+
+def build_report_parser(prog: str = "medai report") -> argparse.ArgumentParser:
+    """A stand-alone parser for the report flags (used by ``jobs/report.py``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Evaluate `medai score` predictions against labels."
+    )
+    return add_report_arguments(parser)
+
+
+def config_from_args(namespace: argparse.Namespace) -> ReportConfig:
+    """Build and check a :class:`ReportConfig` from parsed report flags.
+
+    Raises:
+        ReportError: If a flag value is invalid.
+    """
+    config = ReportConfig(
+        predictions=namespace.predictions,
+        labels=namespace.labels,
+        out=namespace.out,
+        finding=namespace.finding,
+        negatives=namespace.negatives,
+        split=namespace.split,
+        model_id=namespace.model_id,
+        threshold=namespace.threshold,
+        bootstrap=namespace.bootstrap,
+        seed=namespace.seed,
+    )
+    check_config(config)
+    return config
+
+
+def check_config(config: ReportConfig) -> None:
+    """Check option values that need no file access.
+
+    Raises:
+        ReportError: Naming the first invalid option.
+    """
+    if not str(config.finding).strip():
+        raise ReportError("--finding must not be empty")
+    if config.negatives not in NEGATIVE_POLICIES:
+        raise ReportError(
+            f"--negatives must be one of {', '.join(NEGATIVE_POLICIES)}, not {config.negatives!r}"
+        )
+    if config.split is not None and config.split not in SPLITS:
+        raise ReportError(f"--split must be one of {', '.join(SPLITS)}, not {config.split!r}")
+    if config.threshold is not None and (
+        isinstance(config.threshold, bool)
+        or not isinstance(config.threshold, numbers.Real)
+        or not 0.0 <= config.threshold <= 1.0
+    ):
+        raise ReportError(f"--threshold must be a number in [0, 1], not {config.threshold!r}")
+    for name in ("bootstrap", "seed"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ReportError(f"--{name} must be a non-negative integer, not {value!r}")
+    if config.model_id is not None and not str(config.model_id).strip():
+        raise ReportError("--model-id must not be empty")
+    for name in ("predictions", "labels", "out"):
+        if not str(getattr(config, name)).strip():
+            raise ReportError(f"--{name} is required")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Everything read and checked before the report does any work."""
+
+    files: tuple[Path, ...]
+    predictions: pd.DataFrame
+    labels: pd.DataFrame
+    split: str
+    split_ids: frozenset[str] | None
+    skipped_models: dict[str, str]
+
+
+def _prediction_files(folder: Path) -> tuple[Path, ...]:
+    if not folder.exists():
+        raise ReportError(f"--predictions: no such folder: {folder}")
+    if not folder.is_dir():
+        raise ReportError(f"--predictions must be a folder of Parquet files, not a file: {folder}")
+    files = tuple(sorted(
+        path for path in folder.glob("*.parquet")
+        if path.is_file() and not path.name.startswith((".", "_"))
+    ))
+    if not files:
+        raise ReportError(f"--predictions: no *.parquet files in {folder}")
+    return files
+
+
+def _read_predictions(files: Sequence[Path]) -> pd.DataFrame:
+    """Read and concatenate prediction files, checking each one's columns first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frames = []
+    for path in files:
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, pa.ArrowException) as exc:
+            raise ReportError(f"{path}: not a readable Parquet file ({exc})") from exc
+        missing = [name for name in REQUIRED_COLUMNS if name not in names]
+        if missing:
+            raise ReportError(f"{path}: missing prediction column(s) {missing}; found {names}")
+        wanted = [name for name in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if name in names]
+        try:
+            frames.append(pq.read_table(path, columns=wanted).to_pandas())
+        except (OSError, pa.ArrowException) as exc:
+            raise ReportError(f"{path}: cannot read predictions ({exc})") from exc
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    for name in OPTIONAL_COLUMNS:
+        if name not in frame:
+            frame[name] = None
+    frame["image_id"] = frame["image_id"].astype(object)
+    frame["model_id"] = frame["model_id"].astype(object).where(frame["model_id"].notna(), "unknown")
+    frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype(np.float64)
+    frame["threshold"] = pd.to_numeric(frame["threshold"], errors="coerce").astype(np.float64)
+    frame["scored_at"] = pd.to_datetime(frame["scored_at"], utc=True, errors="coerce")
+    return frame
+
+
+def _select_model(frame: pd.DataFrame, wanted: str) -> pd.DataFrame:
+    ids = sorted(frame["model_id"].unique())
+    matches = [mid for mid in ids if mid == wanted]
+    matches = matches or [mid for mid in ids if mid.startswith(wanted)]
+    if len(matches) != 1:
+        problem = "matches several models" if matches else "matches no model"
+        raise ReportError(f"--model-id {wanted!r} {problem}; models in the predictions: {ids}")
+    return frame[frame["model_id"] == matches[0]]
+
+
+def _keep_finding(frame: pd.DataFrame, finding: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Drop models scored for another finding; they cannot be judged with these labels."""
+    named = frame.dropna(subset=["finding"]).groupby("model_id")["finding"].first()
+    skipped = {mid: str(other) for mid, other in named.items()
+               if str(other).casefold() != finding.casefold()}
+    if skipped and len(skipped) == frame["model_id"].nunique():
+        raise ReportError(
+            f"--finding {finding!r}: the predictions are for {sorted(set(skipped.values()))}; "
+            "pass the finding the models were trained for"
+        )
+    for mid, other in skipped.items():
+        log.warning("skipping model %s: it scores %r, not %r", mid, other, finding)
+    return frame[~frame["model_id"].isin(skipped)], skipped
+
+
+def _resolve_split(config: ReportConfig) -> tuple[str, frozenset[str] | None]:
+    train_val_path, test_path = find_split_lists(config.labels)
+    split = config.split or ("test" if test_path is not None else "all")
+    if split == "all":
+        return split, None
+    path = test_path if split == "test" else train_val_path
+    if path is None:
+        expected = "test_list.txt" if split == "test" else "train_val_list.txt"
+        raise ReportError(
+            f"--split {split}: no {expected} beside {config.labels}; use --split all"
+        )
+    try:
+        return split, frozenset(read_split_list(path))
+    except (LabelError, OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"--split {split}: cannot read {path}: {exc}") from exc
+
+
+def _prepare(config: ReportConfig) -> _Inputs:
+    """Read and check every input; raises :class:`ReportError` before any output exists."""
+    check_config(config)
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out must be a folder, but {out} is a file")
+    files = _prediction_files(Path(config.predictions))
+    try:
+        labels = load_labels(config.labels, config.finding, config.negatives)
+    except LabelError as exc:
+        raise ReportError(f"--labels: {exc}") from exc
+    split, split_ids = _resolve_split(config)
+    predictions = _read_predictions(files)
+    if config.model_id is not None:
+        predictions = _select_model(predictions, str(config.model_id))
+    skipped: dict[str, str] = {}
+    if not predictions.empty:
+        predictions, skipped = _keep_finding(predictions, config.finding)
+    return _Inputs(files, predictions, labels, split, split_ids, skipped)
+
+
+def _resolved_config(config: ReportConfig, inputs: _Inputs) -> dict:
+    resolved = asdict(config)
+    for name in ("predictions", "labels", "out"):
+        resolved[name] = str(Path(resolved[name]).resolve())
+    resolved["split"] = inputs.split
+    resolved["split_requested"] = config.split
+    resolved["prediction_files"] = [path.name for path in inputs.files]
+    return resolved
+
+
+# ----------------------------------------------------------------------------- per model
+
+
+@dataclass
+class _Model:
+    """One model's evaluated rows and the bookkeeping of the rows left out."""
+
+    model_id: str
+    rows: pd.DataFrame
+    counts: dict[str, int]
+    error_messages: dict[str, int]
+    threshold: float | None
+    threshold_source: str
+    card: dict | None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.rows["label"].to_numpy(dtype=np.int8)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.rows["score"].to_numpy(dtype=np.float64)
+
+
+def _account_rows(rows: pd.DataFrame, labels: pd.DataFrame, split_ids: frozenset[str] | None):
+    """Deduplicate, filter by split, drop errors and unlabeled rows, counting each step."""
+    counts = {"n_rows": len(rows)}
+    # A row without an image id can be neither deduplicated nor joined: it is unlabeled.
+    no_id = rows["image_id"].isna()
+    rows = rows[~no_id]
+    # The latest scoring of an image wins; rows without a timestamp count as the oldest.
+    ordered = rows.sort_values("scored_at", kind="stable", na_position="first")
+    unique = ordered.drop_duplicates("image_id", keep="last")
+    counts["n_duplicates"] = len(rows) - len(unique)
+    if split_ids is not None:
+        inside = unique["image_id"].isin(split_ids)
+        counts["n_outside_split"] = int((~inside).sum())
+        unique = unique[inside]
+    else:
+        counts["n_outside_split"] = 0
+    error = unique["error"].astype(object)
+    has_error = error.notna() & (error.astype(str).str.strip() != "")
+    failed = has_error | ~np.isfinite(unique["score"].to_numpy(dtype=np.float64))
+    counts["n_errors"] = int(failed.sum())
+    messages = error[failed].where(has_error[failed], "missing score").astype(str).str.slice(0, 200)
+    merged = unique[~failed].merge(labels[["image_id", "label"]], on="image_id", how="left")
+    unlabeled = merged["label"].isna()
+    counts["n_unlabeled"] = int(unlabeled.sum() + no_id.sum())
+    # Sorted so that the bootstrap sees the same order whatever the file order was.
+    evaluated = merged[~unlabeled].sort_values("image_id", kind="stable").reset_index(drop=True)
+    evaluated["label"] = evaluated["label"].astype(np.int8)
+    counts["n"] = len(evaluated)
+    counts["n_positive"] = int(evaluated["label"].sum())
+    counts["n_negative"] = counts["n"] - counts["n_positive"]
+    return evaluated, counts, {str(k): int(v) for k, v in messages.value_counts().head(5).items()}
+
+
+def _load_card(folder: Path, model_id: str) -> tuple[dict | None, list[str]]:
+    # The model id names a file: refuse anything that could leave the model_cards folder.
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", model_id) or model_id.startswith("."):
+        return None, []
+    path = folder / "model_cards" / f"{model_id}.json"
+    if not path.is_file():
+        return None, []
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("ignoring unreadable model card %s: %s", path, exc)
+        return None, [f"model card {path.name} is unreadable ({exc}); card details omitted"]
+    if not isinstance(card, dict):
+        return None, [f"model card {path.name} is not a JSON object; card details omitted"]
+    return card, []
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _shortest(value: float) -> float:
+    """0.3 rather than 0.30000001192092896 for a float32 threshold.
+
+    The shortest decimal that rounds to the same float32 splits float32 scores exactly as
+    the float32 value does, so metrics are unchanged and metrics.json stays readable.
+    """
+    single = np.float32(value)
+    if float(single) != value:
+        return value
+    return float(np.format_float_positional(single, unique=True))
+
+
+def _model_threshold(config: ReportConfig, rows: pd.DataFrame, card: dict | None):
+    """The model's own cut-off: ``--threshold``, else the predictions', else the card's."""
+    if config.threshold is not None:
+        return float(config.threshold), "--threshold", []
+    values = rows["threshold"].dropna()
+    values = values[np.isfinite(values)]
+    if not values.empty:
+        common = values.value_counts()
+        reasons = []
+        if len(common) > 1:
+            reasons.append(f"the predictions carry {len(common)} different thresholds; "
+                           f"the most common, {float(common.index[0]):.4g}, is used")
+        return _shortest(float(common.index[0])), "predictions", reasons
+    card_value = _number((card or {}).get("threshold"))
+    if card_value is not None:
+        return card_value, "model card", []
+    return None, "none", ["no model threshold in the predictions, the model card or --threshold"]
+
+
+def _collect_models(config: ReportConfig, inputs: _Inputs) -> list[_Model]:
+    models = []
+    for model_id, rows in inputs.predictions.groupby("model_id", sort=True):
+        evaluated, counts, messages = _account_rows(rows, inputs.labels, inputs.split_ids)
+        card, reasons = _load_card(Path(config.predictions), str(model_id))
+        threshold, source, why = _model_threshold(config, rows, card)
+        if counts["n_outside_split"] == counts["n_rows"] - counts["n_duplicates"] > 0:
+            reasons.append(f"all rows are outside the {inputs.split} split")
+        models.append(_Model(str(model_id), evaluated, counts, messages, threshold, source, card,
+                             reasons + why))
+    return models
+
+
+def _card_summary(card: dict | None) -> dict | None:
+    if card is None:
+        return None
+    keys = ("finding", "threshold", "threshold_sensitivity_90", "val_auc", "counts", "head",
+            "image_size", "weights", "intended_use")
+    return {key: card[key] for key in keys if key in card}
+
+
+def _ranking_metrics(model: _Model, config: ReportConfig) -> tuple[dict, list[str]]:
+    y, scores = model.y, model.scores
+    reasons = []
+    why = metrics.class_reason(y)
+    result = {
+        "auc": metrics.roc_auc(y, scores),
+        "auc_ci95": metrics.auc_ci(y, scores, config.bootstrap, config.seed),
+        "average_precision": metrics.average_precision(y, scores),
+        "brier": metrics.brier_score(y, scores),
+    }
+    if why:
+        reasons.append(f"auc undefined: {why}")
+        reasons.append(f"auc_ci95 undefined: {why}")
+    elif config.bootstrap == 0:
+        reasons.append("auc_ci95 undefined: bootstrap disabled (--bootstrap 0)")
+    if result["average_precision"] is None:
+        reasons.append("average_precision undefined: no positive images")
+    if y.size and (scores.min() < 0 or scores.max() > 1):
+        result["brier"] = None
+        reasons.append("brier undefined: scores outside [0, 1] are not probabilities")
+    elif result["brier"] is None:
+        reasons.append("brier undefined: no labelled predictions")
+    return result, reasons
+
+
+def _operating_points(model: _Model) -> tuple[dict, list[str]]:
+    y, scores = model.y, model.scores
+    at_model, model_reasons = metrics.threshold_metrics(y, scores, model.threshold)
+    at_model["source"] = model.threshold_source
+    youden = metrics.youden_threshold(y, scores)
+    at_youden, youden_reasons = metrics.threshold_metrics(y, scores, youden)
+    if youden is None:
+        youden_reasons = [f"Youden threshold undefined: {metrics.class_reason(y)}"]
+    reasons = [f"at model threshold: {text}" for text in model_reasons
+               if model.threshold is not None]
+    reasons += [f"at Youden threshold: {text}" for text in youden_reasons]
+    return {"model_threshold": at_model, "youden": at_youden}, reasons
+
+
+def _model_section(model: _Model, config: ReportConfig) -> dict:
+    ranking, ranking_reasons = _ranking_metrics(model, config)
+    points, point_reasons = _operating_points(model)
+    finding = model.rows["finding"].dropna()
+    return {
+        "model_id": model.model_id,
+        "finding": str(finding.iloc[0]) if not finding.empty else config.finding,
+        **model.counts,
+        **ranking,
+        "operating_points": points,
+        "error_messages": model.error_messages,
+        "model_card": _card_summary(model.card),
+        "reasons": model.reasons + ranking_reasons + point_reasons,
+    }
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def _compare(first: _Model, second: _Model, config: ReportConfig) -> tuple[dict, pd.DataFrame]:
+    shared = first.rows[["image_id", "label", "score"]].merge(
+        second.rows[["image_id", "score"]], on="image_id", suffixes=("_a", "_b")
+    )
+    y = shared["label"].to_numpy(dtype=np.int8)
+    result, reasons = metrics.paired_auc_difference(
+        y, shared["score_a"].to_numpy(), shared["score_b"].to_numpy(), config.bootstrap,
+        config.seed,
+    )
+    section = {
+        "model_a": first.model_id,
+        "model_b": second.model_id,
+        "n": len(shared),
+        "n_positive": int(y.sum()),
+        "n_negative": int(len(y) - y.sum()),
+        **result,
+        "reasons": reasons,
+    }
+    return section, shared
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _slug(index: int, model_id: str) -> str:
+    return f"{index + 1:02d}_{re.sub(r'[^A-Za-z0-9]', '', model_id)[:12] or 'model'}"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _auc_label(name: str, section: Mapping) -> str:
+    text = f"{name} (n={section['n']:,}, AUC={_fmt(section['auc'])}"
+    if section.get("auc_ci95"):
+        low, high = section["auc_ci95"]
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text + ")"
+
+
+def _model_plots(model: _Model, section: dict) -> dict[str, bytes]:
+    from medai import plots
+
+    y, scores = model.y, model.scores
+    short = model.model_id[:12]
+    why = metrics.class_reason(y)
+    points = section["operating_points"]
+    names = {"model_threshold": "model threshold", "youden": "Youden threshold"}
+    marks, cut_offs, confusion_panels = [], {}, []
+    for key, name in names.items():
+        point = points[key]
+        cut_offs[name] = point["threshold"]
+        if point["threshold"] is None:
+            confusion_panels.append((f"No {name}", None))
+            continue
+        confusion_panels.append((f"At {name} {point['threshold']:.3f}",
+                                 {k: point[k] for k in ("tp", "fp", "tn", "fn")}))
+        if point["sensitivity"] is not None and point["specificity"] is not None:
+            marks.append(plots.OperatingPoint(f"{name} {point['threshold']:.3f}",
+                                              1 - point["specificity"], point["sensitivity"]))
+    brier = _fmt(section["brier"])
+    figures = {
+        "roc": plots.roc_plot(f"ROC curve - model {short}",
+                              [(_auc_label(short, section), metrics.roc_curve(y, scores))],
+                              marks, empty_reason=f"ROC undefined: {why}"),
+        "histogram": plots.score_histogram(f"Score distribution - model {short}", y, scores,
+                                           cut_offs),
+        "confusion": plots.confusion_plot(f"Confusion matrices - model {short}",
+                                          confusion_panels),
+        "calibration": plots.calibration_plot(
+            f"Calibration - model {short}", metrics.calibration_bins(y, scores),
+            f"{short} (n={len(y):,}, Brier={brier})",
+        ),
+        "examples": _examples_figure(model, section),
+    }
+    history = (model.card or {}).get("history")
+    if isinstance(history, list) and any(isinstance(row, dict) for row in history):
+        rows = [row for row in history if isinstance(row, dict)]
+        figures["training"] = plots.training_plot(f"Training history - model {short}", rows)
+    return figures
+
+
+_EXAMPLE_GROUPS = {
+    "true_positives": "True positives\n(highest scores)",
+    "false_positives": "False positives\n(highest scores)",
+    "missed_positives": "Missed positives\n(lowest scores)",
+}
+
+
+def _example_rows(model: _Model, cut_off: float) -> dict[str, pd.DataFrame]:
+    """The images to show per group of :data:`_EXAMPLE_GROUPS` at a cut-off.
+
+    Missed positives are the lowest-scoring ones: the model's most confident misses.
+    """
+    rows = model.rows
+    called = rows["score"] >= cut_off
+    positive = rows["label"] == 1
+    top = EXAMPLES_PER_GROUP
+    return {
+        "true_positives": rows[called & positive].nlargest(top, "score"),
+        "false_positives": rows[called & ~positive].nlargest(top, "score"),
+        "missed_positives": rows[~called & positive].nsmallest(top, "score"),
+    }
+
+
+def _examples_figure(model: _Model, section: dict) -> bytes:
+    """Draw the example grid and record the chosen images in ``section["examples"]``."""
+    from medai import plots
+
+    points = section["operating_points"]
+    cut_off = points["model_threshold"]["threshold"]
+    name = "model threshold"
+    if cut_off is None:
+        cut_off, name = points["youden"]["threshold"], "Youden threshold"
+    title = f"Example images - model {model.model_id[:12]}"
+    if cut_off is None or model.rows.empty:
+        section["examples"] = None
+        return plots.message_plot(title, "no examples: no labelled predictions with a threshold")
+    groups = _example_rows(model, cut_off)
+    sources = [source for frame in groups.values() for source in frame["source"].tolist()
+               if isinstance(source, str)]
+    thumbnails = _load_thumbnails(sources)
+    grid, listed, unreadable = {}, {}, 0
+    for group, frame in groups.items():
+        examples = []
+        shown = frame[["image_id", "source", "score"]].itertuples(index=False)
+        for image_id, source, score in shown:
+            pixels, problem = thumbnails.get(source, (None, "no source recorded"))
+            unreadable += pixels is None
+            examples.append(plots.Example(f"{image_id}\nscore {score:.3f}", pixels, problem))
+        grid[_EXAMPLE_GROUPS[group]] = examples
+        listed[group] = frame["image_id"].tolist()
+    section["examples"] = {"cut_off": cut_off, "images": listed, "unreadable": unreadable}
+    return plots.examples_plot(f"{title} at {name} {cut_off:.3f}", grid)
+
+
+def _load_thumbnails(sources: Sequence[str]) -> dict[str, tuple[np.ndarray | None, str]]:
+    """Decode the example images; a failure becomes a message, never an exception."""
+    from medai.images import (
+        ARCHIVE_SEP,
+        ImageError,
+        decode_image,
+        image_id_of,
+        iter_archive,
+        read_bytes,
+    )
+
+    payloads: dict[str, bytes | str] = {}
+    members: dict[str, set[str]] = {}
+    for source in dict.fromkeys(sources):
+        if ARCHIVE_SEP in source:
+            archive, member = source.split(ARCHIVE_SEP, 1)
+            members.setdefault(archive, set()).add(member)
+            continue
+        try:
+            payloads[source] = read_bytes(source)
+        except (ImageError, OSError, ValueError) as exc:
+            payloads[source] = str(exc)
+    # One streaming pass per archive however many of its members are shown.
+    for archive, wanted in members.items():
+        found: dict[str, bytes] = {}
+        try:
+            for name, data in iter_archive(archive, wanted=wanted):
+                found[name] = found[image_id_of(name)] = data
+                if all(m in found or image_id_of(m) in found for m in wanted):
+                    break
+        except (ImageError, OSError, ValueError, tarfile.TarError, EOFError) as exc:
+            log.warning("cannot read example images from %s: %s", archive, exc)
+        for member in wanted:
+            data = found.get(member, found.get(image_id_of(member)))
+            payloads[f"{archive}{ARCHIVE_SEP}{member}"] = (
+                data if data is not None else f"{member} not found in {archive}"
+            )
+    thumbnails = {}
+    for source, data in payloads.items():
+        if isinstance(data, str):
+            thumbnails[source] = (None, data)
+            continue
+        try:
+            thumbnails[source] = (decode_image(data, THUMBNAIL_SIZE)[:, :, 0], "")
+        except ImageError as exc:
+            thumbnails[source] = (None, str(exc))
+    return thumbnails
+
+
+def _comparison_plot(section: Mapping, shared: pd.DataFrame) -> bytes:
+    from medai import plots
+
+    y = shared["label"].to_numpy(dtype=np.int8)
+    curves = []
+    for side in ("a", "b"):
+        name = section[f"model_{side}"][:12]
+        scores = shared[f"score_{side}"].to_numpy()
+        label = f"{name} (n={len(y):,}, AUC={_fmt(section[f'auc_{side}'])})"
+        curves.append((label, metrics.roc_curve(y, scores)))
+    why = metrics.class_reason(y)
+    return plots.roc_plot(
+        f"ROC on shared images - {section['model_a'][:12]} vs {section['model_b'][:12]}",
+        curves, empty_reason=f"ROC undefined: {why}",
+    )
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
+max-width:1100px;padding:0 1em;color:#1a1a1a;line-height:1.45}
+h1{border-bottom:2px solid #333;padding-bottom:.2em}
+h2{margin-top:2em;border-bottom:1px solid #bbb}
+table{border-collapse:collapse;margin:.6em 0 1.2em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f2f2f2}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.banner{background:#fff3cd;border:1px solid #e0c36a;padding:.7em 1em;font-weight:600}
+.notes li{color:#7a4b00}
+figure{margin:1em 0;display:inline-block;vertical-align:top;max-width:100%}
+figure img{max-width:100%;height:auto;border:1px solid #ddd}
+figcaption{font-size:.9em;color:#555}
+code{font-size:.9em;word-break:break-all}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(_fmt(value), quote=True)
+
+
+def _cell(value) -> str:
+    numeric = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    return f"<td class=\"num\">{_e(value)}</td>" if numeric else f"<td>{_e(value)}</td>"
+
+
+def _table(rows: Sequence[tuple[str, object]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(name)}</th>{_cell(value)}</tr>" for name, value in rows)
+    return f"<table>{body}</table>"
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figure_html(png: bytes, caption: str) -> str:
+    text = html.escape(caption, quote=True)
+    return (f'<figure><img src="{_data_uri(png)}" alt="{text}">'
+            f"<figcaption>{text}</figcaption></figure>")
+
+
+def _ci(section: Mapping, key: str) -> str:
+    interval = section.get(key)
+    return "n/a" if not interval else f"{interval[0]:.3f} - {interval[1]:.3f}"
+
+
+def _card_html(card: Mapping | None) -> str:
+    if not card:
+        return "<p>No model card found beside the predictions.</p>"
+    rows = [(key, card[key]) for key in ("finding", "threshold", "threshold_sensitivity_90",
+                                          "val_auc", "head", "image_size", "weights")
+            if key in card and not isinstance(card[key], (dict, list))]
+    parts = ["<h4>Model card</h4>", _table(rows)]
+    counts = card.get("counts")
+    if isinstance(counts, dict) and counts:
+        header = "<tr><th>split</th><th>images</th><th>patients</th><th>positives</th></tr>"
+        body = "".join(
+            f"<tr><td>{html.escape(str(split))}</td>"
+            + "".join(f'<td class="num">{_e(values.get(k))}</td>'
+                      for k in ("images", "patients", "positives"))
+            + "</tr>"
+            for split, values in counts.items() if isinstance(values, dict)
+        )
+        parts.append(f"<h4>Training data</h4><table>{header}{body}</table>")
+    if card.get("intended_use"):
+        use = html.escape(str(card["intended_use"]))
+        parts.append(f"<p><b>Intended use (model card):</b> {use}</p>")
+    return "".join(parts)
+
+
+def _points_html(points: Mapping) -> str:
+    keys = metrics.THRESHOLD_KEYS
+    header = ("<tr><th></th><th>model threshold "
+              f"({html.escape(str(points['model_threshold'].get('source')))})</th>"
+              "<th>Youden-optimal threshold</th></tr>")
+    body = "".join(
+        f"<tr><th>{key}</th><td class=\"num\">{_e(points['model_threshold'][key])}</td>"
+        f"<td class=\"num\">{_e(points['youden'][key])}</td></tr>"
+        for key in keys
+    )
+    return f"<table>{header}{body}</table>"
+
+
+def _model_html(section: Mapping, figures: Mapping[str, bytes]) -> str:
+    captions = {
+        "roc": "ROC curve with the operating points",
+        "histogram": "Score distributions of positives and negatives",
+        "confusion": "Confusion matrices at the model and Youden thresholds",
+        "calibration": "Calibration (reliability) curve",
+        "training": "Training curves from the model card",
+        "examples": "Example images",
+    }
+    counts = [(name, section[key]) for name, key in (
+        ("prediction rows", "n_rows"), ("duplicate rows (older dropped)", "n_duplicates"),
+        ("outside the split", "n_outside_split"), ("scoring errors", "n_errors"),
+        ("without a label", "n_unlabeled"), ("evaluated images", "n"),
+        ("positives", "n_positive"), ("negatives", "n_negative"))]
+    ranking = [("AUC", section["auc"]), ("AUC 95% CI", _ci(section, "auc_ci95")),
+               ("average precision", section["average_precision"]),
+               ("Brier score", section["brier"])]
+    parts = [
+        f"<h2>Model <code>{html.escape(section['model_id'])}</code></h2>",
+        _table([("model id", section["model_id"]), ("finding", section["finding"])]),
+        _card_html(section.get("model_card")),
+        "<h3>Counts</h3>", _table(counts),
+    ]
+    if section["error_messages"]:
+        items = "".join(f"<li>{_e(count)} x <code>{html.escape(message)}</code></li>"
+                        for message, count in section["error_messages"].items())
+        parts.append(f"<h4>Most common scoring errors</h4><ul>{items}</ul>")
+    parts += ["<h3>Metrics</h3>", _table(ranking), _points_html(section["operating_points"])]
+    if section["reasons"]:
+        notes = "".join(f"<li>{html.escape(text)}</li>" for text in section["reasons"])
+        parts.append(f"<h4>Notes</h4><ul class=\"notes\">{notes}</ul>")
+    parts.append("<h3>Plots</h3>")
+    parts += [_figure_html(png, captions.get(name, name)) for name, png in figures.items()]
+    return "".join(parts)
+
+
+def _comparisons_html(comparisons: Sequence[Mapping], figures: Sequence[bytes]) -> str:
+    if not comparisons:
+        return ""
+    header = ("<tr><th>model A</th><th>model B</th><th>shared images</th><th>AUC A</th>"
+              "<th>AUC B</th><th>AUC A - B</th><th>95% CI (paired bootstrap)</th></tr>")
+    body = "".join(
+        f"<tr><td><code>{html.escape(c['model_a'])}</code></td>"
+        f"<td><code>{html.escape(c['model_b'])}</code></td><td class=\"num\">{_e(c['n'])}</td>"
+        f"<td class=\"num\">{_e(c['auc_a'])}</td><td class=\"num\">{_e(c['auc_b'])}</td>"
+        f"<td class=\"num\">{_e(c['auc_difference'])}</td>"
+        f"<td class=\"num\">{html.escape(_ci(c, 'auc_difference_ci95'))}</td></tr>"
+        for c in comparisons
+    )
+    notes = "".join(f"<li>{html.escape(t)}</li>" for c in comparisons for t in c["reasons"])
+    plots_html = "".join(_figure_html(png, "ROC curves on the images both models scored")
+                         for png in figures)
+    return (f"<h2>Model comparison</h2><table>{header}{body}</table>"
+            + (f"<ul class=\"notes\">{notes}</ul>" if notes else "") + plots_html)
+
+
+def _render_html(report: Mapping, figures: Mapping[str, Mapping[str, bytes]],
+                 comparison_figures: Sequence[bytes]) -> str:
+    config = report["config"]
+    finding = html.escape(str(report["finding"]))
+    summary = _table([
+        ("finding", report["finding"]), ("split", report["split"]),
+        ("negatives", config["negatives"]), ("predictions", config["predictions"]),
+        ("prediction files", len(config["prediction_files"])),
+        ("prediction rows", report["n_prediction_rows"]), ("labels", config["labels"]),
+        ("threshold override", config["threshold"]), ("bootstrap resamples", config["bootstrap"]),
+        ("seed", config["seed"]), ("generated at", report["generated_at"]),
+    ])
+    banner = f'<p class="banner">Intended use: {html.escape(INTENDED_USE)}</p>'
+    parts = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>medai report - {finding}</title><style>{_CSS}</style></head><body>",
+        f"<h1>medai report: {finding}</h1>", banner, "<h2>Data</h2>", summary,
+    ]
+    if report["reasons"]:
+        notes = "".join(f"<li>{html.escape(text)}</li>" for text in report["reasons"])
+        parts.append(f"<ul class=\"notes\">{notes}</ul>")
+    for model_id, section in report["models"].items():
+        parts.append(_model_html(section, figures[model_id]))
+    parts.append(_comparisons_html(report["comparisons"], comparison_figures))
+    parts += [banner, "</body></html>"]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _json_safe(value):
+    """Convert to strict JSON types: NumPy scalars to Python, NaN and infinities to null."""
+    if isinstance(value, Mapping):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def _write_json(path: Path, payload) -> None:
+    path.write_text(json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n",
+                    encoding="utf-8")
+
+
+def _write_png(folder: Path, name: str, png: bytes) -> str:
+    (folder / name).write_bytes(png)
+    return f"plots/{name}"
+
+
+def run_report(config: ReportConfig) -> dict:
+    """Evaluate the predictions and write ``metrics.json``, ``config.json``, plots and HTML.
+
+    Args:
+        config: The report options.
+
+    Returns:
+        The dict written to ``OUT/metrics.json``: run details, ``models`` (one section per
+        model id), ``comparisons`` (one per pair of models) and ``reasons``.
+
+    Raises:
+        ReportError: On invalid options or unusable inputs, before anything is written.
+    """
+    started = time.perf_counter()
+    inputs = _prepare(config)
+    out = Path(config.out)
+    resolved = _resolved_config(config, inputs)
+    log.info("report config: %s", json.dumps(resolved, sort_keys=True))
+    plots_dir = out / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", resolved)
+
+    models = _collect_models(config, inputs)
+    report: dict = {
+        "finding": config.finding,
+        "split": inputs.split,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_prediction_rows": int(len(inputs.predictions)),
+        "config": resolved,
+        "models": {},
+        "comparisons": [],
+        "skipped_models": inputs.skipped_models,
+        "reasons": [],
+    }
+    if not models:
+        report["reasons"].append("the prediction files hold no rows")
+    for model_id, finding in inputs.skipped_models.items():
+        report["reasons"].append(f"model {model_id} skipped: it scores {finding!r}")
+    figures: dict[str, dict[str, bytes]] = {}
+    for index, model in enumerate(models):
+        section = _model_section(model, config)
+        figures[model.model_id] = _model_plots(model, section)
+        slug = _slug(index, model.model_id)
+        section["plots"] = {name: _write_png(plots_dir, f"{slug}_{name}.png", png)
+                            for name, png in figures[model.model_id].items()}
+        report["models"][model.model_id] = section
+        log.info("model %s: n=%d (%d positive), AUC %s", model.model_id, section["n"],
+                 section["n_positive"], _fmt(section["auc"]))
+    comparison_figures = []
+    for first, second in itertools.combinations(models, 2):
+        section, shared = _compare(first, second, config)
+        png = _comparison_plot(section, shared)
+        name = f"compare_{_slug(models.index(first), first.model_id)}" \
+               f"_{_slug(models.index(second), second.model_id)}.png"
+        section["plot"] = _write_png(plots_dir, name, png)
+        report["comparisons"].append(section)
+        comparison_figures.append(png)
+
+    report = _json_safe(report)
+    _write_json(out / "metrics.json", report)
+    (out / "report.html").write_text(_render_html(report, figures, comparison_figures),
+                                     encoding="utf-8")
+    log.info("report written to %s in %.1f s", out, time.perf_counter() - started)
+    return report

@@ -1,0 +1,99 @@
+"""Process set-up at the edges: starting or joining Ray, and sizing TensorFlow to its CPU share.
+
+Everything here has side effects on the process; library functions never call it themselves,
+only job entry points, Ray workers and actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+__all__ = [
+    "QUIET_ENV",
+    "quiet_tensorflow",
+    "configure_tensorflow",
+    "init_ray",
+    "cluster_cpus",
+    "cluster_gpus",
+    "setup_logging",
+]
+
+# TensorFlow's C++ INFO/WARNING banners (oneDNN, CUDA probing) repeat in every Ray worker.
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """One readable format for medai's own log lines."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ banners in this process (call before importing TensorFlow)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def configure_tensorflow(num_cpus: float | None) -> None:
+    """Size TensorFlow's thread pools to this process's CPU share and enable GPU memory growth.
+
+    Inside Ray workers TensorFlow otherwise starts one thread per core of the machine in every
+    worker, which oversubscribes the CPUs. Must run before TensorFlow executes any op.
+
+    Args:
+        num_cpus: The CPUs Ray granted this worker or actor (fractions round up); ``None``
+            leaves TensorFlow's defaults.
+    """
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    if num_cpus:
+        threads = max(1, math.ceil(num_cpus))
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        except RuntimeError:
+            pass  # already initialised in this process (e.g. a reused actor): keep what it has
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            # Without growth TensorFlow takes all GPU memory, starving co-located actors.
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``), or start a local one in-process.
+
+    Args:
+        address: ``auto``, ``ray://...`` or a head address; ``None`` uses ``RAY_ADDRESS`` if
+            set, otherwise starts a local Ray.
+        num_cpus: CPUs of a local Ray (ignored when joining a cluster).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    runtime_env = {"env_vars": dict(QUIET_ENV)}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False,
+                 log_to_driver=True)
+
+
+def cluster_cpus() -> float:
+    """CPUs of the connected Ray cluster."""
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def cluster_gpus() -> float:
+    """GPUs of the connected Ray cluster."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))

@@ -1,0 +1,663 @@
+"""The report job end to end: real Parquet in, metrics.json / plots / report.html out."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from datetime import datetime, timedelta, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from sklearn import metrics as skm
+
+from medai.report import (
+    INTENDED_USE,
+    ReportConfig,
+    ReportError,
+    add_report_arguments,
+    build_report_parser,
+    config_from_args,
+    run_report,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_A = "a1" * 32
+MODEL_B = "b2" * 32
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("source", pa.string()),
+    ("score", pa.float32()),
+    ("predicted", pa.bool_()),
+    ("threshold", pa.float32()),
+    ("finding", pa.string()),
+    ("model_id", pa.string()),
+    ("scored_at", pa.timestamp("us", tz="UTC")),
+    ("error", pa.string()),
+])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def image_ids(n: int, start: int = 0) -> list[str]:
+    return [f"{i // 3 + 1:08d}_{i % 3:03d}.png" for i in range(start, start + n)]
+
+
+def synthetic(n: int, seed: int = 0, prevalence: float = 0.3):
+    """Labels and float32 scores with some signal."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < prevalence).astype(np.int8)
+    scores = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1).astype(np.float32)
+    return y, scores
+
+
+def pred_table(ids, scores, model_id: str = MODEL_A, *, threshold: float | None = 0.5,
+               finding: str = "Mass", sources=None, errors=None, scored_at=None) -> pa.Table:
+    """A table in the `medai score` schema; ``threshold=None`` leaves that column out."""
+    n = len(ids)
+    scores = [None if s is None or np.isnan(s) else float(s) for s in scores]
+    columns = {
+        "image_id": list(ids),
+        "source": list(sources) if sources is not None else [f"/nowhere/{i}" for i in ids],
+        "score": scores,
+        "predicted": [None if s is None else s >= (threshold or 0.5) for s in scores],
+        "threshold": [threshold] * n,
+        "finding": [finding] * n,
+        "model_id": [model_id] * n,
+        "scored_at": list(scored_at) if scored_at is not None else [T0] * n,
+        "error": list(errors) if errors is not None else [None] * n,
+    }
+    table = pa.table(columns, schema=SCHEMA)
+    return table.drop_columns(["threshold"]) if threshold is None else table
+
+
+def write_preds(folder: Path, name: str, table: pa.Table) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / name)
+    return folder
+
+
+def write_labels(path: Path, ids, y) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"image": list(ids), "label": [int(v) for v in y]}).to_csv(path, index=False)
+    return path
+
+
+def write_card(folder: Path, model_id: str, **fields) -> None:
+    cards = folder / "model_cards"
+    cards.mkdir(parents=True, exist_ok=True)
+    (cards / f"{model_id}.json").write_text(json.dumps({"model_id": model_id, **fields}))
+
+
+def strict_json(path: Path):
+    def refuse(constant):
+        raise AssertionError(f"non-strict JSON constant {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def simple_setup(tmp_path: Path, n: int = 200, seed: int = 0, **table_options):
+    ids = image_ids(n)
+    y, scores = synthetic(n, seed)
+    table = pred_table(ids, scores, **table_options)
+    preds = write_preds(tmp_path / "pred", "part-0.parquet", table)
+    labels = write_labels(tmp_path / "labels.csv", ids, y)
+    return preds, labels, y, scores
+
+
+def config(preds: Path, labels: Path, out: Path, **options) -> ReportConfig:
+    return ReportConfig(predictions=preds, labels=labels, out=out, **options)
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        values = dict(attrs)
+        if tag == "img":
+            self.images.append(values.get("src", ""))
+        for key in ("src", "href"):
+            if key in values and tag != "img":
+                self.links.append(values[key])
+
+
+def html_images(text: str) -> _Images:
+    parser = _Images()
+    parser.feed(text)
+    return parser
+
+
+# ----------------------------------------------------------------------------- a shared report
+
+
+@pytest.fixture(scope="module")
+def rich(tmp_path_factory):
+    """Two models (partly overlapping images), a model card with history, readable sources."""
+    root = tmp_path_factory.mktemp("rich")
+    n = 240
+    ids = image_ids(n)
+    y, _ = synthetic(n, seed=1)
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for image_id in ids:
+        Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(images / image_id)
+    archive = root / "images.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for image_id in ids[::2]:
+            tar.add(images / image_id, arcname=f"images/{image_id}")
+    sources = [f"{archive}::images/{image_id}" if k % 2 == 0 else str(images / image_id)
+               for k, image_id in enumerate(ids)]
+    scores_a = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.15, n), 0, 1).astype(np.float32)
+    scores_b = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.3, n), 0, 1).astype(np.float32)
+    preds = root / "pred"
+    write_preds(preds, "a.parquet", pred_table(ids[:200], scores_a[:200], MODEL_A,
+                                               sources=sources[:200], threshold=0.5))
+    write_preds(preds, "b.parquet", pred_table(ids[60:], scores_b[60:], MODEL_B,
+                                               sources=sources[60:], threshold=0.45))
+    write_card(preds, MODEL_A, finding="Mass", threshold=0.5, val_auc=0.81, head="dense",
+               image_size=299, weights="imagenet", intended_use="Research <em>only</em>",
+               counts={"train": {"images": 1234, "patients": 321, "positives": 56},
+                       "val": {"images": 222, "patients": 60, "positives": 9}},
+               history=[{"epoch": e, "loss": 1 / e, "val_loss": 1.2 / e, "accuracy": 0.6 + e / 50,
+                         "val_accuracy": 0.55 + e / 60, "auc": 0.7, "val_auc": 0.72}
+                        for e in range(1, 6)])
+    labels = write_labels(root / "labels.csv", ids, y)
+    out = root / "out"
+    report = run_report(config(preds, labels, out))
+    return {"report": report, "out": out, "y": y, "ids": ids, "a": scores_a, "b": scores_b}
+
+
+def test_metrics_match_sklearn(rich) -> None:
+    section = rich["report"]["models"][MODEL_A]
+    y, scores = rich["y"][:200], rich["a"][:200]
+    assert section["n"] == 200
+    assert section["n_positive"] == int(y.sum())
+    assert section["n_negative"] == int((1 - y).sum())
+    assert section["auc"] == pytest.approx(skm.roc_auc_score(y, scores), abs=1e-12)
+    assert section["average_precision"] == pytest.approx(skm.average_precision_score(y, scores))
+    assert section["brier"] == pytest.approx(skm.brier_score_loss(y, scores), abs=1e-6)
+    low, high = section["auc_ci95"]
+    assert low < section["auc"] < high
+    for key in ("model_threshold", "youden"):
+        point = section["operating_points"][key]
+        called = (scores >= point["threshold"]).astype(int)
+        tn, fp, fn, tp = skm.confusion_matrix(y, called).ravel()
+        assert (point["tp"], point["fp"], point["tn"], point["fn"]) == (tp, fp, tn, fn)
+        assert point["f1"] == pytest.approx(skm.f1_score(y, called))
+        assert point["sensitivity"] == pytest.approx(skm.recall_score(y, called))
+        assert point["specificity"] == pytest.approx(skm.recall_score(y, called, pos_label=0))
+        assert point["ppv"] == pytest.approx(skm.precision_score(y, called))
+        assert point["accuracy"] == pytest.approx(skm.accuracy_score(y, called))
+    assert section["operating_points"]["model_threshold"]["threshold"] == 0.5
+    assert section["operating_points"]["model_threshold"]["source"] == "predictions"
+    fpr, tpr, thresholds = skm.roc_curve(y, scores, drop_intermediate=False)
+    assert section["operating_points"]["youden"]["threshold"] == pytest.approx(
+        thresholds[np.argmax(tpr - fpr)]
+    )
+    assert section["reasons"] == []
+
+
+def test_outputs_are_written_and_strict_json(rich) -> None:
+    out, report = rich["out"], rich["report"]
+    assert strict_json(out / "metrics.json") == report
+    written = strict_json(out / "config.json")
+    assert written["split"] == "all" and written["bootstrap"] == 1000 and written["seed"] == 0
+    assert written["prediction_files"] == ["a.parquet", "b.parquet"]
+    for section in report["models"].values():
+        assert set(section["plots"]) >= {"roc", "histogram", "confusion", "calibration",
+                                         "examples"}
+        for relative in section["plots"].values():
+            assert (out / relative).read_bytes().startswith(PNG_MAGIC)
+    assert "training" in report["models"][MODEL_A]["plots"]  # the card has a history
+    assert "training" not in report["models"][MODEL_B]["plots"]  # no card for B
+
+
+def test_multi_model_sections_and_comparison_on_shared_images(rich) -> None:
+    report = rich["report"]
+    assert list(report["models"]) == [MODEL_A, MODEL_B]
+    assert report["models"][MODEL_B]["n"] == 180
+    assert report["models"][MODEL_B]["operating_points"]["model_threshold"]["threshold"] == 0.45
+    [comparison] = report["comparisons"]
+    shared = slice(60, 200)
+    y = rich["y"][shared]
+    assert comparison["model_a"] == MODEL_A and comparison["model_b"] == MODEL_B
+    assert comparison["n"] == 140
+    assert comparison["n_positive"] == int(y.sum())
+    auc_a = skm.roc_auc_score(y, rich["a"][shared])
+    auc_b = skm.roc_auc_score(y, rich["b"][shared])
+    assert comparison["auc_a"] == pytest.approx(auc_a)
+    assert comparison["auc_b"] == pytest.approx(auc_b)
+    assert comparison["auc_difference"] == pytest.approx(auc_a - auc_b)
+    low, high = comparison["auc_difference_ci95"]
+    assert low < comparison["auc_difference"] < high
+    assert (rich["out"] / comparison["plot"]).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_examples_are_read_from_files_and_tarballs(rich) -> None:
+    examples = rich["report"]["models"][MODEL_A]["examples"]
+    assert examples["unreadable"] == 0
+    shown = examples["images"]
+    assert set(shown) == {"true_positives", "false_positives", "missed_positives"}
+    assert all(1 <= len(group) <= 4 for group in shown.values())
+    sources = {i: k for k, i in enumerate(rich["ids"])}
+    # Both source kinds (tar member: even index, file: odd index) were among the shown images.
+    assert {sources[i] % 2 for group in shown.values() for i in group} == {0, 1}
+
+
+def test_html_is_self_contained_and_escaped(rich) -> None:
+    text = (rich["out"] / "report.html").read_text(encoding="utf-8")
+    parsed = html_images(text)
+    plots = [p for s in rich["report"]["models"].values() for p in s["plots"].values()]
+    assert len(parsed.images) == len(plots) + len(rich["report"]["comparisons"])
+    for src in parsed.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    assert parsed.links == []  # no stylesheets, scripts or links to fetch
+    assert 'src="http' not in text and "<link" not in text and "<script" not in text
+    assert INTENDED_USE in text
+    assert "Research &lt;em&gt;only&lt;/em&gt;" in text  # card text is escaped
+    assert "1,234" in text and "321" in text  # training data counts from the card
+    assert MODEL_A in text and MODEL_B in text
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+_IMAGE_CHECK = """<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  var fetched = performance.getEntriesByType("resource").length;
+  var out = document.createElement("pre");
+  out.id = "medai-check";
+  out.textContent = "images=" + loaded.length + "/" + images.length + " fetched=" + fetched;
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _browser_check(chromium: str, page: Path, profile: Path) -> tuple[int, int, int]:
+    """Open ``page`` headless and return (images loaded, images, network resources fetched)."""
+    command = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+        "--dump-dom", page.as_uri(),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    found = re.search(r'id="medai-check">images=(\d+)/(\d+) fetched=(\d+)<', done.stdout)
+    assert found, f"no check output from chromium (rc {done.returncode}): {done.stderr[-2000:]}"
+    loaded, total, fetched = map(int, found.groups())
+    return loaded, total, fetched
+
+
+def test_report_renders_in_headless_chromium(rich, tmp_path: Path) -> None:
+    chromium = _chromium()
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed, and CI is set: the browser test must run")
+        pytest.skip("chromium not installed (apt-get install chromium); set CI to make this fail")
+    text = (rich["out"] / "report.html").read_text(encoding="utf-8")
+    expected = len(html_images(text).images)
+    page = tmp_path / "checked.html"
+    page.write_text(text.replace("</body>", _IMAGE_CHECK + "</body>"), encoding="utf-8")
+    assert _browser_check(chromium, page, tmp_path / "profile") == (expected, expected, 0)
+    # The check itself can fail: a broken image is not counted as loaded.
+    broken = tmp_path / "broken.html"
+    broken.write_text(page.read_text().replace(
+        "</body>", '<img src="data:image/png;base64,AAAA" alt="broken"></body>'))
+    loaded, total, _ = _browser_check(chromium, broken, tmp_path / "profile2")
+    assert (loaded, total) == (expected, expected + 1)
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+
+
+def test_errors_unlabeled_and_duplicates_are_counted(tmp_path: Path) -> None:
+    ids = image_ids(30)
+    y, scores = synthetic(30, seed=2, prevalence=0.4)
+    good = pred_table(ids[:20], scores[:20])
+    errors = pred_table(ids[20:24], [None, None, None, None],
+                        errors=["not a decodable image"] * 3 + [None])
+    unlabeled = pred_table(["x1.png", "x2.png", "x3.png", "x4.png", None],
+                           [0.5, 0.6, 0.7, 0.8, 0.9])
+    # ids[0] scored again later with a different score: the later row must win.
+    rescored = pred_table([ids[0]], [1.0 - float(scores[0])], scored_at=[T0 + timedelta(days=1)])
+    preds = tmp_path / "pred"
+    for name, table in (("p0.parquet", good), ("p1.parquet", errors),
+                        ("p2.parquet", unlabeled), ("p3.parquet", rescored)):
+        write_preds(preds, name, table)
+    labels = write_labels(tmp_path / "labels.csv", ids, y)
+    report = run_report(config(preds, labels, tmp_path / "out", bootstrap=0))
+    section = report["models"][MODEL_A]
+    assert section["n_rows"] == 30
+    assert section["n_duplicates"] == 1
+    assert section["n_errors"] == 4
+    assert section["n_unlabeled"] == 5  # 4 ids without a label, 1 row without an id
+    assert section["n"] == 20
+    assert section["n_rows"] == sum(section[key] for key in (
+        "n_duplicates", "n_outside_split", "n_errors", "n_unlabeled", "n"))
+    assert section["error_messages"] == {"not a decodable image": 3, "missing score": 1}
+    expected = scores[:20].astype(np.float64)
+    expected[0] = np.float32(1.0 - float(scores[0]))
+    assert section["auc"] == pytest.approx(skm.roc_auc_score(y[:20], expected))
+    assert section["auc_ci95"] is None
+    assert "auc_ci95 undefined: bootstrap disabled (--bootstrap 0)" in section["reasons"]
+
+
+def _nih_setup(tmp_path: Path):
+    """40 NIH images of 20 patients; the first 8 patients' images are on the test list."""
+    ids = [f"{p:08d}_{k:03d}.png" for p in range(1, 21) for k in range(2)]
+    findings = ["Mass" if i % 5 == 0 else "Effusion" if i % 5 == 1 else "No Finding"
+                for i in range(40)]
+    folder = tmp_path / "nih"
+    folder.mkdir()
+    pd.DataFrame({"Image Index": ids, "Finding Labels": findings, "Follow-up #": 0,
+                  "Patient ID": [i[:8] for i in ids]}).to_csv(folder / "Data_Entry_2017.csv",
+                                                            index=False)
+    (folder / "test_list.txt").write_text("\n".join(ids[:16]) + "\n")
+    (folder / "train_val_list.txt").write_text("\n".join(ids[16:]) + "\n")
+    rng = np.random.default_rng(3)
+    scores = np.clip(rng.normal(0.5, 0.2, 40), 0, 1)
+    preds = write_preds(tmp_path / "pred", "p.parquet", pred_table(ids, scores))
+    return preds, folder / "Data_Entry_2017.csv", ids, findings, scores
+
+
+def test_split_filtering_with_nih_lists(tmp_path: Path) -> None:
+    preds, labels, ids, findings, scores = _nih_setup(tmp_path)
+    y = np.array([f == "Mass" for f in findings], dtype=int)
+
+    report = run_report(config(preds, labels, tmp_path / "default", bootstrap=0))
+    section = report["models"][MODEL_A]
+    assert report["split"] == "test"
+    assert strict_json(tmp_path / "default" / "config.json")["split"] == "test"
+    assert (section["n"], section["n_outside_split"]) == (16, 24)
+    assert section["auc"] == pytest.approx(skm.roc_auc_score(y[:16], scores[:16]))
+
+    section = run_report(config(preds, labels, tmp_path / "tv", split="train_val",
+                                bootstrap=0))["models"][MODEL_A]
+    assert (section["n"], section["n_outside_split"]) == (24, 16)
+    assert section["auc"] == pytest.approx(skm.roc_auc_score(y[16:], scores[16:]))
+
+    section = run_report(config(preds, labels, tmp_path / "all", split="all",
+                                bootstrap=0))["models"][MODEL_A]
+    assert (section["n"], section["n_outside_split"]) == (40, 0)
+
+    # no-finding negatives: images with only other findings have no label here.
+    section = run_report(config(preds, labels, tmp_path / "nf", negatives="no-finding",
+                                bootstrap=0))["models"][MODEL_A]
+    other = sum(f == "Effusion" for f in findings[:16])
+    assert (section["n"], section["n_unlabeled"]) == (16 - other, other)
+
+
+def test_threshold_sources_and_override(tmp_path: Path) -> None:
+    preds, labels, y, scores = simple_setup(tmp_path, threshold=0.3)
+    section = run_report(config(preds, labels, tmp_path / "o1", bootstrap=0))["models"][MODEL_A]
+    assert section["operating_points"]["model_threshold"]["source"] == "predictions"
+    assert section["operating_points"]["model_threshold"]["threshold"] == 0.3  # not 0.30000001
+
+    section = run_report(config(preds, labels, tmp_path / "o2", bootstrap=0, threshold=0.7))[
+        "models"][MODEL_A]
+    point = section["operating_points"]["model_threshold"]
+    assert (point["source"], point["threshold"]) == ("--threshold", 0.7)
+    tn, fp, fn, tp = skm.confusion_matrix(y, scores >= 0.7).ravel()
+    assert (point["tp"], point["fp"], point["tn"], point["fn"]) == (tp, fp, tn, fn)
+
+
+def test_threshold_from_card_or_none(tmp_path: Path) -> None:
+    preds, labels, _, _ = simple_setup(tmp_path, threshold=None)
+    section = run_report(config(preds, labels, tmp_path / "none", bootstrap=0))["models"][MODEL_A]
+    assert section["operating_points"]["model_threshold"]["threshold"] is None
+    assert any("no model threshold" in r for r in section["reasons"])
+    assert section["operating_points"]["youden"]["threshold"] is not None
+    assert section["examples"]["cut_off"] == section["operating_points"]["youden"]["threshold"]
+    # The sources point nowhere: every shown example is reported unreadable, nothing crashes.
+    shown = sum(len(group) for group in section["examples"]["images"].values())
+    assert section["examples"]["unreadable"] == shown > 0
+
+    write_card(preds, MODEL_A, threshold=0.42, history="not a list")
+    section = run_report(config(preds, labels, tmp_path / "card", bootstrap=0))["models"][MODEL_A]
+    point = section["operating_points"]["model_threshold"]
+    assert (point["source"], point["threshold"]) == ("model card", 0.42)
+    assert "training" not in section["plots"]
+
+    (preds / "model_cards" / f"{MODEL_A}.json").write_text("{not json")
+    section = run_report(config(preds, labels, tmp_path / "bad", bootstrap=0))["models"][MODEL_A]
+    assert section["model_card"] is None
+    assert any("unreadable" in r for r in section["reasons"])
+
+
+# ----------------------------------------------------------------------------- degenerate data
+
+
+def test_one_class_and_empty_models_give_nulls_with_reasons(tmp_path: Path) -> None:
+    ids = image_ids(20)
+    labels = write_labels(tmp_path / "labels.csv", ids, [0] * 20)
+    preds = tmp_path / "pred"
+    write_preds(preds, "a.parquet", pred_table(ids, np.linspace(0, 1, 20)))
+    write_preds(preds, "b.parquet", pred_table(ids, [None] * 20, MODEL_B, errors=["boom"] * 20))
+    report = run_report(config(preds, labels, tmp_path / "out"))
+    one_class, empty = report["models"][MODEL_A], report["models"][MODEL_B]
+
+    for key in ("auc", "auc_ci95", "average_precision"):
+        assert one_class[key] is None
+    assert one_class["brier"] is not None
+    assert "auc undefined: only one class present (0 positive, 20 negative)" in one_class["reasons"]
+    assert one_class["operating_points"]["youden"]["threshold"] is None
+    assert one_class["operating_points"]["model_threshold"]["specificity"] is not None
+
+    assert (empty["n"], empty["n_errors"]) == (0, 20)
+    for key in ("auc", "auc_ci95", "average_precision", "brier"):
+        assert empty[key] is None
+    assert all(v is None for k, v in empty["operating_points"]["youden"].items())
+    assert "auc undefined: no labelled predictions" in empty["reasons"]
+
+    [comparison] = report["comparisons"]
+    assert comparison["n"] == 0 and comparison["auc_difference"] is None
+    assert comparison["reasons"] == ["AUC comparison undefined: no labelled predictions"]
+    assert strict_json(tmp_path / "out" / "metrics.json") == report
+    for section in (one_class, empty):
+        for relative in section["plots"].values():
+            assert (tmp_path / "out" / relative).read_bytes().startswith(PNG_MAGIC)
+    assert "n/a" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_prediction_files_without_rows(tmp_path: Path) -> None:
+    preds = write_preds(tmp_path / "pred", "p.parquet", SCHEMA.empty_table())
+    labels = write_labels(tmp_path / "labels.csv", image_ids(4), [0, 1, 0, 1])
+    report = run_report(config(preds, labels, tmp_path / "out"))
+    assert report["models"] == {} and report["comparisons"] == []
+    assert report["reasons"] == ["the prediction files hold no rows"]
+    assert INTENDED_USE in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_user_strings_are_escaped_in_html(tmp_path: Path) -> None:
+    evil = '$\\frac{$<img src="http://x/y.png">&'  # $..$ would be mathtext in matplotlib
+    preds, labels, _, _ = simple_setup(tmp_path, n=30, model_id=evil)
+    report = run_report(config(preds, labels, tmp_path / "out", bootstrap=0))
+    assert list(report["models"]) == [evil]
+    text = (tmp_path / "out" / "report.html").read_text()
+    assert evil not in text and 'src="http' not in text
+    assert "$\\frac{$&lt;img src=&quot;http://x/y.png&quot;&gt;&amp;" in text
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_ci_is_deterministic_with_seed(tmp_path: Path) -> None:
+    preds, labels, _, _ = simple_setup(tmp_path, n=150)
+    runs = [run_report(config(preds, labels, tmp_path / f"o{k}", seed=seed, bootstrap=1000))
+            for k, seed in enumerate((5, 5, 6))]
+    cis = [run["models"][MODEL_A]["auc_ci95"] for run in runs]
+    assert cis[0] == cis[1]
+    assert cis[0] != cis[2]
+
+
+def test_model_id_prefix_selects_one_model(tmp_path: Path) -> None:
+    ids = image_ids(40)
+    y, scores = synthetic(40, seed=4)
+    preds = tmp_path / "pred"
+    write_preds(preds, "a.parquet", pred_table(ids, scores, MODEL_A))
+    write_preds(preds, "b.parquet", pred_table(ids, scores, MODEL_B))
+    labels = write_labels(tmp_path / "labels.csv", ids, y)
+    report = run_report(config(preds, labels, tmp_path / "out", model_id="b2b2", bootstrap=0))
+    assert list(report["models"]) == [MODEL_B] and report["comparisons"] == []
+
+
+def test_models_for_another_finding_are_skipped(tmp_path: Path) -> None:
+    ids = image_ids(40)
+    y, scores = synthetic(40, seed=4)
+    preds = tmp_path / "pred"
+    write_preds(preds, "a.parquet", pred_table(ids, scores, MODEL_A))
+    write_preds(preds, "b.parquet", pred_table(ids, scores, MODEL_B, finding="Nodule"))
+    labels = write_labels(tmp_path / "labels.csv", ids, y)
+    report = run_report(config(preds, labels, tmp_path / "out", bootstrap=0))
+    assert list(report["models"]) == [MODEL_A]
+    assert report["skipped_models"] == {MODEL_B: "Nodule"}
+
+
+def test_config_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    preds, labels, _, _ = simple_setup(tmp_path, n=30)
+    with caplog.at_level(logging.INFO, logger="medai.report"):
+        run_report(config(preds, labels, tmp_path / "out", bootstrap=0, seed=9))
+    [record] = [r for r in caplog.records if r.getMessage().startswith("report config: ")]
+    logged = json.loads(record.getMessage().removeprefix("report config: "))
+    assert logged == strict_json(tmp_path / "out" / "config.json")
+    assert logged["seed"] == 9 and logged["split"] == "all"
+
+
+def test_cli_flags_build_the_config(tmp_path: Path) -> None:
+    parser = build_report_parser()
+    args = parser.parse_args([
+        "--predictions", "p", "--labels", "l.csv", "--out", "o", "--finding", "Nodule",
+        "--negatives", "no-finding", "--split", "train_val", "--model-id", "abc",
+        "--threshold", "0.25", "--bootstrap", "2000", "--seed", "3",
+    ])
+    assert config_from_args(args) == ReportConfig(
+        predictions="p", labels="l.csv", out="o", finding="Nodule", negatives="no-finding",
+        split="train_val", model_id="abc", threshold=0.25, bootstrap=2000, seed=3,
+    )
+    defaults = config_from_args(parser.parse_args(["--predictions", "p", "--labels", "l",
+                                                   "--out", "o"]))
+    assert (defaults.finding, defaults.negatives, defaults.split) == ("Mass", "all-others", None)
+    assert (defaults.threshold, defaults.bootstrap, defaults.seed) == (None, 1000, 0)
+
+    sub = argparse.ArgumentParser(prog="medai").add_subparsers(dest="command")
+    add_report_arguments(sub.add_parser("report"))
+    with pytest.raises(ReportError, match="--threshold must be a number in"):
+        config_from_args(parser.parse_args(["--predictions", "p", "--labels", "l", "--out", "o",
+                                            "--threshold", "1.5"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--predictions", "p", "--labels", "l", "--out", "o", "--split", "val"])
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def _no_parquet(tmp_path, preds, labels):
+    for path in preds.glob("*.parquet"):
+        path.unlink()
+    write_preds(preds, ".hidden.parquet", pred_table(["a.png"], [0.5]))
+    write_preds(preds, "_metadata.parquet", pred_table(["a.png"], [0.5]))
+    write_preds(preds / "nested", "p.parquet", pred_table(["a.png"], [0.5]))
+    return {}
+
+
+def _missing_column(tmp_path, preds, labels):
+    write_preds(preds, "p.parquet", pred_table(["a.png"], [0.5]).drop_columns(["model_id"]))
+    return {}
+
+
+def _corrupt_parquet(tmp_path, preds, labels):
+    (preds / "zz.parquet").write_bytes(b"not parquet at all")
+    return {}
+
+
+def _bad_labels(tmp_path, preds, labels):
+    labels.write_text("image,label\na.png,2\n")
+    return {}
+
+
+def _unknown_columns(tmp_path, preds, labels):
+    labels.write_text("file,truth\na.png,1\n")
+    return {}
+
+
+def _out_is_file(tmp_path, preds, labels):
+    (tmp_path / "out").write_text("")
+    return {}
+
+
+def _set(**options):
+    return lambda *_: options
+
+
+BAD_INPUTS = [
+    ("missing predictions", lambda tmp, *_: {"predictions": tmp / "nope"}, "no such folder"),
+    ("predictions is a file", lambda _, __, csv: {"predictions": csv}, "must be a folder"),
+    ("no parquet files", _no_parquet, r"no \*\.parquet files"),
+    ("missing column", _missing_column, r"missing prediction column\(s\) \['model_id'\]"),
+    ("corrupt parquet", _corrupt_parquet, "not a readable Parquet file"),
+    ("missing labels", lambda tmp, *_: {"labels": tmp / "nope.csv"}, "label file not found"),
+    ("bad label value", _bad_labels, "label must be 0 or 1"),
+    ("unknown label columns", _unknown_columns, "unrecognised label file"),
+    ("split without lists", _set(split="test"), "no test_list.txt beside"),
+    ("bad split", _set(split="val"), "--split must be one of"),
+    ("bad negatives", _set(negatives="some"), "--negatives must be one of"),
+    ("threshold out of range", _set(threshold=1.5), "--threshold must be"),
+    ("negative bootstrap", _set(bootstrap=-1), "--bootstrap must be"),
+    ("float seed", _set(seed=1.5), "--seed must be"),
+    ("unknown model", _set(model_id="ffff"), "matches no model"),
+    ("finding mismatch", _set(finding="Nodule"), r"predictions are for \['Mass'\]"),
+    ("out is a file", _out_is_file, "--out must be a folder"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), [case[1:] for case in BAD_INPUTS],
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_bad_inputs_raise_before_any_output(tmp_path: Path, change, message: str) -> None:
+    preds, labels, _, _ = simple_setup(tmp_path, n=12)
+    options = {"predictions": preds, "labels": labels, "out": tmp_path / "out"}
+    options.update(change(tmp_path, preds, labels))
+    with pytest.raises(ReportError, match=message):
+        run_report(ReportConfig(**options))
+    out = tmp_path / "out"
+    assert not out.is_dir(), "nothing may be written before the inputs are checked"
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def test_benchmark_script_runs_small(capsys: pytest.CaptureFixture) -> None:
+    spec = importlib.util.spec_from_file_location("report_scale",
+                                                  ROOT / "benchmarks" / "report_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seconds = module.main(["--rows", "3000", "--models", "2"])
+    assert seconds > 0
+    assert re.search(r"^report over 3000 rows: \d+\.\d s$", capsys.readouterr().out, re.M)
