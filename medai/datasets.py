@@ -1,6 +1,6 @@
 """Ray Data pipelines over image inputs: read in place, decode in parallel CPU tasks.
 
-Rows have the columns ``image_id``, ``source``, ``image`` (``uint8`` of shape
+Rows have the columns ``image_id``, ``source``, ``skip`` (already done, not decoded), ``image`` (``uint8`` of shape
 ``(size, size, 1)``; zeros when the image could not be used) and ``error`` (``""`` when the
 image is usable, else a one-line reason; empty strings survive Arrow and pandas round trips
 where ``None`` turns into NaN or "nan"). A corrupt member, an unreadable file or a broken archive becomes a row
@@ -44,25 +44,33 @@ def plan_units(inputs: ImageInputs, files_per_unit: int = 64) -> list[dict]:
 
 
 def _records(unit: dict, wanted: set[str] | None, exclude: set[str]) -> Iterator[tuple]:
-    """Yield ``(image_id, source, bytes, error)`` for every image of a read unit."""
+    """Yield ``(image_id, source, bytes, error, skip)`` for every image of a read unit.
+
+    Excluded images still yield a row (flagged ``skip``, without bytes) so that the
+    downstream count of skipped images is exact.
+    """
     archive = unit["archive"]
     if archive:
         try:
             for member, data in iter_archive(archive, wanted):
                 image_id = image_id_of(member)
-                if image_id not in exclude:
-                    yield image_id, f"{archive}{ARCHIVE_SEP}{member}", data, ""
+                skip = image_id in exclude
+                yield image_id, f"{archive}{ARCHIVE_SEP}{member}", b"" if skip else data, "", skip
         except Exception as exc:  # a truncated or corrupt archive: one row says so
-            yield image_id_of(archive), archive, b"", f"unreadable archive: {type(exc).__name__}: {exc}"
+            reason = f"unreadable archive: {type(exc).__name__}: {exc}"
+            yield image_id_of(archive), archive, b"", reason, False
         return
     for source in unit["files"]:
         image_id = image_id_of(source)
-        if image_id in exclude or (wanted is not None and image_id not in wanted):
+        if wanted is not None and image_id not in wanted:
+            continue
+        if image_id in exclude:
+            yield image_id, source, b"", "", True
             continue
         try:
-            yield image_id, source, read_bytes(source), ""
+            yield image_id, source, read_bytes(source), "", False
         except ImageError as exc:
-            yield image_id, source, b"", str(exc)
+            yield image_id, source, b"", str(exc).splitlines()[0], False
 
 
 def read_unit(batch: dict, wanted: set[str] | None = None,
@@ -87,8 +95,9 @@ def read_unit(batch: dict, wanted: set[str] | None = None,
 
 
 def _columns(rows: list[tuple]) -> dict:
-    image_id, source, data, error = zip(*rows, strict=True)
-    return {"image_id": list(image_id), "source": list(source), "data": list(data), "error": list(error)}
+    image_id, source, data, error, skip = zip(*rows, strict=True)
+    return {"image_id": list(image_id), "source": list(source), "data": list(data),
+            "error": list(error), "skip": np.array(skip, dtype=bool)}
 
 
 def decode_batch(batch: dict, image_size: int) -> dict:
@@ -97,13 +106,14 @@ def decode_batch(batch: dict, image_size: int) -> dict:
     images = np.zeros((n, image_size, image_size, 1), dtype=np.uint8)
     errors = [str(e) for e in batch["error"]]
     for i, data in enumerate(batch["data"]):
-        if errors[i]:
+        if errors[i] or batch["skip"][i]:
             continue
         try:
             images[i] = decode_image(bytes(data), image_size)
         except ImageError as exc:
             errors[i] = str(exc)
-    return {"image_id": batch["image_id"], "source": batch["source"], "image": images, "error": errors}
+    return {"image_id": batch["image_id"], "source": batch["source"], "image": images,
+            "error": errors, "skip": batch["skip"]}
 
 
 def image_dataset(inputs: ImageInputs, image_size: int, wanted: set[str] | None = None,

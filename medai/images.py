@@ -124,7 +124,8 @@ def discover_images(paths: Iterable[str]) -> ImageInputs:
             files.extend(nested.files)
         else:
             files.append(given if _is_uri(given) else path)
-    return ImageInputs(tuple(archives), tuple(files))
+    # The same file named twice (e.g. a folder and a file in it) is read once.
+    return ImageInputs(tuple(dict.fromkeys(archives)), tuple(dict.fromkeys(files)))
 
 
 def _join_source(given: str, root: str, found: str) -> str:

@@ -116,6 +116,12 @@ def build_model(spec: ModelSpec):
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="inception_scaling")(inputs)
     x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
     base = _load_base(spec)
+    if not spec.pretrained:
+        # From scratch on a few hundred images, the default momentum (0.99) leaves inference
+        # statistics far behind the weights for the first epochs; 0.9 tracks them.
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
     # A pretrained base keeps its BatchNorm statistics (inference mode) while fine-tuning.
     x = base(x, training=False) if spec.pretrained else base(x)
     if spec.head == "gap":

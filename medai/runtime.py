@@ -49,6 +49,7 @@ def configure_tensorflow(num_cpus: float | None) -> None:
     quiet_tensorflow()
     import tensorflow as tf
 
+    tf.get_logger().setLevel("ERROR")
     if num_cpus:
         threads = max(1, math.ceil(num_cpus))
         try:
@@ -77,11 +78,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    quiet_tensorflow()  # a local Ray's workers inherit this process's environment
     runtime_env = {"env_vars": dict(QUIET_ENV)}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False,
+        # The dashboard hosts the state API that Ray Train's clean-up polls.
+        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True,
                  log_to_driver=True)
 
 

@@ -200,7 +200,7 @@ def run_training(config: TrainConfig) -> dict:
     Returns:
         The model card.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     from medai.runtime import init_ray
@@ -231,13 +231,17 @@ def run_training(config: TrainConfig) -> dict:
         logger.warning("--resume: no checkpoint under %s; starting from epoch 1", storage)
     elif not config.resume and storage.exists():
         shutil.rmtree(storage)
+    # Split and materialise before workers start: with as many workers as CPUs, no CPU would be
+    # left for Ray Data tasks during training and the run would hang.
+    datasets = {name: dataset.filter(expr=f"split == '{name}'").materialize() for name in ("train", "val")}
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": per_worker}),
-        datasets={"train": dataset.filter(expr="split == 'train'").randomize_block_order(),
-                  "val": dataset.filter(expr="split == 'val'")},
+        datasets=datasets,
+        # Every worker evaluates the whole validation set (see medai.train_loop).
+        dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
             name=f"run-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}",
             storage_path=str(storage),

@@ -5,8 +5,9 @@ Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy with two or more
 gradients the strategy all-reduces, and whose statistics (loss, correct count, score
 histograms) are summed across replicas so that the epoch's train metrics cover every shard.
 
-Every worker evaluates the full validation set: reading mirrored variables may need
-collectives, so all ranks must do the same work; only rank 0 writes checkpoint files.
+BatchNorm moving statistics are averaged across workers after each epoch, so all ranks hold
+the same model; every worker then evaluates the full validation set (reading mirrored
+variables may need collectives, so all ranks do the same work) and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -94,7 +95,16 @@ def _make_steps(model, optimizer, augment, strategy, global_batch: int):
     def predict_step(images):
         return model(images, training=False)
 
-    return train_step, predict_step
+    @tf.function
+    def sync_statistics():
+        # BatchNorm moving statistics update per replica; averaging them keeps every worker's
+        # model identical, so validation and checkpoint decisions agree across ranks.
+        variables = model.non_trainable_variables
+        local = strategy.run(lambda: [tf.identity(v) for v in variables])
+        for variable, value in zip(variables, local, strict=True):
+            variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+
+    return train_step, predict_step, sync_statistics
 
 
 def _batch_stats(labels, scores, per_image):
@@ -160,13 +170,17 @@ def train_loop_per_worker(config: dict) -> None:
     from medai.runtime import configure_tensorflow, setup_logging
 
     setup_logging()
+    for name in ("ray.train", "ray.data"):  # no per-report or per-epoch dataset INFO lines
+        logging.getLogger(name).setLevel(logging.WARNING)
     configure_tensorflow(config["cpus_per_worker"])
     import keras
+    import ray.data
     import ray.train
     import tensorflow as tf
 
     from medai.model import ModelSpec, build_augmenter, build_model
 
+    ray.data.DataContext.get_current().enable_progress_bars = False
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     keras.utils.set_random_seed(config["seed"])
@@ -179,7 +193,7 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer = keras.optimizers.Adam(config["learning_rate"])
         optimizer.build(model.trainable_variables)
     augment = build_augmenter(config["seed"])
-    train_step, predict_step = _make_steps(model, optimizer, augment, strategy,
+    train_step, predict_step, sync_statistics = _make_steps(model, optimizer, augment, strategy,
                                            config["batch_size"] * world)
     workdir = Path(tempfile.mkdtemp(prefix="medai-train-"))
     state = {"epoch": 0, "history": [], "best": None}
@@ -194,6 +208,8 @@ def train_loop_per_worker(config: dict) -> None:
         started = time.perf_counter()
         row = {"epoch": epoch, **_train_epoch(train_step, shard, config["batch_size"],
                                               config["class_weights"], config["seed"] + epoch)}
+        if world > 1 and model.non_trainable_variables:
+            sync_statistics()
         evaluation = _evaluate(predict_step, val, config["batch_size"] * 2)
         row.update({k: evaluation[k] for k in ("val_loss", "val_accuracy", "val_auc")})
         row["seconds"] = round(time.perf_counter() - started, 2)

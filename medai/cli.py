@@ -1,0 +1,288 @@
+"""The ``medai`` command line: one sub-command per job.
+
+Examples::
+
+    medai demo --out medai-demo
+    medai train --labels Data_Entry_2017.csv --images /data/nih --finding Mass --out models/mass
+    medai score --model models/mass --images /data/nih --out predictions/
+    medai predict --model models/mass 00000013_005.png
+    medai report --predictions predictions/ --labels Data_Entry_2017.csv --out report/
+    medai nightly --images /data/nih --model models/mass --store /data/store --labels ...
+    medai submit score --address http://head:8265 -- --model ... --images ... --out ...
+
+Every job also reads ``--config FILE.yaml``, whose keys are the long flag names (``batch-size``
+or ``batch_size``); flags given on the command line win. Bad flags or inputs stop the job
+before work starts with ``medai <job>: error: <what is wrong>`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("medai")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of options (keys: long flag names)")
+
+
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", required=True, help="Data_Entry_2017.csv or a CSV image,label")
+    parser.add_argument("--images", required=True, action="append",
+                        help="folder (recursive; NIH tarballs read in place), tarball, image "
+                             "or .txt list; repeatable")
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--finding", default="Mass", help="NIH finding to detect (default Mass)")
+    parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per worker per step")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--head", default="gap", choices=["gap", "flatten"])
+    parser.add_argument("--weights", default="imagenet",
+                        help="imagenet (default), none, or a local InceptionV3 notop .h5 file")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="Ray Train workers (default: one per GPU, else one per node)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="Adam learning rate (default 1e-4 pretrained, 1e-3 from scratch)")
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--max-failures", type=int, default=2,
+                        help="worker failures to recover from (restart from last checkpoint)")
+
+
+def _add_score(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory from medai train")
+    parser.add_argument("--images", required=True, action="append",
+                        help="folder, tarball, image, .txt list or URI (file://, s3://, gs://)")
+    parser.add_argument("--out", required=True, help="predictions folder (Parquet)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--address", default=None)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N input images")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="scorer actors (default: one per GPU, else one per node)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="TensorFlow threads per scorer actor (default: the node's cores)")
+    parser.add_argument("--rows-per-file", type=int, default=4096)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _add_predict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory from medai train")
+    parser.add_argument("image", nargs="+", help="image files (or ARCHIVE::MEMBER)")
+    parser.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def _add_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="medai-demo", help="folder for everything the demo makes")
+    parser.add_argument("--patients", type=int, default=240)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        parser.error(f"--config {path}: {exc}")
+    if not isinstance(data, dict):
+        parser.error(f"--config {path}: expected a mapping of option names to values")
+    known = {action.dest for action in parser._actions}
+    values = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest not in known or dest in ("help", "config"):
+            parser.error(f"--config {path}: unknown option {key!r}")
+        if dest in ("images",) and isinstance(value, str):
+            value = [value]
+        values[dest] = value
+    return values
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse flags, taking defaults from ``--config`` YAML when given."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        defaults = _load_yaml(known.config, parser)
+        for action in parser._actions:
+            if action.dest in defaults:
+                action.required = False
+        parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from medai.train import TrainConfig, run_training
+
+    config = TrainConfig(
+        labels=args.labels, images=tuple(args.images), out=args.out, finding=args.finding,
+        negatives=args.negatives, epochs=args.epochs, batch_size=args.batch_size,
+        image_size=args.image_size, head=args.head, weights=args.weights,
+        num_workers=args.num_workers, seed=args.seed, resume=args.resume, address=args.address,
+        precision=args.precision, learning_rate=args.learning_rate,
+        val_fraction=args.val_fraction, max_failures=args.max_failures,
+    )
+    card = run_training(config)
+    print(f"model {card['model_id'][:12]} in {args.out}: val AUC {card['val_auc']:.4f}, "
+          f"threshold {card['threshold']:.4f} (best epoch {card['best_epoch']})")
+    return 0
+
+
+def _score_config(args: argparse.Namespace):
+    from medai.score import ScoreConfig
+
+    return ScoreConfig(
+        model=args.model, images=tuple(args.images), out=args.out, batch_size=args.batch_size,
+        precision=args.precision, address=args.address, limit=args.limit, actors=args.actors,
+        threads=args.threads, rows_per_file=args.rows_per_file, progress=args.progress,
+    )
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from medai.score import run_scoring
+
+    summary = run_scoring(_score_config(args))
+    print(summary.line())
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from medai.predict import predict_images
+
+    status = 0
+    for result in predict_images(args.image, args.model):
+        if args.json:
+            print(json.dumps(result))
+        elif result["error"]:
+            print(f"{result['image']}\terror\t{result['error']}")
+        else:
+            print(f"{result['image']}\t{result['score']:.6f}\t{result['predicted']}")
+        status = status or (1 if result["error"] else 0)
+    return status
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from medai.report import config_from_args, run_report
+
+    config = config_from_args(args)
+    run_report(config)
+    print(f"report: {Path(config.out).resolve() / 'report.html'}")
+    return 0
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    from medai.submit import run_submit
+
+    return run_submit(args)
+
+
+def _run_nightly(args: argparse.Namespace) -> int:
+    from medai.nightly import config_from_args, run_nightly
+
+    result = run_nightly(config_from_args(args))
+    print(result.line())
+    return 0
+
+
+def _run_runs(args: argparse.Namespace) -> int:
+    from medai.nightly import format_ledger
+
+    print(format_ledger(args.store))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from medai.demo import DemoConfig, run_demo
+
+    config = DemoConfig(**{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__})
+    report = run_demo(config)
+    print(f"open the report: {report}")
+    return 0
+
+
+def _commands() -> dict[str, tuple[str, Callable, Callable]]:
+    from medai.nightly import add_nightly_arguments, add_runs_arguments
+    from medai.report import add_report_arguments
+    from medai.submit import add_submit_arguments
+
+    return {
+        "demo": ("end-to-end demo on generated phantoms (no data, no network)", _add_demo, _run_demo),
+        "train": ("fine-tune InceptionV3 with Ray Train", _add_train, _run_train),
+        "score": ("score image archives into Parquet with Ray Data", _add_score, _run_score),
+        "predict": ("score single images in process", _add_predict, _run_predict),
+        "report": ("ROC/AUC, plots and report.html from predictions", add_report_arguments, _run_report),
+        "nightly": ("incremental rescoring into a store, with a run ledger", add_nightly_arguments,
+                    _run_nightly),
+        "runs": ("print a store's run ledger", add_runs_arguments, _run_runs),
+        "submit": ("submit a job to a Ray cluster", add_submit_arguments, _run_submit),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``medai`` parser with all sub-commands."""
+    parser = argparse.ArgumentParser(prog="medai", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add, run) in _commands().items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        add(child)
+        if name not in ("submit", "runs"):
+            _add_common(child)
+        child.set_defaults(_run=run)
+    return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from medai.artifact import ModelDirError
+    from medai.images import ImageError
+    from medai.labels import LabelError
+    from medai.model import WeightsError
+    from medai.splits import SplitError
+
+    return (LabelError, SplitError, ImageError, ModelDirError, WeightsError, ValueError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a ``medai`` command; returns the process exit status."""
+    from medai.runtime import quiet_tensorflow, setup_logging
+
+    quiet_tensorflow()
+    setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in _commands() and argv[0] not in ("submit", "runs"):
+        child = parser._subparsers._group_actions[0].choices[argv[0]]  # type: ignore[union-attr]
+        args = _parse(child, argv[1:])
+        args.command = argv[0]
+    else:
+        args = parser.parse_args(argv)
+    try:
+        return int(args._run(args))
+    except _known_errors() as exc:
+        print(f"medai {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def config_dict(config) -> dict:
+    """A dataclass config as a plain dict (for logging)."""
+    return asdict(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

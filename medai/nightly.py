@@ -1,0 +1,232 @@
+"""Nightly incremental rescoring into a store, with a run ledger and a single-run lock.
+
+Store layout (``ROOT``)::
+
+    ROOT/predictions/     Parquet predictions of every model (medai score's output format)
+    ROOT/reports/latest/  the report refreshed after each run (when labels are given)
+    ROOT/runs.jsonl       the ledger: one JSON object per run
+    ROOT/.lock            held (flock) by the running nightly job
+
+Only images the current model has not scored yet are scored (the new arrivals; everything
+when the model changes). A killed run leaves complete Parquet files only, and its ledger row
+is marked ``interrupted`` by the next run, which scores what is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medai.artifact import read_card, write_json
+
+__all__ = [
+    "NightlyConfig",
+    "NightlyError",
+    "NightlyResult",
+    "add_nightly_arguments",
+    "add_runs_arguments",
+    "config_from_args",
+    "run_nightly",
+    "read_ledger",
+    "format_ledger",
+]
+
+logger = logging.getLogger("medai.nightly")
+LEDGER = "runs.jsonl"
+LOCK = ".lock"
+
+
+class NightlyError(ValueError):
+    """A nightly run cannot start; the message says why."""
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    """Options of a nightly run."""
+
+    images: tuple[str, ...]
+    model: str
+    store: str
+    labels: str | None = None
+    negatives: str = "all-others"
+    split: str | None = None
+    batch_size: int = 32
+    precision: str = "fp32"
+    address: str | None = None
+
+
+@dataclass
+class NightlyResult:
+    """Outcome of a nightly run."""
+
+    run_id: str
+    model_id: str
+    scored: int
+    skipped: int
+    errors: int
+    seconds: float
+    report: str | None
+
+    def line(self) -> str:
+        """One-line summary."""
+        report = f", report {self.report}" if self.report else ""
+        return (f"nightly run {self.run_id}: model {self.model_id[:12]}, scored {self.scored}, "
+                f"skipped {self.skipped}, errors {self.errors}, {self.seconds:.1f} s{report}")
+
+
+def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``medai nightly`` flags."""
+    parser.add_argument("--images", required=True, action="append", help="inputs (repeatable)")
+    parser.add_argument("--model", required=True, help="current model directory")
+    parser.add_argument("--store", required=True, help="store root (predictions, reports, ledger)")
+    parser.add_argument("--labels", default=None, help="labels CSV: refresh the report after scoring")
+    parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
+    parser.add_argument("--split", default=None, choices=["test", "train_val", "all"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--address", default=None)
+    return parser
+
+
+def add_runs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``medai runs`` arguments."""
+    parser.add_argument("store", help="store root of medai nightly")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> NightlyConfig:
+    """Build the config from parsed flags."""
+    return NightlyConfig(images=tuple(args.images), model=args.model, store=args.store,
+                         labels=args.labels, negatives=args.negatives, split=args.split,
+                         batch_size=args.batch_size, precision=args.precision, address=args.address)
+
+
+@contextmanager
+def _store_lock(root: Path) -> Iterator[None]:
+    """Hold the store's lock; refuse at once if another run holds it.
+
+    ``flock`` is released by the kernel when its holder dies, so a killed run never leaves
+    a stale lock behind.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise NightlyError(f"another nightly run is in progress on {root} ({holder}); "
+                           "it holds the store's lock — wait for it to finish") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {_now()}")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_ledger(store: str | Path) -> list[dict]:
+    """All ledger rows of a store, oldest first."""
+    path = Path(store) / LEDGER
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_ledger(store: Path, rows: list[dict]) -> None:
+    tmp = store / f".{LEDGER}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(tmp, store / LEDGER)
+
+
+def _record(store: Path, row: dict) -> None:
+    """Insert or replace the ledger row with ``row['run_id']``."""
+    rows = [r for r in read_ledger(store) if r["run_id"] != row["run_id"]]
+    _write_ledger(store, sorted([*rows, row], key=lambda r: r["start"]))
+
+
+def _mark_interrupted(store: Path) -> None:
+    # Called with the lock held: any row still "running" belongs to a run that died.
+    rows = read_ledger(store)
+    for row in rows:
+        if row["status"] == "running":
+            row["status"] = "interrupted"
+    _write_ledger(store, rows)
+
+
+def run_nightly(config: NightlyConfig) -> NightlyResult:
+    """Score new arrivals into the store, record the run, refresh the report.
+
+    Raises:
+        NightlyError: If another run holds the store, or an input is unusable.
+    """
+    from medai.score import ScoreConfig, prepare_scoring, run_scoring
+
+    store = Path(config.store).resolve()
+    score_config = ScoreConfig(model=config.model, images=config.images,
+                               out=str(store / "predictions"), batch_size=config.batch_size,
+                               precision=config.precision, address=config.address)
+    card, _ = prepare_scoring(score_config)  # fail on bad inputs before taking the lock
+    with _store_lock(store):
+        _mark_interrupted(store)
+        write_json(store / "nightly_config.json", asdict(config))
+        run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+        row = {"run_id": run_id, "start": _now(), "end": None, "model_id": card["model_id"],
+               "scored": 0, "skipped": 0, "errors": 0, "status": "running"}
+        _record(store, row)
+        started = time.perf_counter()
+        try:
+            summary = run_scoring(score_config)
+            row.update(scored=summary.scored, skipped=summary.skipped, errors=summary.errors)
+            report = _refresh_report(config, store, card) if config.labels else None
+            row["status"] = "succeeded"
+        except BaseException:
+            row["status"] = "failed"
+            raise
+        finally:
+            row["end"] = _now()
+            _record(store, row)
+    return NightlyResult(run_id, card["model_id"], row["scored"], row["skipped"], row["errors"],
+                         time.perf_counter() - started, report)
+
+
+def _refresh_report(config: NightlyConfig, store: Path, card: dict) -> str:
+    from medai.report import ReportConfig, run_report
+
+    out = store / "reports" / "latest"
+    run_report(ReportConfig(predictions=str(store / "predictions"), labels=config.labels,
+                            finding=card["finding"], out=str(out), negatives=config.negatives,
+                            split=config.split))
+    return str(out / "report.html")
+
+
+def format_ledger(store: str | Path) -> str:
+    """The ledger as a fixed-width table."""
+    if not Path(store).is_dir():
+        raise NightlyError(f"no such store: {store}")
+    rows = read_ledger(store)
+    if not rows:
+        return f"no runs recorded in {store}"
+    header = ("run_id", "start", "end", "model_id", "scored", "skipped", "errors", "status")
+    lines = [[str(r.get(k) if k != "model_id" else str(r.get(k))[:12]) for k in header] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join([fmt(header), *(fmt(line) for line in lines)])

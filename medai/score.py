@@ -1,0 +1,325 @@
+"""The scoring job: stream image archives through a model with Ray Data into Parquet.
+
+Pipeline: read units (tarballs streamed in place, chunks of files) -> decode tasks (CPU) ->
+scorer actors (the model loaded once per actor) -> Parquet writer tasks -> a tiny summary
+row per file back to the driver. Nothing is materialised and no score is collected on the
+driver, so memory stays flat however large the archive.
+
+Incremental and crash-safe: each Parquet file is written under a temporary name and renamed
+into place, and images already present in the output for the same ``model_id`` are skipped,
+so re-running a killed job completes it with one row per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from medai.artifact import CARD_FILE, read_card, write_json
+from medai.images import ImageInputs, discover_images
+
+__all__ = [
+    "ScoreConfig",
+    "ScoreError",
+    "ScoreSummary",
+    "PREDICTION_SCHEMA",
+    "prediction_schema",
+    "scored_ids",
+    "Scorer",
+    "run_scoring",
+]
+
+logger = logging.getLogger("medai.score")
+PRECISIONS = ("fp32", "bf16")
+CARDS_DIR = "model_cards"
+_SUMMARY_FIELDS = ("rows", "scored", "errors", "skipped")
+
+PREDICTION_SCHEMA = {
+    "image_id": "NIH Image Index (the file name)",
+    "source": "path or URI of the image, or ARCHIVE::MEMBER for a tarball member",
+    "score": "float32 probability of the finding; null on error",
+    "predicted": "bool, score >= threshold; null on error",
+    "threshold": "float32, the model card's threshold (Youden's J on validation)",
+    "finding": "string, the model's finding",
+    "model_id": "string, sha256 of the model's model.keras",
+    "scored_at": "timestamp (UTC, microseconds)",
+    "error": "null, or a one-line reason the image could not be scored",
+}
+
+
+class ScoreError(ValueError):
+    """A scoring option or input is unusable; the message names the problem."""
+
+
+def prediction_schema():
+    """The Arrow schema of prediction files."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("score", pa.float32()),
+        ("predicted", pa.bool_()),
+        ("threshold", pa.float32()),
+        ("finding", pa.string()),
+        ("model_id", pa.string()),
+        ("scored_at", pa.timestamp("us", tz="UTC")),
+        ("error", pa.string()),
+    ])
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """The resolved options of one scoring run."""
+
+    model: str
+    images: tuple[str, ...]
+    out: str
+    batch_size: int = 32
+    precision: str = "fp32"
+    address: str | None = None
+    limit: int | None = None
+    actors: int | None = None
+    threads: int | None = None
+    rows_per_file: int = 4096
+    progress: bool = True
+
+    def check(self) -> None:
+        """Raise :class:`ScoreError` on any option that cannot work."""
+        problems = []
+        if self.batch_size < 1:
+            problems.append("--batch-size must be at least 1")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.limit is not None and self.limit < 1:
+            problems.append("--limit must be at least 1")
+        if self.actors is not None and self.actors < 1:
+            problems.append("--actors must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            problems.append("--threads must be at least 1")
+        if self.rows_per_file < 1:
+            problems.append("--rows-per-file must be at least 1")
+        if not self.images:
+            problems.append("--images is required")
+        if problems:
+            raise ScoreError("; ".join(problems))
+
+
+@dataclass
+class ScoreSummary:
+    """What a scoring run did."""
+
+    scored: int = 0
+    errors: int = 0
+    skipped: int = 0
+    files: int = 0
+    seconds: float = 0.0
+    startup_seconds: float = 0.0
+    model_id: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        """Images scored (errors included) per second of wall time."""
+        return (self.scored + self.errors) / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        """The final one-line summary."""
+        return (f"scored {self.scored} images, skipped {self.skipped} already scored, "
+                f"{self.errors} errors, {self.files} files, {self.seconds:.1f} s wall, "
+                f"{self.images_per_second:.1f} images/s")
+
+
+def prediction_files(out: str | Path) -> list[Path]:
+    """Completed prediction files in an output folder (temporary files excluded)."""
+    folder = Path(out)
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+
+
+def scored_ids(out: str | Path, model_id: str) -> frozenset[str]:
+    """Image ids already scored by ``model_id`` in an output folder (errors included)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    found: set[str] = set()
+    for path in prediction_files(out):
+        table = pq.read_table(path, columns=["image_id", "model_id"])
+        mask = pc.equal(table["model_id"], model_id)
+        found.update(table.filter(mask)["image_id"].to_pylist())
+    return frozenset(found)
+
+
+class Scorer:
+    """Ray Data actor: loads the model once, then scores batches of decoded images."""
+
+    def __init__(self, model_dir: str, precision: str, threads: int | None, batch_size: int):
+        from medai.runtime import configure_tensorflow
+
+        configure_tensorflow(threads or len(os.sched_getaffinity(0)))
+        import tensorflow as tf
+
+        from medai.artifact import load_model_dir
+        from medai.model import ModelSpec, rebuild_with_policy
+
+        loaded = load_model_dir(model_dir)
+        model = loaded.model
+        if precision == "bf16":
+            spec = ModelSpec(loaded.card["image_size"], loaded.card.get("head", "gap"), "none")
+            model = rebuild_with_policy(model, spec, "mixed_bfloat16")
+        self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        size = loaded.card["image_size"]
+        self._batch_size = batch_size
+        self._predict(np.zeros((batch_size, size, size, 1), np.uint8))  # trace once, off the clock
+
+    def __call__(self, batch: dict) -> dict:
+        """Score the usable rows of a batch; other rows get a null score."""
+        errors = np.asarray(batch["error"], dtype=object)
+        usable = (errors == "") & ~np.asarray(batch["skip"], dtype=bool)
+        scores = np.full(len(errors), np.nan, dtype=np.float32)
+        if usable.any():
+            images = np.asarray(batch["image"])[usable]
+            scores[usable] = self._predict_padded(images)
+        return {"image_id": batch["image_id"], "source": batch["source"], "score": scores,
+                "error": batch["error"], "skip": batch["skip"]}
+
+    def _predict_padded(self, images: np.ndarray) -> np.ndarray:
+        # A fixed batch shape keeps one traced graph (no retracing on a short last batch).
+        n = len(images)
+        if n < self._batch_size:
+            pad = np.zeros((self._batch_size - n, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, pad])
+        return np.asarray(self._predict(images), dtype=np.float32).reshape(-1)[:n]
+
+
+def write_predictions(batch: dict, out: str, model_id: str, finding: str, threshold: float,
+                      run_id: str) -> dict:
+    """Ray Data UDF: write one Parquet file (temp name, then rename) and return its counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    skip = np.asarray(batch["skip"], dtype=bool)
+    keep = ~skip
+    errors = [str(e) for e, k in zip(batch["error"], keep, strict=True) if k]
+    scores = np.asarray(batch["score"], dtype=np.float32)[keep]
+    failed = np.array([bool(e) for e in errors], dtype=bool)
+    n = int(keep.sum())
+    counts = {"rows": [n], "scored": [int(n - failed.sum())], "errors": [int(failed.sum())],
+              "skipped": [int(skip.sum())], "file": [""]}
+    if n == 0:
+        return counts
+    table = pa.table({
+        "image_id": [str(i) for i, k in zip(batch["image_id"], keep, strict=True) if k],
+        "source": [str(s) for s, k in zip(batch["source"], keep, strict=True) if k],
+        "score": pa.array(scores, mask=failed, type=pa.float32()),
+        "predicted": pa.array(scores >= threshold, mask=failed, type=pa.bool_()),
+        "threshold": pa.array(np.full(n, threshold, np.float32)),
+        "finding": pa.array([finding] * n, pa.string()),
+        "model_id": pa.array([model_id] * n, pa.string()),
+        "scored_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
+        "error": pa.array([e or None for e in errors], pa.string()),
+    }, schema=prediction_schema())
+    name = f"predictions-{model_id[:12]}-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = Path(out) / f".{name}.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, Path(out) / name)
+    counts["file"] = [name]
+    return counts
+
+
+def _plan_actors(config: ScoreConfig) -> tuple[int, float, float]:
+    """Number of scorer actors, CPUs and GPUs per actor."""
+    import ray
+
+    from medai.runtime import cluster_cpus, cluster_gpus
+
+    gpus = int(cluster_gpus())
+    if gpus:
+        return config.actors or gpus, 1.0, 1.0
+    nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+    actors = config.actors or nodes
+    # One CPU reserved per actor; TensorFlow's threads use the node's idle cores besides, and
+    # the decode tasks (0.5 CPU) keep the rest busy.
+    return actors, min(1.0, max(cluster_cpus() / actors - 0.5, 0.5)), 0.0
+
+
+def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
+    """Check options, the model directory and the inputs before any work starts."""
+    config.check()
+    card = read_card(config.model)
+    inputs = discover_images(config.images)
+    if inputs.empty:
+        raise ScoreError(f"--images: no images or archives found in {list(config.images)}")
+    return card, inputs
+
+
+def run_scoring(config: ScoreConfig) -> ScoreSummary:
+    """Score every image not yet scored by this model into ``config.out``.
+
+    Returns:
+        Counts and timings of the run.
+    """
+    from medai.datasets import image_dataset
+    from medai.runtime import init_ray
+
+    started = time.perf_counter()
+    card, inputs = prepare_scoring(config)
+    out = Path(config.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CARDS_DIR / f"{card['model_id']}.json", card)
+    write_json(out / "_score_config.json", asdict(config))
+    logger.info("score config: %s", asdict(config))
+    done = scored_ids(out, card["model_id"])
+    logger.info("model %s (%s, %d px); %d images already scored by it", card["model_id"][:12],
+                card["finding"], card["image_size"], len(done))
+    init_ray(config.address)
+    actors, cpus, gpus = _plan_actors(config)
+    dataset = image_dataset(inputs, card["image_size"], exclude=done)
+    if config.limit:
+        dataset = dataset.limit(config.limit)  # the first N inputs, so a rerun skips them
+    scored = dataset.map_batches(
+        Scorer, batch_size=config.batch_size, concurrency=actors, num_cpus=cpus, num_gpus=gpus,
+        fn_constructor_kwargs={"model_dir": str(Path(config.model).resolve()),
+                               "precision": config.precision, "threads": config.threads,
+                               "batch_size": config.batch_size},
+    )
+    written = scored.map_batches(
+        write_predictions, batch_size=config.rows_per_file, num_cpus=0.1,
+        fn_kwargs={"out": str(out), "model_id": card["model_id"], "finding": card["finding"],
+                   "threshold": float(card["threshold"]),
+                   "run_id": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")},
+    )
+    # The total is known up front only without archives (counting members means inflating them).
+    total = None if inputs.archives else min(len(inputs.files), config.limit or len(inputs.files))
+    summary = ScoreSummary(model_id=card["model_id"], startup_seconds=time.perf_counter() - started)
+    for row in written.iter_rows():
+        summary.scored += int(row["scored"])
+        summary.errors += int(row["errors"])
+        summary.skipped += int(row["skipped"])
+        summary.files += int(bool(row["file"]))
+        if config.progress:
+            _progress(summary, time.perf_counter() - started, total)
+    summary.seconds = time.perf_counter() - started
+    if config.progress:
+        sys.stderr.write("\n")
+    return summary
+
+
+def _progress(summary: ScoreSummary, elapsed: float, total: int | None) -> None:
+    """One self-overwriting progress line per written file (Ray Data's own bars run too)."""
+    done = summary.scored + summary.errors + summary.skipped
+    rate = (summary.scored + summary.errors) / elapsed if elapsed else 0.0
+    if total:
+        filled = int(30 * min(done, total) / total)
+        bar = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
+    else:
+        bar = f"{done} images"
+    sys.stderr.write(f"\r{bar} scored {summary.scored}, errors {summary.errors}, skipped "
+                     f"{summary.skipped}, {rate:.1f} img/s ")
+    sys.stderr.flush()

@@ -1,0 +1,77 @@
+"""Shared fixtures: a real local Ray, phantom archives in the NIH layout, real Keras models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chestxray8-sample"
+PHANTOM_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray for the whole test session (2 CPUs, like the CI machine)."""
+    import ray
+
+    from medai.runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def phantom_archive(tmp_path_factory) -> Path:
+    """A phantom archive in the NIH layout: images_001.tar.gz, Data_Entry_2017.csv, lists."""
+    from medai.phantoms import PhantomSpec, write_phantom_archive
+
+    folder = tmp_path_factory.mktemp("phantoms")
+    write_phantom_archive(folder, PhantomSpec(n_patients=200, size=PHANTOM_SIZE, seed=1))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """An untrained model saved in the model-directory format (75 px, the smallest input)."""
+    return save_untrained_model(tmp_path_factory.mktemp("tiny-model"), image_size=75, seed=0)
+
+
+def save_untrained_model(out: Path, image_size: int = 75, seed: int = 0, threshold: float = 0.5) -> Path:
+    """Build a random-weight model and save it as a model directory."""
+    import keras
+
+    from medai.artifact import save_model_dir
+    from medai.model import ModelSpec, build_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(ModelSpec(image_size, "gap", "none"))
+    save_model_dir(model, out, {"finding": "Mass", "image_size": image_size, "head": "gap",
+                                "weights": "none", "threshold": threshold})
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(ray_session, phantom_archive, tmp_path_factory) -> tuple[Path, dict]:
+    """A model trained on phantoms with 2 Ray Train workers, from random weights."""
+    from medai.train import TrainConfig, run_training
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    card = run_training(TrainConfig(
+        labels=str(phantom_archive / "Data_Entry_2017.csv"), images=(str(phantom_archive),),
+        out=str(out), epochs=4, batch_size=16, image_size=PHANTOM_SIZE, weights="none",
+        num_workers=2, seed=0,
+    ))
+    return out, card
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The shared real ChestX-ray8 sample; tests using it skip when it is absent."""
+    if not (SAMPLE / "images_001.tar.gz").is_file():
+        pytest.skip(f"real ChestX-ray8 sample not found at {SAMPLE}")
+    return SAMPLE

@@ -1,0 +1,92 @@
+"""Label files: the real NIH quirks, generic CSVs, and clear errors before any work."""
+
+from __future__ import annotations
+
+import pytest
+
+from medai.labels import NIH_FINDINGS, LabelError, find_split_lists, load_labels, read_split_list
+from medai.phantoms import NIH_HEADER
+
+
+def write(tmp_path, text, name="labels.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def nih(tmp_path, rows):
+    return write(tmp_path, NIH_HEADER + "\n" + "\n".join(rows) + "\n", "Data_Entry_2017.csv")
+
+
+ROWS = [
+    "00000001_000.png,Mass,0,1,58,M,PA,2682,2749,0.143,0.143",
+    "00000001_001.png,Effusion|Mass,1,1,58,M,PA,2894,2729,0.143,0.143",
+    "00000002_000.png,No Finding,0,2,81,M,PA,2500,2048,0.168,0.168",
+    "00000003_000.png,Cardiomegaly,0,3,74,F,PA,2500,2048,0.168,0.168",
+]
+
+
+def test_nih_header_quirks_and_multi_label(tmp_path):
+    table = load_labels(nih(tmp_path, ROWS), "Mass")
+    assert list(table.columns) == ["image_id", "patient_id", "label", "findings"]
+    assert table.set_index("image_id")["label"].to_dict() == {
+        "00000001_000.png": 1, "00000001_001.png": 1, "00000002_000.png": 0, "00000003_000.png": 0}
+    assert table["patient_id"].tolist() == ["1", "1", "2", "3"]
+
+
+def test_negatives_policy_no_finding_drops_other_findings(tmp_path):
+    table = load_labels(nih(tmp_path, ROWS), "Mass", negatives="no-finding")
+    assert set(table["image_id"]) == {"00000001_000.png", "00000001_001.png", "00000002_000.png"}
+
+
+def test_unknown_finding_lists_valid_ones(tmp_path):
+    with pytest.raises(LabelError) as err:
+        load_labels(nih(tmp_path, ROWS), "Tumour")
+    assert "Tumour" in str(err.value) and all(f in str(err.value) for f in NIH_FINDINGS)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", "empty label file"),
+    ("\n\n", "empty label file"),
+    ("foo,bar\n1,2\n", "unrecognised label file"),
+    ("image,label\na.png,2\n", "label must be 0 or 1"),
+    ("image,label\na.png,1\na.png,0\n", "duplicated image ids"),
+    ("image,label\na.png,\n", "empty value"),
+    ("image,label\n", "no labelled images"),
+])
+def test_malformed_files_raise_clear_errors(tmp_path, text, expected):
+    with pytest.raises(LabelError, match=expected):
+        load_labels(write(tmp_path, text), "Mass")
+
+
+def test_missing_file_and_bad_policy(tmp_path):
+    with pytest.raises(LabelError, match="not found"):
+        load_labels(tmp_path / "nope.csv")
+    with pytest.raises(LabelError, match="--negatives"):
+        load_labels(nih(tmp_path, ROWS), "Mass", negatives="some")
+
+
+def test_nih_missing_columns_is_an_error(tmp_path):
+    path = write(tmp_path, "Image Index,Finding Labels\n00000001_000.png,Mass\n")
+    with pytest.raises(LabelError, match="unrecognised"):
+        load_labels(path, "Mass")
+
+
+def test_unknown_nih_label_value(tmp_path):
+    rows = ["00000001_000.png,Masss,0,1,58,M,PA,2682,2749,0.143,0.143"]
+    with pytest.raises(LabelError, match="Masss"):
+        load_labels(nih(tmp_path, rows), "Mass")
+
+
+def test_generic_csv_with_paths_and_patients(tmp_path):
+    path = write(tmp_path, "image,label,patient_id\nsub/a.png,1,p1\nb.jpg,0,p2\n")
+    table = load_labels(path)
+    assert table["image_id"].tolist() == ["a.png", "b.jpg"]
+    assert table["label"].tolist() == [1, 0] and table["patient_id"].tolist() == ["p1", "p2"]
+
+
+def test_real_sample_labels_and_lists(sample_dir):
+    table = load_labels(sample_dir / "Data_Entry_2017.csv", "Mass")
+    assert len(table) == 113 and int(table["label"].sum()) == 3
+    train_val, test = find_split_lists(sample_dir / "Data_Entry_2017.csv")
+    assert len(read_split_list(train_val)) == 101 and len(read_split_list(test)) == 12

@@ -1,0 +1,167 @@
+"""Scoring: one row per input, errors kept, incremental, crash-safe, URIs, bf16, predict."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from images_kit import broken_variants, valid_variants, write_files, write_tar
+
+from medai.score import ScoreConfig, prediction_files, prediction_schema, run_scoring
+
+
+def score(model, images, out, **kwargs):
+    config = ScoreConfig(model=str(model), images=tuple(str(i) for i in images), out=str(out),
+                         progress=False, **kwargs)
+    return run_scoring(config)
+
+
+def read(out) -> pd.DataFrame:
+    return pd.read_parquet(out)
+
+
+@pytest.fixture(scope="module")
+def mixed_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    write_files(root / "loose", {**valid_variants(), **broken_variants()})
+    write_tar(root / "images_001.tar.gz", {"member_ok.png": valid_variants()["gray.png"],
+                                           "member_bad.png": b"not an image"})
+    good = write_tar(root / "whole.tar.gz", {f"t{i}.png": valid_variants()["gray.png"] for i in range(30)})
+    (root / "images_002.tar.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    good.unlink()
+    return root
+
+
+def test_every_input_gets_one_row_and_bad_ones_an_error(ray_session, tiny_model_dir, mixed_inputs, tmp_path):
+    summary = score(tiny_model_dir, [mixed_inputs], tmp_path)
+    rows = read(tmp_path).set_index("image_id")
+    for name in valid_variants():
+        assert pd.isna(rows.loc[name, "error"]), name
+        assert 0.0 <= rows.loc[name, "score"] <= 1.0
+    for name in broken_variants():
+        assert isinstance(rows.loc[name, "error"], str) and pd.isna(rows.loc[name, "score"]), name
+    assert pd.isna(rows.loc["member_ok.png", "error"])
+    assert rows.loc["member_bad.png", "source"].endswith("images_001.tar.gz::images/member_bad.png")
+    assert "unreadable archive" in rows.loc["images_002.tar.gz", "error"]
+    truncated_members = [i for i in rows.index if i.startswith("t") and i.endswith(".png")]
+    assert rows.index.is_unique
+    expected = len(valid_variants()) + len(broken_variants()) + 2 + 1 + len(truncated_members)
+    assert len(rows) == expected == summary.scored + summary.errors
+    assert summary.errors == len(broken_variants()) + 2
+
+
+def test_schema_is_documented_and_readable_without_medai(ray_session, tiny_model_dir, phantom_archive, tmp_path):
+    import duckdb
+
+    score(tiny_model_dir, [f"file://{phantom_archive}/images_001.tar.gz"], tmp_path, rows_per_file=150)
+    files = prediction_files(tmp_path)
+    assert len(files) == 3  # 406 images / 150 rows per file
+    assert pq.read_schema(files[0]).remove_metadata().equals(prediction_schema())
+    frame = read(tmp_path)
+    count = duckdb.sql(f"select count(*), count(distinct image_id) from read_parquet('{tmp_path}/*.parquet')").fetchone()
+    assert count == (len(frame), len(frame)) == (406, 406)
+    assert frame["source"].str.startswith("file://").all()
+    assert (frame["predicted"] == (frame["score"] >= frame["threshold"])).all()
+    assert frame["scored_at"].dt.tz is not None and frame["model_id"].nunique() == 1
+
+
+def test_rerun_skips_and_new_model_scores_beside(ray_session, tiny_model_dir, phantom_archive, tmp_path):
+    from conftest import save_untrained_model
+
+    first = score(tiny_model_dir, [phantom_archive], tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in prediction_files(tmp_path)}
+    again = score(tiny_model_dir, [phantom_archive], tmp_path)
+    assert (first.scored, again.scored, again.skipped) == (406, 0, 406)
+    assert {p.name: p.stat().st_mtime_ns for p in prediction_files(tmp_path)} == before
+    other = save_untrained_model(tmp_path.parent / f"other-{uuid.uuid4().hex[:6]}", seed=7)
+    third = score(other, [phantom_archive], tmp_path)
+    assert third.scored == 406 and third.skipped == 0
+    frame = read(tmp_path)
+    assert frame.groupby("model_id")["image_id"].nunique().tolist() == [406, 406]
+    assert not frame.duplicated(["model_id", "image_id"]).any()
+    assert all(tmp_path.joinpath(name).stat().st_mtime_ns == ns for name, ns in before.items())
+
+
+def _kill_tree(marker: str) -> None:
+    """SIGKILL every process carrying the marker in its environment (driver and Ray's children)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                if marker.encode() in handle.read():
+                    os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+def test_kill_mid_run_then_rerun_completes_exactly_once(ray_session, tiny_model_dir, tmp_path):
+    from medai.phantoms import PhantomSpec, write_phantom_archive
+
+    data = tmp_path / "data"
+    write_phantom_archive(data, PhantomSpec(n_patients=400, size=128, seed=5))
+    n_images = len(pd.read_csv(data / "Data_Entry_2017.csv"))
+    out = tmp_path / "pred"
+    marker = f"MEDAI_KILL_TEST={uuid.uuid4().hex}"
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medai.cli", "score", "--model", str(tiny_model_dir), "--images",
+         str(data), "--out", str(out), "--rows-per-file", "25", "--no-progress"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(prediction_files(out) if out.exists() else []) < 2:
+            assert process.poll() is None, "scoring finished before it could be killed"
+            time.sleep(0.1)
+        _kill_tree(marker)  # kill -9 the driver and every Ray process it started
+        process.wait(timeout=30)
+    finally:
+        _kill_tree(marker)
+    partial = len(read(out))
+    assert 0 < partial < n_images, "the kill must land mid-run"
+    assert not list(out.glob("*.parquet.tmp")) or all(p.name.startswith(".") for p in out.glob("*.tmp"))
+    summary = score(tiny_model_dir, [data], out)
+    frame = read(out)
+    assert summary.skipped == partial and summary.scored == n_images - partial
+    assert len(frame) == n_images and frame["image_id"].is_unique
+
+
+def test_predict_matches_batch_and_bf16_agrees(ray_session, trained_model, phantom_archive, tmp_path):
+    from medai import predict_image
+    from medai.thresholds import safe_auc
+
+    model_dir, card = trained_model
+    score(model_dir, [phantom_archive], tmp_path / "fp32")
+    score(model_dir, [phantom_archive], tmp_path / "bf16", precision="bf16")
+    fp32 = read(tmp_path / "fp32").set_index("image_id").sort_index()
+    bf16 = read(tmp_path / "bf16").set_index("image_id").sort_index()
+    for image_id in fp32.index[:3]:
+        single = predict_image(fp32.loc[image_id, "source"], model_dir)
+        assert single["score"] == pytest.approx(float(fp32.loc[image_id, "score"]), abs=1e-5)
+        assert single["predicted"] == bool(fp32.loc[image_id, "predicted"])
+    labels = pd.read_csv(phantom_archive / "Data_Entry_2017.csv", index_col=False)
+    y = labels.set_index("Image Index").loc[fp32.index, "Finding Labels"].str.contains("Mass")
+    diff = np.abs(fp32["score"].to_numpy() - bf16["score"].to_numpy())
+    auc_fp32, auc_bf16 = safe_auc(y, fp32["score"]), safe_auc(y, bf16["score"])
+    print(f"bf16 vs fp32: max |score diff| {diff.max():.4f}, AUC {auc_fp32:.4f} vs {auc_bf16:.4f}")
+    assert diff.max() < 0.05 and abs(auc_fp32 - auc_bf16) < 0.01
+
+
+def test_bad_flags_and_model_dir_fail_before_work(tmp_path, phantom_archive):
+    from medai.cli import main
+
+    assert main(["score", "--model", str(tmp_path), "--images", str(phantom_archive),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+    assert main(["score", "--model", str(tmp_path), "--images", str(phantom_archive),
+                 "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 2
