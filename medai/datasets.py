@@ -32,6 +32,9 @@ __all__ = ["READ_CPUS", "DECODE_CPUS", "plan_units", "read_unit", "decode_batch"
 READ_CPUS = 0.25  # streaming a tarball is mostly I/O and inflate
 DECODE_CPUS = 0.5  # differs from READ_CPUS and from actors' requests: prevents operator fusion
 _ROWS_PER_BATCH = 32
+# Ray Data packs UDF output into blocks of up to 128 MiB by default: a whole phantom archive
+# would travel as one block and nothing would stream. 2 MiB is ~32 decoded 256 px images.
+BLOCK_BYTES = 2 * 1024 * 1024
 
 
 def plan_units(inputs: ImageInputs, files_per_unit: int = 64) -> list[dict]:
@@ -131,6 +134,7 @@ def image_dataset(inputs: ImageInputs, image_size: int, wanted: set[str] | None 
     """
     import ray
 
+    ray.data.DataContext.get_current().target_max_block_size = BLOCK_BYTES
     units = plan_units(inputs)
     items = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
     raw = items.map_batches(read_unit, batch_size=1, num_cpus=READ_CPUS,

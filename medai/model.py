@@ -19,6 +19,7 @@ __all__ = [
     "build_augmenter",
     "rebuild_with_policy",
     "resolve_weights",
+    "ensure_imagenet_weights",
 ]
 
 HEADS = ("gap", "flatten")
@@ -74,6 +75,38 @@ def resolve_weights(weights: str) -> str | None:
     return str(path.resolve())
 
 
+IMAGENET_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/" + IMAGENET_FILE
+)
+
+
+def ensure_imagenet_weights() -> Path:
+    """Fetch (or find in Keras' cache) the ImageNet weights; fail with instructions if impossible.
+
+    Called by the training driver before any worker starts, so a run that cannot get its
+    pretrained weights stops at once instead of failing, or worse, starting from random
+    weights, inside the workers.
+
+    Raises:
+        WeightsError: If the weights are neither cached nor downloadable.
+    """
+    import keras
+
+    try:
+        return Path(keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL, cache_subdir="models"))
+    except Exception as exc:  # Keras raises a bare Exception on a failed download
+        raise WeightsError(_imagenet_help(exc)) from exc
+
+
+def _imagenet_help(exc: BaseException) -> str:
+    return (
+        f"could not fetch the ImageNet weights for InceptionV3 ({exc}). On a machine with "
+        f"network access download {IMAGENET_URL} and either pass the file with --weights PATH "
+        f"or put it in ~/.keras/models/{IMAGENET_FILE}. To train from random initialisation "
+        "instead, say --weights none explicitly."
+    )
+
+
 def _load_base(spec: ModelSpec):
     import keras
 
@@ -84,13 +117,7 @@ def _load_base(spec: ModelSpec):
     except Exception as exc:  # Keras raises a bare Exception on a failed download
         if weights != "imagenet":
             raise WeightsError(f"cannot load weights from {weights}: {exc}") from exc
-        raise WeightsError(
-            "could not fetch the ImageNet weights for InceptionV3 "
-            f"({exc}). On a machine with network access download {IMAGENET_FILE} "
-            "(Keras applications release files) and either pass it with --weights PATH or "
-            f"put it in ~/.keras/models/{IMAGENET_FILE}. To train from random initialisation "
-            "instead, say --weights none explicitly."
-        ) from exc
+        raise WeightsError(_imagenet_help(exc)) from exc
 
 
 def build_model(spec: ModelSpec):

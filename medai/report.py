@@ -391,7 +391,7 @@ def _load_card(folder: Path, model_id: str) -> tuple[dict | None, list[str]]:
     # The model id names a file: refuse anything that could leave the model_cards folder.
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", model_id) or model_id.startswith("."):
         return None, []
-    path = folder / "model_cards" / f"{model_id}.json"
+    path = folder / "_model_cards" / f"{model_id}.json"
     if not path.is_file():
         return None, []
     try:

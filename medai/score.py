@@ -39,7 +39,7 @@ __all__ = [
 
 logger = logging.getLogger("medai.score")
 PRECISIONS = ("fp32", "bf16")
-CARDS_DIR = "model_cards"
+CARDS_DIR = "_model_cards"
 _SUMMARY_FIELDS = ("rows", "scored", "errors", "skipped")
 
 PREDICTION_SCHEMA = {

@@ -17,7 +17,7 @@ import pandas as pd
 from medai.artifact import SPLIT_FILE, CURVES_FILE, save_model_dir, write_json
 from medai.images import ImageInputs, discover_images
 from medai.labels import NEGATIVE_POLICIES, find_split_lists, load_labels, read_split_list
-from medai.model import HEADS, MIN_IMAGE_SIZE, ModelSpec, resolve_weights
+from medai.model import HEADS, MIN_IMAGE_SIZE, ModelSpec, ensure_imagenet_weights, resolve_weights
 from medai.splits import split_by_patient
 
 __all__ = ["TrainConfig", "TrainPlan", "TrainError", "prepare_training", "run_training"]
@@ -102,7 +102,7 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
         TrainError, LabelError, SplitError, ImageError, WeightsError: naming the problem.
     """
     config.check()
-    resolve_weights(config.weights)
+    weights = resolve_weights(config.weights)
     out = Path(config.out)
     if (out / "model.keras").exists() and not config.resume:
         logger.warning("%s already holds a model; it will be replaced", out)
@@ -121,6 +121,8 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
     inputs = discover_images(config.images)
     if inputs.empty:
         raise TrainError(f"--images: no images or archives found in {list(config.images)}")
+    if weights == "imagenet":  # last: the only check that may touch the network
+        ensure_imagenet_weights()
     return TrainPlan(config, split, inputs, frozenset(test_ids))
 
 

@@ -100,7 +100,7 @@ def write_labels(path: Path, ids, y) -> Path:
 
 
 def write_card(folder: Path, model_id: str, **fields) -> None:
-    cards = folder / "model_cards"
+    cards = folder / "_model_cards"
     cards.mkdir(parents=True, exist_ok=True)
     (cards / f"{model_id}.json").write_text(json.dumps({"model_id": model_id, **fields}))
 
@@ -446,7 +446,7 @@ def test_threshold_from_card_or_none(tmp_path: Path) -> None:
     assert (point["source"], point["threshold"]) == ("model card", 0.42)
     assert "training" not in section["plots"]
 
-    (preds / "model_cards" / f"{MODEL_A}.json").write_text("{not json")
+    (preds / "_model_cards" / f"{MODEL_A}.json").write_text("{not json")
     section = run_report(config(preds, labels, tmp_path / "bad", bootstrap=0))["models"][MODEL_A]
     assert section["model_card"] is None
     assert any("unreadable" in r for r in section["reasons"])

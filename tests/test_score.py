@@ -25,6 +25,10 @@ def score(model, images, out, **kwargs):
     return run_scoring(config)
 
 
+def n_images(archive_dir: Path) -> int:
+    return len(pd.read_csv(archive_dir / "Data_Entry_2017.csv", index_col=False))
+
+
 def read(out) -> pd.DataFrame:
     return pd.read_parquet(out)
 
@@ -35,7 +39,7 @@ def mixed_inputs(tmp_path_factory):
     write_files(root / "loose", {**valid_variants(), **broken_variants()})
     write_tar(root / "images_001.tar.gz", {"member_ok.png": valid_variants()["gray.png"],
                                            "member_bad.png": b"not an image"})
-    good = write_tar(root / "whole.tar.gz", {f"t{i}.png": valid_variants()["gray.png"] for i in range(30)})
+    good = write_tar(root / "whole.tar.gz", {f"part{i}.png": valid_variants()["gray.png"] for i in range(30)})
     (root / "images_002.tar.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     good.unlink()
     return root
@@ -52,7 +56,7 @@ def test_every_input_gets_one_row_and_bad_ones_an_error(ray_session, tiny_model_
     assert pd.isna(rows.loc["member_ok.png", "error"])
     assert rows.loc["member_bad.png", "source"].endswith("images_001.tar.gz::images/member_bad.png")
     assert "unreadable archive" in rows.loc["images_002.tar.gz", "error"]
-    truncated_members = [i for i in rows.index if i.startswith("t") and i.endswith(".png")]
+    truncated_members = [i for i in rows.index if i.startswith("part")]
     assert rows.index.is_unique
     expected = len(valid_variants()) + len(broken_variants()) + 2 + 1 + len(truncated_members)
     assert len(rows) == expected == summary.scored + summary.errors
@@ -62,13 +66,14 @@ def test_every_input_gets_one_row_and_bad_ones_an_error(ray_session, tiny_model_
 def test_schema_is_documented_and_readable_without_medai(ray_session, tiny_model_dir, phantom_archive, tmp_path):
     import duckdb
 
+    n = n_images(phantom_archive)
     score(tiny_model_dir, [f"file://{phantom_archive}/images_001.tar.gz"], tmp_path, rows_per_file=150)
     files = prediction_files(tmp_path)
-    assert len(files) == 3  # 406 images / 150 rows per file
+    assert len(files) == -(-n // 150)  # full files of 150 rows, then the rest
     assert pq.read_schema(files[0]).remove_metadata().equals(prediction_schema())
     frame = read(tmp_path)
-    count = duckdb.sql(f"select count(*), count(distinct image_id) from read_parquet('{tmp_path}/*.parquet')").fetchone()
-    assert count == (len(frame), len(frame)) == (406, 406)
+    count = duckdb.sql(f"select count(*), count(distinct image_id) from read_parquet('{tmp_path}/*.parquet')").fetchall()[0]
+    assert count == (len(frame), len(frame)) == (n, n)
     assert frame["source"].str.startswith("file://").all()
     assert (frame["predicted"] == (frame["score"] >= frame["threshold"])).all()
     assert frame["scored_at"].dt.tz is not None and frame["model_id"].nunique() == 1
@@ -77,16 +82,17 @@ def test_schema_is_documented_and_readable_without_medai(ray_session, tiny_model
 def test_rerun_skips_and_new_model_scores_beside(ray_session, tiny_model_dir, phantom_archive, tmp_path):
     from conftest import save_untrained_model
 
+    n = n_images(phantom_archive)
     first = score(tiny_model_dir, [phantom_archive], tmp_path)
     before = {p.name: p.stat().st_mtime_ns for p in prediction_files(tmp_path)}
     again = score(tiny_model_dir, [phantom_archive], tmp_path)
-    assert (first.scored, again.scored, again.skipped) == (406, 0, 406)
+    assert (first.scored, again.scored, again.skipped) == (n, 0, n)
     assert {p.name: p.stat().st_mtime_ns for p in prediction_files(tmp_path)} == before
     other = save_untrained_model(tmp_path.parent / f"other-{uuid.uuid4().hex[:6]}", seed=7)
     third = score(other, [phantom_archive], tmp_path)
-    assert third.scored == 406 and third.skipped == 0
+    assert third.scored == n and third.skipped == 0
     frame = read(tmp_path)
-    assert frame.groupby("model_id")["image_id"].nunique().tolist() == [406, 406]
+    assert frame.groupby("model_id")["image_id"].nunique().tolist() == [n, n]
     assert not frame.duplicated(["model_id", "image_id"]).any()
     assert all(tmp_path.joinpath(name).stat().st_mtime_ns == ns for name, ns in before.items())
 
@@ -109,18 +115,19 @@ def test_kill_mid_run_then_rerun_completes_exactly_once(ray_session, tiny_model_
 
     data = tmp_path / "data"
     write_phantom_archive(data, PhantomSpec(n_patients=400, size=128, seed=5))
-    n_images = len(pd.read_csv(data / "Data_Entry_2017.csv"))
+    total = n_images(data)
     out = tmp_path / "pred"
     marker = f"MEDAI_KILL_TEST={uuid.uuid4().hex}"
     env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "medai.cli", "score", "--model", str(tiny_model_dir), "--images",
-         str(data), "--out", str(out), "--rows-per-file", "25", "--no-progress"],
+         str(data), "--out", str(out), "--rows-per-file", "25", "--batch-size", "8", "--threads", "1",
+         "--no-progress"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and len(prediction_files(out) if out.exists() else []) < 2:
+        while time.time() < deadline and len(prediction_files(out) if out.exists() else []) < 1:
             assert process.poll() is None, "scoring finished before it could be killed"
             time.sleep(0.1)
         _kill_tree(marker)  # kill -9 the driver and every Ray process it started
@@ -128,12 +135,12 @@ def test_kill_mid_run_then_rerun_completes_exactly_once(ray_session, tiny_model_
     finally:
         _kill_tree(marker)
     partial = len(read(out))
-    assert 0 < partial < n_images, "the kill must land mid-run"
+    assert 0 < partial < total, "the kill must land mid-run"
     assert not list(out.glob("*.parquet.tmp")) or all(p.name.startswith(".") for p in out.glob("*.tmp"))
     summary = score(tiny_model_dir, [data], out)
     frame = read(out)
-    assert summary.skipped == partial and summary.scored == n_images - partial
-    assert len(frame) == n_images and frame["image_id"].is_unique
+    assert summary.skipped == partial and summary.scored == total - partial
+    assert len(frame) == total and frame["image_id"].is_unique
 
 
 def test_predict_matches_batch_and_bf16_agrees(ray_session, trained_model, phantom_archive, tmp_path):
