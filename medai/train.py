@@ -6,6 +6,7 @@ checked by :func:`prepare_training` before a single image is decoded or a worker
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -185,12 +186,13 @@ def _class_weights(train: pd.DataFrame) -> dict[str, float]:
     return {str(k): total / (2.0 * float(counts.get(k, 1))) for k in (0, 1)}
 
 
-def _latest_checkpoint(storage: Path):
-    """The newest checkpoint under the run storage, for ``--resume``."""
-    import ray.train
+def _latest_checkpoint(storage: Path) -> str | None:
+    """The newest complete checkpoint folder under the run storage, for ``--resume``."""
+    from medai.train_loop import CHECKPOINT_STATE
 
-    candidates = sorted(storage.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
-    return ray.train.Checkpoint(str(candidates[-1])) if candidates else None
+    candidates = sorted((p for p in storage.glob("*/checkpoint_*") if (p / CHECKPOINT_STATE).exists()),
+                        key=lambda p: json.loads((p / CHECKPOINT_STATE).read_text())["epoch"])
+    return str(candidates[-1]) if candidates else None
 
 
 def run_training(config: TrainConfig) -> dict:
@@ -236,6 +238,8 @@ def run_training(config: TrainConfig) -> dict:
     # Split and materialise before workers start: with as many workers as CPUs, no CPU would be
     # left for Ray Data tasks during training and the run would hang.
     datasets = {name: dataset.filter(expr=f"split == '{name}'").materialize() for name in ("train", "val")}
+    # Ray Train V2 dropped resume_from_checkpoint: the loop falls back to this path itself.
+    loop_config["resume_from"] = resume_from
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -250,7 +254,6 @@ def run_training(config: TrainConfig) -> dict:
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        resume_from_checkpoint=resume_from,
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
@@ -267,8 +270,6 @@ def run_training(config: TrainConfig) -> dict:
 
 
 def _read_state(path: Path) -> dict:
-    import json
-
     return json.loads(path.read_text())
 
 

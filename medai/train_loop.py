@@ -170,8 +170,7 @@ def train_loop_per_worker(config: dict) -> None:
     from medai.runtime import configure_tensorflow, setup_logging
 
     setup_logging()
-    for name in ("ray.train", "ray.data"):  # no per-report or per-epoch dataset INFO lines
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_ray_loggers()
     configure_tensorflow(config["cpus_per_worker"])
     import keras
     import ray.data
@@ -197,11 +196,13 @@ def train_loop_per_worker(config: dict) -> None:
                                            config["batch_size"] * world)
     workdir = Path(tempfile.mkdtemp(prefix="medai-train-"))
     state = {"epoch": 0, "history": [], "best": None}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # set when Ray restarts failed workers
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(config["resume_from"])  # --resume of an earlier run
+    resumed = ""
     if checkpoint is not None:
         state = _restore(checkpoint, model, optimizer, workdir)
-        if rank == 0:
-            logger.info("resumed from checkpoint after epoch %d", state["epoch"])
+        resumed = f" (resumed from checkpoint after epoch {state['epoch']})"
     shard = ray.train.get_dataset_shard("train")
     val = ray.train.get_dataset_shard("val")
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
@@ -222,8 +223,18 @@ def train_loop_per_worker(config: dict) -> None:
         state["epoch"] = epoch
         state["history"].append(row)
         if rank == 0:
-            logger.info(_epoch_line(row, config["epochs"], improved))
+            logger.info(_epoch_line(row, config["epochs"], improved) + resumed)
+        resumed = ""
         ray.train.report(row, checkpoint=_save_checkpoint(model, optimizer, state, workdir, rank))
+
+
+def _quiet_ray_loggers() -> None:
+    """No per-report or per-epoch dataset INFO lines from Ray inside the workers."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    # Ray Train names this logger by file path; only its level is changed here.
+    for name in ("ray.train", "ray.data", train_context.__file__):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _epoch_line(row: dict, epochs: int, improved: bool) -> str:

@@ -98,7 +98,8 @@ def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp
     killed = None
     deadline = time.time() + 400
     while time.time() < deadline and process.poll() is None and killed is None:
-        if list((out / "checkpoints").glob("*/checkpoint_*")):
+        # Kill only once the controller has registered a checkpoint (its snapshot file).
+        if list((out / "checkpoints").glob("*/checkpoint_manager_snapshot.json")):
             pids = _worker_pids(marker)
             if pids:
                 killed = pids[-1]
