@@ -63,6 +63,7 @@ class NightlyConfig:
     batch_size: int = 32
     precision: str = "fp32"
     address: str | None = None
+    rows_per_file: int = 4096
 
 
 @dataclass
@@ -95,6 +96,7 @@ def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--address", default=None)
+    parser.add_argument("--rows-per-file", type=int, default=4096)
     return parser
 
 
@@ -108,7 +110,8 @@ def config_from_args(args: argparse.Namespace) -> NightlyConfig:
     """Build the config from parsed flags."""
     return NightlyConfig(images=tuple(args.images), model=args.model, store=args.store,
                          labels=args.labels, negatives=args.negatives, split=args.split,
-                         batch_size=args.batch_size, precision=args.precision, address=args.address)
+                         batch_size=args.batch_size, precision=args.precision, address=args.address,
+                         rows_per_file=args.rows_per_file)
 
 
 @contextmanager
@@ -183,7 +186,8 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
     store = Path(config.store).resolve()
     score_config = ScoreConfig(model=config.model, images=config.images,
                                out=str(store / "predictions"), batch_size=config.batch_size,
-                               precision=config.precision, address=config.address)
+                               precision=config.precision, address=config.address,
+                               rows_per_file=config.rows_per_file, progress=False)
     card, _ = prepare_scoring(score_config)  # fail on bad inputs before taking the lock
     with _store_lock(store):
         _mark_interrupted(store)

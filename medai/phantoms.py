@@ -40,6 +40,9 @@ class PhantomSpec:
         test_fraction: Fraction of patients put on the test list.
         images_per_archive: Images per ``images_NNN.tar.gz``.
         seed: Seed of everything random.
+        first_patient: Patient id of the first patient (distinct ranges make distinct archives,
+            e.g. a later day's arrivals).
+        archive_number: Number of the first ``images_NNN.tar.gz``.
     """
 
     n_patients: int = 200
@@ -51,6 +54,8 @@ class PhantomSpec:
     test_fraction: float = 0.2
     images_per_archive: int = 10_000
     seed: int = 0
+    first_patient: int = 1
+    archive_number: int = 1
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
@@ -120,7 +125,7 @@ def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) ->
     test_patients = set(rng.permutation(spec.n_patients)[: int(round(spec.n_patients * spec.test_fraction))].tolist())
     images: list[tuple[str, bool]] = []
     for patient in range(spec.n_patients):
-        patient_id = patient + 1
+        patient_id = patient + spec.first_patient
         for follow_up in range(int(rng.integers(1, 4))):
             image_id = f"{patient_id:08d}_{follow_up:03d}.png"
             positive = patient in positive_patients
@@ -132,7 +137,7 @@ def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) ->
             (test if patient in test_patients else train_val).append(image_id)
             images.append((image_id, positive))
     for start in range(0, len(images), spec.images_per_archive):
-        number = start // spec.images_per_archive + 1
+        number = start // spec.images_per_archive + spec.archive_number
         with tarfile.open(out / f"images_{number:03d}.tar.gz", "w:gz", compresslevel=1) as tar:
             for image_id, positive in images[start : start + spec.images_per_archive]:
                 data = _png_bytes(render_phantom(rng, spec.size, positive, spec))
