@@ -58,5 +58,6 @@ def run_demo(config: DemoConfig) -> Path:
                                       finding=card["finding"], out=str(report_dir), split="test"))
     section = metrics["models"][card["model_id"]]
     low, high = section.get("auc_ci95") or (None, None)
-    logger.info("test AUC %.3f (95%% CI %s-%s) on %d images", section["auc"], low, high, section["n"])
+    ci = f" (95% CI {low:.3f}-{high:.3f})" if low is not None else ""
+    logger.info("test AUC %.3f%s on %d images", section["auc"], ci, section["n"])
     return report_dir / "report.html"

@@ -79,12 +79,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     quiet_tensorflow()  # a local Ray's workers inherit this process's environment
-    runtime_env = {"env_vars": dict(QUIET_ENV)}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        # A submitted job already has its runtime env; adding one here would conflict with it.
+        ray.init(address=address, log_to_driver=True)
     else:
         # The dashboard hosts the state API that Ray Train's clean-up polls.
-        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True,
+        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": dict(QUIET_ENV)}, include_dashboard=True,
                  log_to_driver=True)
 
 

@@ -1,0 +1,582 @@
+"""Scoring throughput: a naive notebook loop vs the model alone vs ``medai score`` (fp32, bf16).
+
+Everything is measured in one run, on the same images and the same untrained 256 px model
+(throughput does not depend on the weights):
+
+(a) the naive notebook way, in one process: stream the tarballs with ``tarfile``, PIL
+    ``open -> convert('L') -> resize(256)`` -> ``uint8`` -> ``model.predict`` per batch, serially;
+    timed end to end, reading included.
+(b) the model alone (the ceiling): a pre-decoded ``uint8`` batch through a ``tf.function``
+    predict, steady state (also under ``mixed_bfloat16``, for reference).
+(c) ``medai score`` fp32 and (d) ``medai score`` bf16, via :func:`medai.score.run_scoring`.
+    Steady state comes from the Parquet ``scored_at`` column (one timestamp per written file):
+    rows after the first file / (last - first timestamp). End to end is ``ScoreSummary.seconds``;
+    Ray's start-up, the run's start-up and the time to the first output are printed apart.
+
+Peak memory of the scorer (driver + every Ray process, found by a marker environment variable
+set before Ray starts and sampled from ``/proc`` every 0.2 s) is measured for (c) at N and at
+``--memory-scale`` x N inputs. Inputs are the shared real sample (113 NIH 1024x1024 PNGs)
+copied under distinct names into temporary tarballs until ``--inputs`` are reached; the
+``--memory-scale`` set hard-links those tarballs (member names repeat, sources differ).
+``--phantoms`` uses generated 1024 px phantoms instead of the sample. (a) and (b) run in a
+separate process before Ray starts, with TensorFlow sized as the scorer actor sizes itself.
+
+Full run (about 10-15 minutes on 2 cores; run it on a quiet machine)::
+
+    .venv/bin/python benchmarks/score_throughput.py --inputs 1000 --memory-scale 10
+
+Smoke run (a minute or two)::
+
+    .venv/bin/python benchmarks/score_throughput.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import platform
+import shutil
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "data" / "chestxray8-sample" / "images_001.tar.gz"
+IMAGE_SIZE = 256
+PHANTOM_SIZE = 1024
+SAMPLE_IMAGES = 113
+MARKER = "MEDAI_SCORE_BENCH_MARKER"
+QUICK = {"inputs": 24, "memory_scale": 3, "batch_size": 8, "rows_per_file": 8,
+         "ceiling_batches": 3}
+FULL = {"inputs": 1000, "memory_scale": 10, "batch_size": 32, "rows_per_file": 128,
+        "ceiling_batches": 10}
+
+# Targets of the issue, on a 2-core machine: (name, required ratio, higher is better).
+TARGET_C_VS_B = 0.85
+TARGET_C_VS_A = 1.2
+TARGET_D_VS_C = 1.7
+TARGET_MEMORY = 1.15
+TARGET_E2E_VS_A = 1.0
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def read_sample(path: Path) -> list[tuple[str, bytes]]:
+    """The ``(member name, PNG bytes)`` of the sample archive, in archive order."""
+    from medai.images import iter_archive
+
+    return list(iter_archive(str(path)))
+
+
+def make_phantoms(folder: Path, images: int) -> list[tuple[str, bytes]]:
+    """About ``images`` generated 1024 px phantom PNGs (1-3 per patient)."""
+    from medai.images import iter_archive
+    from medai.phantoms import PhantomSpec, write_phantom_archive
+
+    write_phantom_archive(folder, PhantomSpec(n_patients=max(2, math.ceil(images / 2)),
+                                              size=PHANTOM_SIZE, seed=0))
+    return list(iter_archive(str(folder / "images_001.tar.gz")))
+
+
+def write_inputs(base: list[tuple[str, bytes]], count: int, folder: Path) -> list[Path]:
+    """Write ``count`` images as tarballs of ``len(base)`` members, each copy under new names.
+
+    Returns:
+        The tarballs written, ``images_001.tar.gz`` ... in order.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    archives: list[Path] = []
+    written = 0
+    while written < count:
+        copy = len(archives)
+        path = folder / f"images_{copy + 1:03d}.tar.gz"
+        take = base[: count - written]
+        with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+            for name, data in take:
+                info = tarfile.TarInfo(f"images/c{copy:03d}_{PurePosixPath(name).name}")
+                info.size, info.mtime = len(data), 1504999999
+                tar.addfile(info, io.BytesIO(data))
+        written += len(take)
+        archives.append(path)
+    return archives
+
+
+def link_copies(archives: list[Path], copies: int, folder: Path) -> list[Path]:
+    """``copies`` hard links (copies across devices) of every tarball, under distinct names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for copy in range(copies):
+        for archive in archives:
+            target = folder / f"r{copy:03d}_{archive.name}"
+            try:
+                os.link(archive, target)
+            except OSError:
+                shutil.copyfile(archive, target)
+            linked.append(target)
+    return linked
+
+
+# ------------------------------------------------------- (a) and (b), in a separate process
+
+
+def _timed_predict(predict, batch: np.ndarray, batches: int) -> float:
+    """Images/s of ``batches`` calls of ``predict`` on ``batch`` after two warm-up calls."""
+    for _ in range(2):
+        np.asarray(predict(batch))
+    started = time.perf_counter()
+    for _ in range(batches):
+        np.asarray(predict(batch))
+    return batches * len(batch) / (time.perf_counter() - started)
+
+
+def naive_notebook(model, archives: list[str], batch_size: int) -> tuple[int, float]:
+    """(a): tarfile + PIL + ``model.predict`` per batch, serially. Returns ``(images, s)``."""
+    from PIL import Image
+
+    started = time.perf_counter()
+    images, batch = 0, []
+    for archive in archives:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                if not member.isfile() or not member.name.endswith(".png"):
+                    continue
+                image = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("L")
+                image = image.resize((IMAGE_SIZE, IMAGE_SIZE))
+                batch.append(np.asarray(image, dtype=np.uint8)[..., None])
+                if len(batch) == batch_size:
+                    model.predict(np.stack(batch), verbose=0)
+                    images, batch = images + len(batch), []
+    if batch:
+        model.predict(np.stack(batch), verbose=0)
+        images += len(batch)
+    return images, time.perf_counter() - started
+
+
+def in_process_baselines(model_dir: str, archives: list[str], batch_size: int,
+                         ceiling_batches: int) -> dict:
+    """Save the untrained model, then measure (a) and (b) in this (fresh) process.
+
+    TensorFlow is sized exactly as :class:`medai.score.Scorer` sizes itself (all the cores
+    this process may use).
+    """
+    from medai.runtime import configure_tensorflow
+
+    threads = len(os.sched_getaffinity(0))
+    configure_tensorflow(threads)
+    import keras
+    import tensorflow as tf
+
+    from medai.artifact import MODEL_FILE, save_model_dir
+    from medai.images import decode_image, iter_archive
+    from medai.model import ModelSpec, build_model, rebuild_with_policy
+
+    keras.utils.set_random_seed(0)
+    spec = ModelSpec(IMAGE_SIZE, "gap", "none")
+    save_model_dir(build_model(spec), model_dir, {"finding": "Mass", "image_size": IMAGE_SIZE,
+                                                  "head": "gap", "weights": "none",
+                                                  "threshold": 0.5})
+    keras.backend.clear_session()
+
+    started = time.perf_counter()
+    model = keras.saving.load_model(Path(model_dir) / MODEL_FILE, compile=False)
+    load_seconds = time.perf_counter() - started
+    naive_images, naive_seconds = naive_notebook(model, archives, batch_size)
+
+    decoded = []
+    for _, data in iter_archive(archives[0]):
+        decoded.append(decode_image(data, IMAGE_SIZE))
+        if len(decoded) == batch_size:
+            break
+    batch = np.stack([decoded[i % len(decoded)] for i in range(batch_size)])
+    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    started = time.perf_counter()
+    np.asarray(predict(batch))
+    trace_seconds = time.perf_counter() - started
+    ceiling = _timed_predict(predict, batch, ceiling_batches)
+    bf16_model = rebuild_with_policy(model, spec, "mixed_bfloat16")
+    bf16_predict = tf.function(lambda x: bf16_model(x, training=False), reduce_retracing=True)
+    ceiling_bf16 = _timed_predict(bf16_predict, batch, ceiling_batches)
+    return {
+        "threads": tf.config.threading.get_intra_op_parallelism_threads() or threads,
+        "load_seconds": load_seconds, "trace_seconds": trace_seconds,
+        "naive_images": naive_images, "naive_seconds": naive_seconds,
+        "ceiling": ceiling, "ceiling_bf16": ceiling_bf16,
+    }
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+def _start_time(pid: str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            # Field 22 (start time); the command name in field 2 may contain spaces.
+            return handle.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _rss_bytes(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class RssSampler:
+    """Sum of RSS of this process and of every process started with ``MARKER=<token>``.
+
+    Processes are recognised by ``(pid, start time)`` so that a recycled pid is re-checked.
+    Shared pages (e.g. Ray's object store) count once per process that maps them, so the sum
+    is an upper bound; it is the same measure at every input count.
+    """
+
+    def __init__(self, token: str, interval: float = 0.2):
+        self._needle = f"{MARKER}={token}".encode()
+        self._interval = interval
+        self._known: dict[tuple[str, str], bool] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.peak = 0
+        self.peak_processes = 0
+
+    def _marked(self, pid: str, started: str) -> bool:
+        key = (pid, started)
+        if key not in self._known:
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    self._known[key] = self._needle in handle.read()
+            except OSError:
+                return False
+        return self._known[key]
+
+    def sample(self) -> tuple[int, int]:
+        """``(total RSS bytes, processes counted)`` now."""
+        own = str(os.getpid())
+        total, count = _rss_bytes(own), 1
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or pid == own:
+                continue
+            started = _start_time(pid)
+            if started is not None and self._marked(pid, started):
+                total += _rss_bytes(pid)
+                count += 1
+        return total, count
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total, count = self.sample()
+            if total > self.peak:
+                self.peak, self.peak_processes = total, count
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self.peak = self.peak_processes = 0
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+# ---------------------------------------------------------------------- (c) and (d)
+
+
+@dataclass
+class ScoreRun:
+    """One ``medai score`` run."""
+
+    label: str
+    inputs: int
+    seconds: float = 0.0
+    startup_seconds: float = 0.0
+    first_output_seconds: float | None = None
+    steady: float | None = None
+    files: int = 0
+    scored: int = 0
+    errors: int = 0
+    idle_rss: int = 0
+    peak_rss: int = 0
+    peak_processes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def end_to_end(self) -> float:
+        """Images/s over the whole run, its start-up included."""
+        return self.inputs / self.seconds if self.seconds else 0.0
+
+
+def _file_timeline(out: Path) -> list[tuple[datetime, int]]:
+    """``(scored_at, rows)`` of every prediction file, oldest first."""
+    import pyarrow.parquet as pq
+
+    from medai.score import prediction_files
+
+    points = []
+    for path in prediction_files(out):
+        column = pq.read_table(path, columns=["scored_at"])["scored_at"].to_pylist()
+        points.append((max(column), len(column)))
+    return sorted(points)
+
+
+def score_run(label: str, model_dir: Path, folder: Path, out: Path, inputs: int, precision: str,
+              batch_size: int, rows_per_file: int, sampler: RssSampler) -> ScoreRun:
+    """Run :func:`medai.score.run_scoring` once, sampling memory, and time it."""
+    from medai.score import ScoreConfig, run_scoring
+
+    config = ScoreConfig(model=str(model_dir), images=(str(folder),), out=str(out),
+                         batch_size=batch_size, precision=precision, rows_per_file=rows_per_file,
+                         progress=False)
+    run = ScoreRun(label, inputs)
+    run.idle_rss = sampler.sample()[0]
+    began = datetime.now(timezone.utc)
+    with sampler:
+        summary = run_scoring(config)
+    run.peak_rss, run.peak_processes = sampler.peak, sampler.peak_processes
+    run.seconds, run.startup_seconds = summary.seconds, summary.startup_seconds
+    run.scored, run.errors, run.files = summary.scored, summary.errors, summary.files
+    if summary.scored + summary.errors != inputs:
+        run.notes.append(f"{label}: {summary.scored + summary.errors} rows for {inputs} inputs")
+    timeline = _file_timeline(out)
+    if timeline:
+        run.first_output_seconds = (timeline[0][0] - began).total_seconds()
+    if len(timeline) >= 2:
+        span = (timeline[-1][0] - timeline[0][0]).total_seconds()
+        run.steady = sum(rows for _, rows in timeline[1:]) / span if span > 0 else None
+    else:
+        run.notes.append(f"{label}: one output file, no steady state (lower --rows-per-file)")
+    return run
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    """``nproc``, the CPU model and the versions that matter."""
+    from importlib.metadata import version
+
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = ", ".join(f"{n} {version(n)}" for n in ("ray", "tensorflow", "keras"))
+    nproc = len(os.sched_getaffinity(0))
+    return f"nproc {nproc}, {model}, Python {platform.python_version()}, {versions}"
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
+
+
+_COMPARE = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__}
+
+
+def _check(value: float | None, sign: str, required: float) -> tuple[str, str]:
+    """``(measured, PASS/FAIL)`` of ``value <sign> required``."""
+    if value is None:
+        return "n/a", "n/a"
+    return f"{value:.2f}x", "PASS" if _COMPARE[sign](float(value), required) else "FAIL"
+
+
+def print_report(args: argparse.Namespace, source: str, base: dict, ray_start: float,
+                 fp32: ScoreRun, bf16: ScoreRun, scaled: ScoreRun) -> None:
+    """Print the measured numbers, the targets with PASS/FAIL, and a pasteable table."""
+    n = args.inputs
+    naive = base["naive_images"] / base["naive_seconds"]
+    naive_e2e = base["naive_images"] / (base["naive_seconds"] + base["load_seconds"])
+    fp32_ray = n / (ray_start + fp32.seconds)
+    gib = 1024.0**3
+    rows = [
+        ("(a) naive notebook: tarfile + PIL + model.predict, serial", n,
+         base["naive_seconds"], naive),
+        ("(a) naive, model load included", n, base["naive_seconds"] + base["load_seconds"],
+         naive_e2e),
+        ("(b) model alone, in-memory uint8, tf.function, fp32 (ceiling)", None, None,
+         base["ceiling"]),
+        ("(b) model alone, bf16 (reference)", None, None, base["ceiling_bf16"]),
+        ("(c) medai score fp32, steady state", None, None, fp32.steady),
+        ("(c) medai score fp32, end to end (run start-up included)", n, fp32.seconds,
+         fp32.end_to_end),
+        ("(c) medai score fp32, end to end + Ray start-up", n, fp32.seconds + ray_start, fp32_ray),
+        ("(d) medai score bf16, steady state", None, None, bf16.steady),
+        ("(d) medai score bf16, end to end (run start-up included)", n, bf16.seconds,
+         bf16.end_to_end),
+    ]
+    checks = [
+        ("(c) steady / (b) fp32", _ratio(fp32.steady, base["ceiling"]), ">=", TARGET_C_VS_B),
+        ("(c) steady / (a)", _ratio(fp32.steady, naive), ">=", TARGET_C_VS_A),
+        ("(d) steady / (c) steady", _ratio(bf16.steady, fp32.steady), ">=", TARGET_D_VS_C),
+        (f"peak RSS at {args.memory_scale}x / 1x inputs", _ratio(scaled.peak_rss, fp32.peak_rss),
+         "<=", TARGET_MEMORY),
+        (f"(c) end to end + Ray start-up / (a) with model load, {n} images",
+         _ratio(fp32_ray, naive_e2e), ">", TARGET_E2E_VS_A),
+    ]
+    lines = [
+        f"Scoring throughput, {IMAGE_SIZE} px InceptionV3 (untrained weights), batch "
+        f"{args.batch_size}, {n} inputs from {source}",
+        f"Machine: {machine()}",
+        f"TensorFlow intra-op threads: {base['threads']} for (a)/(b), the same for the scorer "
+        f"actor (all cores; --threads unset). Prediction files of {args.rows_per_file} rows.",
+        "",
+        "| measurement | images | seconds | images/s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, images, seconds, rate in rows:
+        lines.append(f"| {name} | {images if images is not None else ''} | "
+                     f"{'' if seconds is None else f'{seconds:.1f}'} | {_rate(rate)} |")
+    lines += ["", "| target | measured | required | result |", "| --- | ---: | ---: | --- |"]
+    for name, value, sign, required in checks:
+        measured, verdict = _check(value, sign, required)
+        lines.append(f"| {name} | {measured} | {sign} {required:.2f}x | {verdict} |")
+    lines += [
+        "",
+        "| start-up | seconds |",
+        "| --- | ---: |",
+        f"| Ray start (init_ray, local, {os.cpu_count()} CPUs) | {ray_start:.1f} |",
+        f"| model load (keras.saving.load_model, one process) | {base['load_seconds']:.1f} |",
+        f"| first predict trace (tf.function, one process) | {base['trace_seconds']:.1f} |",
+    ]
+    for run in (fp32, bf16, scaled):
+        first = "n/a" if run.first_output_seconds is None else f"{run.first_output_seconds:.1f}"
+        lines += [f"| {run.label}: run start-up (ScoreSummary.startup_seconds) | "
+                  f"{run.startup_seconds:.1f} |",
+                  f"| {run.label}: time to first output file (actor start + model load + "
+                  f"first batches) | {first} |"]
+    lines += ["", "| memory: medai score fp32 | inputs | idle RSS before, GiB | peak RSS, GiB "
+              "| processes at peak | images/s end to end | images/s steady |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for run in (fp32, scaled):
+        lines.append(f"| {run.label} | {run.inputs} | {run.idle_rss / gib:.2f} | "
+                     f"{run.peak_rss / gib:.2f} | {run.peak_processes} | "
+                     f"{run.end_to_end:.1f} | {_rate(run.steady)} |")
+    notes = fp32.notes + bf16.notes + scaled.notes
+    if args.quick:
+        notes.append("--quick: tiny input counts, the ratios are not meaningful")
+    lines += [""] + [f"note: {note}" for note in notes]
+    print("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, help=f"images to score (default {FULL['inputs']})")
+    parser.add_argument("--memory-scale", type=int,
+                        help=f"input multiple of the memory run (default {FULL['memory_scale']})")
+    parser.add_argument("--batch-size", type=int, help=f"default {FULL['batch_size']}")
+    parser.add_argument("--rows-per-file", type=int,
+                        help="rows per Parquet file, the granularity of the steady-state timing "
+                             f"(default {FULL['rows_per_file']})")
+    parser.add_argument("--ceiling-batches", type=int,
+                        help=f"timed batches of (b) (default {FULL['ceiling_batches']})")
+    parser.add_argument("--sample", type=Path, default=SAMPLE,
+                        help="the ChestX-ray8 sample tarball (default: ../shared/data/"
+                             "chestxray8-sample/images_001.tar.gz from the repo root)")
+    parser.add_argument("--phantoms", action="store_true",
+                        help=f"use generated {PHANTOM_SIZE} px phantoms instead of the sample")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run: " + ", ".join(
+        f"{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("inputs", "memory_scale", "batch_size", "rows_per_file", "ceiling_batches"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scoring benchmark; print its tables. Returns the exit status."""
+    args = _parse(argv)
+    if not args.phantoms and not args.sample.is_file():
+        print(f"error: the ChestX-ray8 sample is not at {args.sample}; pass --sample PATH, or "
+              "--phantoms to use generated 1024 px phantoms", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="medai-score-bench-") as tmp:
+        root = Path(tmp)
+        if args.phantoms:
+            base = make_phantoms(root / "phantoms", min(args.inputs, SAMPLE_IMAGES))
+            source = f"{len(base)} generated {PHANTOM_SIZE} px phantoms, repeated"
+        else:
+            base = read_sample(args.sample)
+            source = f"{len(base)} real images of {args.sample.name}, repeated"
+        archives = write_inputs(base, args.inputs, root / "inputs")
+        link_copies(archives, args.memory_scale, root / "inputs_scaled")
+        model_dir = root / "model"
+        print(f"inputs ready: {args.inputs} and {args.inputs * args.memory_scale} images; "
+              "measuring (a) and (b) in a separate process ...", flush=True)
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            baselines = pool.submit(in_process_baselines, str(model_dir),
+                                    [str(a) for a in archives], args.batch_size,
+                                    args.ceiling_batches).result()
+        results = run_scorer(args, root, model_dir)
+    print_report(args, source, baselines, *results)
+    return 0
+
+
+def run_scorer(args: argparse.Namespace, root: Path, model_dir: Path
+               ) -> tuple[float, ScoreRun, ScoreRun, ScoreRun]:
+    """Start Ray once, then run (c) fp32, (d) bf16 and the scaled fp32 memory run."""
+    import ray
+
+    from medai.runtime import init_ray
+
+    token = uuid.uuid4().hex
+    os.environ[MARKER] = token  # inherited by the Ray processes started below
+    sampler = RssSampler(token)
+    started = time.perf_counter()
+    init_ray(num_cpus=os.cpu_count())
+    ray_start = time.perf_counter() - started
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        common = {"model_dir": model_dir, "batch_size": args.batch_size,
+                  "rows_per_file": args.rows_per_file, "sampler": sampler}
+        print("(c) medai score fp32 ...", flush=True)
+        fp32 = score_run("(c) fp32 1x", folder=root / "inputs", out=root / "out_fp32",
+                         inputs=args.inputs, precision="fp32", **common)
+        print("(d) medai score bf16 ...", flush=True)
+        bf16 = score_run("(d) bf16 1x", folder=root / "inputs", out=root / "out_bf16",
+                         inputs=args.inputs, precision="bf16", **common)
+        scale = args.memory_scale
+        print(f"(c) medai score fp32 at {scale}x inputs ...", flush=True)
+        scaled = score_run(f"(c) fp32 {scale}x", folder=root / "inputs_scaled",
+                           out=root / "out_scaled", inputs=args.inputs * scale,
+                           precision="fp32", **common)
+    finally:
+        ray.shutdown()
+        os.environ.pop(MARKER, None)
+    return ray_start, fp32, bf16, scaled
+
+
+if __name__ == "__main__":
+    sys.exit(main())
