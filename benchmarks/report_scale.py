@@ -35,12 +35,14 @@ def write_inputs(folder: Path, rows: int, models: int, seed: int) -> tuple[Path,
     labels = rng.random(rows) < PREVALENCE
     findings = np.where(labels, "Mass", rng.choice(["No Finding", "Effusion", "Nodule"], rows))
     label_csv = folder / "Data_Entry_2017.csv"
-    pd.DataFrame({
-        "Image Index": image_ids,
-        "Finding Labels": findings,
-        "Follow-up #": 0,
-        "Patient ID": [name[:8] for name in image_ids],
-    }).to_csv(label_csv, index=False)
+    pd.DataFrame(
+        {
+            "Image Index": image_ids,
+            "Finding Labels": findings,
+            "Follow-up #": 0,
+            "Patient ID": [name[:8] for name in image_ids],
+        }
+    ).to_csv(label_csv, index=False)
 
     images = folder / "images"
     images.mkdir()
@@ -59,17 +61,19 @@ def write_inputs(folder: Path, rows: int, models: int, seed: int) -> tuple[Path,
         scores = scores.astype(np.float32)
         failed = rng.random(rows) < 0.001
         error = np.where(failed, "not a decodable image", None)
-        table = pa.table({
-            "image_id": pa.array(image_ids, pa.string()),
-            "source": pa.array([sources[i % len(sources)] for i in range(rows)], pa.string()),
-            "score": pa.array(np.where(failed, np.nan, scores), pa.float32(), from_pandas=True),
-            "predicted": pa.array(scores >= 0.3, pa.bool_()),
-            "threshold": pa.array(np.full(rows, 0.3, np.float32)),
-            "finding": pa.array(["Mass"] * rows, pa.string()),
-            "model_id": pa.array([model_id] * rows, pa.string()),
-            "scored_at": pa.array([scored_at] * rows, pa.timestamp("us", tz="UTC")),
-            "error": pa.array(error, pa.string()),
-        })
+        table = pa.table(
+            {
+                "image_id": pa.array(image_ids, pa.string()),
+                "source": pa.array([sources[i % len(sources)] for i in range(rows)], pa.string()),
+                "score": pa.array(np.where(failed, np.nan, scores), pa.float32(), from_pandas=True),
+                "predicted": pa.array(scores >= 0.3, pa.bool_()),
+                "threshold": pa.array(np.full(rows, 0.3, np.float32)),
+                "finding": pa.array(["Mass"] * rows, pa.string()),
+                "model_id": pa.array([model_id] * rows, pa.string()),
+                "scored_at": pa.array([scored_at] * rows, pa.timestamp("us", tz="UTC")),
+                "error": pa.array(error, pa.string()),
+            }
+        )
         # Several files per model, as Ray Data writes them.
         for part, start in enumerate(range(0, rows, 40_000)):
             pq.write_table(table.slice(start, 40_000), predictions / f"m{model}-{part:05d}.parquet")
@@ -84,8 +88,12 @@ def main(argv: list[str] | None = None) -> float:
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=NIH_ROWS, help="prediction rows per model")
-    parser.add_argument("--models", type=int, default=1,
-                        help="models scoring the same images (2+ adds the comparison)")
+    parser.add_argument(
+        "--models",
+        type=int,
+        default=1,
+        help="models scoring the same images (2+ adds the comparison)",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="show the report's log")
@@ -97,14 +105,22 @@ def main(argv: list[str] | None = None) -> float:
     with tempfile.TemporaryDirectory(prefix="medai-report-bench-") as tmp:
         folder = Path(tmp)
         predictions, labels = write_inputs(folder, args.rows, args.models, args.seed)
-        config = ReportConfig(predictions=predictions, labels=labels, out=folder / "out",
-                              split="all", bootstrap=args.bootstrap, seed=args.seed)
+        config = ReportConfig(
+            predictions=predictions,
+            labels=labels,
+            out=folder / "out",
+            split="all",
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
         started = time.perf_counter()
         report = run_report(config)
         seconds = time.perf_counter() - started
     for model_id, section in report["models"].items():
-        print(f"model {model_id[:12]}: n={section['n']} AUC={section['auc']:.4f} "
-              f"CI95={section['auc_ci95']}")
+        print(
+            f"model {model_id[:12]}: n={section['n']} AUC={section['auc']:.4f} "
+            f"CI95={section['auc_ci95']}"
+        )
     print(f"report over {args.rows} rows: {seconds:.1f} s")
     return seconds
 

@@ -58,10 +58,14 @@ IMAGE_SIZE = 256
 PHANTOM_SIZE = 1024
 SAMPLE_IMAGES = 113
 MARKER = "MEDAI_SCORE_BENCH_MARKER"
-QUICK = {"inputs": 24, "memory_scale": 3, "batch_size": 8, "rows_per_file": 8,
-         "ceiling_batches": 3}
-FULL = {"inputs": 1000, "memory_scale": 10, "batch_size": 32, "rows_per_file": 128,
-        "ceiling_batches": 10}
+QUICK = {"inputs": 24, "memory_scale": 3, "batch_size": 8, "rows_per_file": 8, "ceiling_batches": 3}
+FULL = {
+    "inputs": 1000,
+    "memory_scale": 10,
+    "batch_size": 32,
+    "rows_per_file": 128,
+    "ceiling_batches": 10,
+}
 
 # Targets of the issue, on a 2-core machine: (name, required ratio, higher is better).
 TARGET_C_VS_B = 0.85
@@ -86,8 +90,9 @@ def make_phantoms(folder: Path, images: int) -> list[tuple[str, bytes]]:
     from medai.images import iter_archive
     from medai.phantoms import PhantomSpec, write_phantom_archive
 
-    write_phantom_archive(folder, PhantomSpec(n_patients=max(2, math.ceil(images / 2)),
-                                              size=PHANTOM_SIZE, seed=0))
+    write_phantom_archive(
+        folder, PhantomSpec(n_patients=max(2, math.ceil(images / 2)), size=PHANTOM_SIZE, seed=0)
+    )
     return list(iter_archive(str(folder / "images_001.tar.gz")))
 
 
@@ -165,8 +170,9 @@ def naive_notebook(model, archives: list[str], batch_size: int) -> tuple[int, fl
     return images, time.perf_counter() - started
 
 
-def in_process_baselines(model_dir: str, archives: list[str], batch_size: int,
-                         ceiling_batches: int) -> dict:
+def in_process_baselines(
+    model_dir: str, archives: list[str], batch_size: int, ceiling_batches: int
+) -> dict:
     """Save the untrained model, then measure (a) and (b) in this (fresh) process.
 
     TensorFlow is sized exactly as :class:`medai.score.Scorer` sizes itself (all the cores
@@ -185,9 +191,17 @@ def in_process_baselines(model_dir: str, archives: list[str], batch_size: int,
 
     keras.utils.set_random_seed(0)
     spec = ModelSpec(IMAGE_SIZE, "gap", "none")
-    save_model_dir(build_model(spec), model_dir, {"finding": "Mass", "image_size": IMAGE_SIZE,
-                                                  "head": "gap", "weights": "none",
-                                                  "threshold": 0.5})
+    save_model_dir(
+        build_model(spec),
+        model_dir,
+        {
+            "finding": "Mass",
+            "image_size": IMAGE_SIZE,
+            "head": "gap",
+            "weights": "none",
+            "threshold": 0.5,
+        },
+    )
     keras.backend.clear_session()
 
     started = time.perf_counter()
@@ -211,9 +225,12 @@ def in_process_baselines(model_dir: str, archives: list[str], batch_size: int,
     ceiling_bf16 = _timed_predict(bf16_predict, batch, ceiling_batches)
     return {
         "threads": tf.config.threading.get_intra_op_parallelism_threads() or threads,
-        "load_seconds": load_seconds, "trace_seconds": trace_seconds,
-        "naive_images": naive_images, "naive_seconds": naive_seconds,
-        "ceiling": ceiling, "ceiling_bf16": ceiling_bf16,
+        "load_seconds": load_seconds,
+        "trace_seconds": trace_seconds,
+        "naive_images": naive_images,
+        "naive_seconds": naive_seconds,
+        "ceiling": ceiling,
+        "ceiling_bf16": ceiling_bf16,
     }
 
 
@@ -337,14 +354,29 @@ def _file_timeline(out: Path) -> list[tuple[datetime, int]]:
     return sorted(points)
 
 
-def score_run(label: str, model_dir: Path, folder: Path, out: Path, inputs: int, precision: str,
-              batch_size: int, rows_per_file: int, sampler: RssSampler) -> ScoreRun:
+def score_run(
+    label: str,
+    model_dir: Path,
+    folder: Path,
+    out: Path,
+    inputs: int,
+    precision: str,
+    batch_size: int,
+    rows_per_file: int,
+    sampler: RssSampler,
+) -> ScoreRun:
     """Run :func:`medai.score.run_scoring` once, sampling memory, and time it."""
     from medai.score import ScoreConfig, run_scoring
 
-    config = ScoreConfig(model=str(model_dir), images=(str(folder),), out=str(out),
-                         batch_size=batch_size, precision=precision, rows_per_file=rows_per_file,
-                         progress=False)
+    config = ScoreConfig(
+        model=str(model_dir),
+        images=(str(folder),),
+        out=str(out),
+        batch_size=batch_size,
+        precision=precision,
+        rows_per_file=rows_per_file,
+        progress=False,
+    )
     run = ScoreRun(label, inputs)
     run.idle_rss = sampler.sample()[0]
     began = datetime.now(timezone.utc)
@@ -404,8 +436,15 @@ def _check(value: float | None, sign: str, required: float) -> tuple[str, str]:
     return f"{value:.2f}x", "PASS" if _COMPARE[sign](float(value), required) else "FAIL"
 
 
-def print_report(args: argparse.Namespace, source: str, base: dict, ray_start: float,
-                 fp32: ScoreRun, bf16: ScoreRun, scaled: ScoreRun) -> None:
+def print_report(
+    args: argparse.Namespace,
+    source: str,
+    base: dict,
+    ray_start: float,
+    fp32: ScoreRun,
+    bf16: ScoreRun,
+    scaled: ScoreRun,
+) -> None:
     """Print the measured numbers, the targets with PASS/FAIL, and a pasteable table."""
     n = args.inputs
     naive = base["naive_images"] / base["naive_seconds"]
@@ -413,29 +452,57 @@ def print_report(args: argparse.Namespace, source: str, base: dict, ray_start: f
     fp32_ray = n / (ray_start + fp32.seconds)
     gib = 1024.0**3
     rows = [
-        ("(a) naive notebook: tarfile + PIL + model.predict, serial", n,
-         base["naive_seconds"], naive),
-        ("(a) naive, model load included", n, base["naive_seconds"] + base["load_seconds"],
-         naive_e2e),
-        ("(b) model alone, in-memory uint8, tf.function, fp32 (ceiling)", None, None,
-         base["ceiling"]),
+        (
+            "(a) naive notebook: tarfile + PIL + model.predict, serial",
+            n,
+            base["naive_seconds"],
+            naive,
+        ),
+        (
+            "(a) naive, model load included",
+            n,
+            base["naive_seconds"] + base["load_seconds"],
+            naive_e2e,
+        ),
+        (
+            "(b) model alone, in-memory uint8, tf.function, fp32 (ceiling)",
+            None,
+            None,
+            base["ceiling"],
+        ),
         ("(b) model alone, bf16 (reference)", None, None, base["ceiling_bf16"]),
         ("(c) medai score fp32, steady state", None, None, fp32.steady),
-        ("(c) medai score fp32, end to end (run start-up included)", n, fp32.seconds,
-         fp32.end_to_end),
+        (
+            "(c) medai score fp32, end to end (run start-up included)",
+            n,
+            fp32.seconds,
+            fp32.end_to_end,
+        ),
         ("(c) medai score fp32, end to end + Ray start-up", n, fp32.seconds + ray_start, fp32_ray),
         ("(d) medai score bf16, steady state", None, None, bf16.steady),
-        ("(d) medai score bf16, end to end (run start-up included)", n, bf16.seconds,
-         bf16.end_to_end),
+        (
+            "(d) medai score bf16, end to end (run start-up included)",
+            n,
+            bf16.seconds,
+            bf16.end_to_end,
+        ),
     ]
     checks = [
         ("(c) steady / (b) fp32", _ratio(fp32.steady, base["ceiling"]), ">=", TARGET_C_VS_B),
         ("(c) steady / (a)", _ratio(fp32.steady, naive), ">=", TARGET_C_VS_A),
         ("(d) steady / (c) steady", _ratio(bf16.steady, fp32.steady), ">=", TARGET_D_VS_C),
-        (f"peak RSS at {args.memory_scale}x / 1x inputs", _ratio(scaled.peak_rss, fp32.peak_rss),
-         "<=", TARGET_MEMORY),
-        (f"(c) end to end + Ray start-up / (a) with model load, {n} images",
-         _ratio(fp32_ray, naive_e2e), ">", TARGET_E2E_VS_A),
+        (
+            f"peak RSS at {args.memory_scale}x / 1x inputs",
+            _ratio(scaled.peak_rss, fp32.peak_rss),
+            "<=",
+            TARGET_MEMORY,
+        ),
+        (
+            f"(c) end to end + Ray start-up / (a) with model load, {n} images",
+            _ratio(fp32_ray, naive_e2e),
+            ">",
+            TARGET_E2E_VS_A,
+        ),
     ]
     lines = [
         f"Scoring throughput, {IMAGE_SIZE} px InceptionV3 (untrained weights), batch "
@@ -448,8 +515,10 @@ def print_report(args: argparse.Namespace, source: str, base: dict, ray_start: f
         "| --- | ---: | ---: | ---: |",
     ]
     for name, images, seconds, rate in rows:
-        lines.append(f"| {name} | {images if images is not None else ''} | "
-                     f"{'' if seconds is None else f'{seconds:.1f}'} | {_rate(rate)} |")
+        lines.append(
+            f"| {name} | {images if images is not None else ''} | "
+            f"{'' if seconds is None else f'{seconds:.1f}'} | {_rate(rate)} |"
+        )
     lines += ["", "| target | measured | required | result |", "| --- | ---: | ---: | --- |"]
     for name, value, sign, required in checks:
         measured, verdict = _check(value, sign, required)
@@ -464,17 +533,24 @@ def print_report(args: argparse.Namespace, source: str, base: dict, ray_start: f
     ]
     for run in (fp32, bf16, scaled):
         first = "n/a" if run.first_output_seconds is None else f"{run.first_output_seconds:.1f}"
-        lines += [f"| {run.label}: run start-up (ScoreSummary.startup_seconds) | "
-                  f"{run.startup_seconds:.1f} |",
-                  f"| {run.label}: time to first output file (actor start + model load + "
-                  f"first batches) | {first} |"]
-    lines += ["", "| memory: medai score fp32 | inputs | idle RSS before, GiB | peak RSS, GiB "
-              "| processes at peak | images/s end to end | images/s steady |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"| {run.label}: run start-up (ScoreSummary.startup_seconds) | "
+            f"{run.startup_seconds:.1f} |",
+            f"| {run.label}: time to first output file (actor start + model load + "
+            f"first batches) | {first} |",
+        ]
+    lines += [
+        "",
+        "| memory: medai score fp32 | inputs | idle RSS before, GiB | peak RSS, GiB "
+        "| processes at peak | images/s end to end | images/s steady |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for run in (fp32, scaled):
-        lines.append(f"| {run.label} | {run.inputs} | {run.idle_rss / gib:.2f} | "
-                     f"{run.peak_rss / gib:.2f} | {run.peak_processes} | "
-                     f"{run.end_to_end:.1f} | {_rate(run.steady)} |")
+        lines.append(
+            f"| {run.label} | {run.inputs} | {run.idle_rss / gib:.2f} | "
+            f"{run.peak_rss / gib:.2f} | {run.peak_processes} | "
+            f"{run.end_to_end:.1f} | {_rate(run.steady)} |"
+        )
     notes = fp32.notes + bf16.notes + scaled.notes
     if args.quick:
         notes.append("--quick: tiny input counts, the ratios are not meaningful")
@@ -488,21 +564,40 @@ def print_report(args: argparse.Namespace, source: str, base: dict, ray_start: f
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, help=f"images to score (default {FULL['inputs']})")
-    parser.add_argument("--memory-scale", type=int,
-                        help=f"input multiple of the memory run (default {FULL['memory_scale']})")
+    parser.add_argument(
+        "--memory-scale",
+        type=int,
+        help=f"input multiple of the memory run (default {FULL['memory_scale']})",
+    )
     parser.add_argument("--batch-size", type=int, help=f"default {FULL['batch_size']}")
-    parser.add_argument("--rows-per-file", type=int,
-                        help="rows per Parquet file, the granularity of the steady-state timing "
-                             f"(default {FULL['rows_per_file']})")
-    parser.add_argument("--ceiling-batches", type=int,
-                        help=f"timed batches of (b) (default {FULL['ceiling_batches']})")
-    parser.add_argument("--sample", type=Path, default=SAMPLE,
-                        help="the ChestX-ray8 sample tarball (default: ../shared/data/"
-                             "chestxray8-sample/images_001.tar.gz from the repo root)")
-    parser.add_argument("--phantoms", action="store_true",
-                        help=f"use generated {PHANTOM_SIZE} px phantoms instead of the sample")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run: " + ", ".join(
-        f"{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
+    parser.add_argument(
+        "--rows-per-file",
+        type=int,
+        help="rows per Parquet file, the granularity of the steady-state timing "
+        f"(default {FULL['rows_per_file']})",
+    )
+    parser.add_argument(
+        "--ceiling-batches",
+        type=int,
+        help=f"timed batches of (b) (default {FULL['ceiling_batches']})",
+    )
+    parser.add_argument(
+        "--sample",
+        type=Path,
+        default=SAMPLE,
+        help="the ChestX-ray8 sample tarball (default: ../shared/data/"
+        "chestxray8-sample/images_001.tar.gz from the repo root)",
+    )
+    parser.add_argument(
+        "--phantoms",
+        action="store_true",
+        help=f"use generated {PHANTOM_SIZE} px phantoms instead of the sample",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny smoke run: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
+    )
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
@@ -518,8 +613,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the scoring benchmark; print its tables. Returns the exit status."""
     args = _parse(argv)
     if not args.phantoms and not args.sample.is_file():
-        print(f"error: the ChestX-ray8 sample is not at {args.sample}; pass --sample PATH, or "
-              "--phantoms to use generated 1024 px phantoms", file=sys.stderr)
+        print(
+            f"error: the ChestX-ray8 sample is not at {args.sample}; pass --sample PATH, or "
+            "--phantoms to use generated 1024 px phantoms",
+            file=sys.stderr,
+        )
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory(prefix="medai-score-bench-") as tmp:
@@ -533,19 +631,27 @@ def main(argv: list[str] | None = None) -> int:
         archives = write_inputs(base, args.inputs, root / "inputs")
         link_copies(archives, args.memory_scale, root / "inputs_scaled")
         model_dir = root / "model"
-        print(f"inputs ready: {args.inputs} and {args.inputs * args.memory_scale} images; "
-              "measuring (a) and (b) in a separate process ...", flush=True)
+        print(
+            f"inputs ready: {args.inputs} and {args.inputs * args.memory_scale} images; "
+            "measuring (a) and (b) in a separate process ...",
+            flush=True,
+        )
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            baselines = pool.submit(in_process_baselines, str(model_dir),
-                                    [str(a) for a in archives], args.batch_size,
-                                    args.ceiling_batches).result()
+            baselines = pool.submit(
+                in_process_baselines,
+                str(model_dir),
+                [str(a) for a in archives],
+                args.batch_size,
+                args.ceiling_batches,
+            ).result()
         results = run_scorer(args, root, model_dir)
     print_report(args, source, baselines, *results)
     return 0
 
 
-def run_scorer(args: argparse.Namespace, root: Path, model_dir: Path
-               ) -> tuple[float, ScoreRun, ScoreRun, ScoreRun]:
+def run_scorer(
+    args: argparse.Namespace, root: Path, model_dir: Path
+) -> tuple[float, ScoreRun, ScoreRun, ScoreRun]:
     """Start Ray once, then run (c) fp32, (d) bf16 and the scaled fp32 memory run."""
     import ray
 
@@ -559,19 +665,40 @@ def run_scorer(args: argparse.Namespace, root: Path, model_dir: Path
     ray_start = time.perf_counter() - started
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        common = {"model_dir": model_dir, "batch_size": args.batch_size,
-                  "rows_per_file": args.rows_per_file, "sampler": sampler}
+        common = {
+            "model_dir": model_dir,
+            "batch_size": args.batch_size,
+            "rows_per_file": args.rows_per_file,
+            "sampler": sampler,
+        }
         print("(c) medai score fp32 ...", flush=True)
-        fp32 = score_run("(c) fp32 1x", folder=root / "inputs", out=root / "out_fp32",
-                         inputs=args.inputs, precision="fp32", **common)
+        fp32 = score_run(
+            "(c) fp32 1x",
+            folder=root / "inputs",
+            out=root / "out_fp32",
+            inputs=args.inputs,
+            precision="fp32",
+            **common,
+        )
         print("(d) medai score bf16 ...", flush=True)
-        bf16 = score_run("(d) bf16 1x", folder=root / "inputs", out=root / "out_bf16",
-                         inputs=args.inputs, precision="bf16", **common)
+        bf16 = score_run(
+            "(d) bf16 1x",
+            folder=root / "inputs",
+            out=root / "out_bf16",
+            inputs=args.inputs,
+            precision="bf16",
+            **common,
+        )
         scale = args.memory_scale
         print(f"(c) medai score fp32 at {scale}x inputs ...", flush=True)
-        scaled = score_run(f"(c) fp32 {scale}x", folder=root / "inputs_scaled",
-                           out=root / "out_scaled", inputs=args.inputs * scale,
-                           precision="fp32", **common)
+        scaled = score_run(
+            f"(c) fp32 {scale}x",
+            folder=root / "inputs_scaled",
+            out=root / "out_scaled",
+            inputs=args.inputs * scale,
+            precision="fp32",
+            **common,
+        )
     finally:
         ray.shutdown()
         os.environ.pop(MARKER, None)

@@ -5,7 +5,8 @@ Takes the same arguments as `medai report` (see `python jobs/report.py --help`).
 
 Example::
 
-    ray job submit --working-dir . -- python jobs/report.py --predictions /data/predictions --labels Data_Entry_2017.csv --out /data/report
+    ray job submit --working-dir . -- python jobs/report.py --predictions /data/predictions \
+        --labels Data_Entry_2017.csv --out /data/report
 
 or, with the token handling done for you, `medai submit report --address http://HEAD:8265 -- ...`.
 """

@@ -1,4 +1,4 @@
-"""The model directory: ``model.keras``, ``model_card.json``, ``split.csv``, ``training_curves.png``.
+"""The model directory: model.keras, model_card.json, split.csv, training_curves.png.
 
 ``model.keras`` holds the inference model only (no optimizer state). The card carries
 everything a scorer or reviewer needs: the finding, input size and preprocessing, the

@@ -36,9 +36,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, help="Data_Entry_2017.csv or a CSV image,label")
-    parser.add_argument("--images", required=True, action="append",
-                        help="folder (recursive; NIH tarballs read in place), tarball, image "
-                             "or .txt list; repeatable")
+    parser.add_argument(
+        "--images",
+        required=True,
+        action="append",
+        help="folder (recursive; NIH tarballs read in place), tarball, image "
+        "or .txt list; repeatable",
+    )
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--finding", default="Mass", help="NIH finding to detect (default Mass)")
     parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
@@ -46,34 +50,63 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per worker per step")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--head", default="gap", choices=["gap", "flatten"])
-    parser.add_argument("--weights", default="imagenet",
-                        help="imagenet (default), none, or a local InceptionV3 notop .h5 file")
-    parser.add_argument("--num-workers", type=int, default=None,
-                        help="Ray Train workers (default: one per GPU, else one per node)")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet (default), none, or a local InceptionV3 notop .h5 file",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="Ray Train workers (default: one per GPU, else one per node)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
+    parser.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS or local)"
+    )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="Adam learning rate (default 1e-4 pretrained, 1e-3 from scratch)")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="Adam learning rate (default 1e-4 pretrained, 1e-3 from scratch)",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--max-failures", type=int, default=2,
-                        help="worker failures to recover from (restart from last checkpoint)")
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="worker failures to recover from (restart from last checkpoint)",
+    )
 
 
 def _add_score(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory from medai train")
-    parser.add_argument("--images", required=True, action="append",
-                        help="folder, tarball, image, .txt list or URI (file://, s3://, gs://)")
+    parser.add_argument(
+        "--images",
+        required=True,
+        action="append",
+        help="folder, tarball, image, .txt list or URI (file://, s3://, gs://)",
+    )
     parser.add_argument("--out", required=True, help="predictions folder (Parquet)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--address", default=None)
     parser.add_argument("--limit", type=int, default=None, help="only the first N input images")
-    parser.add_argument("--actors", type=int, default=None,
-                        help="scorer actors (default: one per GPU, else one per node)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="TensorFlow threads per scorer actor (default: the node's cores)")
+    parser.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="scorer actors (default: one per GPU, else one per node)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="TensorFlow threads per scorer actor (default: the node's cores)",
+    )
     parser.add_argument("--rows-per-file", type=int, default=4096)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -132,16 +165,30 @@ def _run_train(args: argparse.Namespace) -> int:
     from medai.train import TrainConfig, run_training
 
     config = TrainConfig(
-        labels=args.labels, images=tuple(args.images), out=args.out, finding=args.finding,
-        negatives=args.negatives, epochs=args.epochs, batch_size=args.batch_size,
-        image_size=args.image_size, head=args.head, weights=args.weights,
-        num_workers=args.num_workers, seed=args.seed, resume=args.resume, address=args.address,
-        precision=args.precision, learning_rate=args.learning_rate,
-        val_fraction=args.val_fraction, max_failures=args.max_failures,
+        labels=args.labels,
+        images=tuple(args.images),
+        out=args.out,
+        finding=args.finding,
+        negatives=args.negatives,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        head=args.head,
+        weights=args.weights,
+        num_workers=args.num_workers,
+        seed=args.seed,
+        resume=args.resume,
+        address=args.address,
+        precision=args.precision,
+        learning_rate=args.learning_rate,
+        val_fraction=args.val_fraction,
+        max_failures=args.max_failures,
     )
     card = run_training(config)
-    print(f"model {card['model_id'][:12]} in {args.out}: val AUC {card['val_auc']:.4f}, "
-          f"threshold {card['threshold']:.4f} (best epoch {card['best_epoch']})")
+    print(
+        f"model {card['model_id'][:12]} in {args.out}: val AUC {card['val_auc']:.4f}, "
+        f"threshold {card['threshold']:.4f} (best epoch {card['best_epoch']})"
+    )
     return 0
 
 
@@ -149,9 +196,17 @@ def _score_config(args: argparse.Namespace):
     from medai.score import ScoreConfig
 
     return ScoreConfig(
-        model=args.model, images=tuple(args.images), out=args.out, batch_size=args.batch_size,
-        precision=args.precision, address=args.address, limit=args.limit, actors=args.actors,
-        threads=args.threads, rows_per_file=args.rows_per_file, progress=args.progress,
+        model=args.model,
+        images=tuple(args.images),
+        out=args.out,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        address=args.address,
+        limit=args.limit,
+        actors=args.actors,
+        threads=args.threads,
+        rows_per_file=args.rows_per_file,
+        progress=args.progress,
     )
 
 
@@ -211,7 +266,9 @@ def _run_runs(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from medai.demo import DemoConfig, run_demo
 
-    config = DemoConfig(**{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__})
+    config = DemoConfig(
+        **{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__}
+    )
     report = run_demo(config)
     print(f"open the report: {report}")
     return 0
@@ -223,13 +280,24 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     from medai.submit import add_submit_arguments
 
     return {
-        "demo": ("end-to-end demo on generated phantoms (no data, no network)", _add_demo, _run_demo),
+        "demo": (
+            "end-to-end demo on generated phantoms (no data, no network)",
+            _add_demo,
+            _run_demo,
+        ),
         "train": ("fine-tune InceptionV3 with Ray Train", _add_train, _run_train),
         "score": ("score image archives into Parquet with Ray Data", _add_score, _run_score),
         "predict": ("score single images in process", _add_predict, _run_predict),
-        "report": ("ROC/AUC, plots and report.html from predictions", add_report_arguments, _run_report),
-        "nightly": ("incremental rescoring into a store, with a run ledger", add_nightly_arguments,
-                    _run_nightly),
+        "report": (
+            "ROC/AUC, plots and report.html from predictions",
+            add_report_arguments,
+            _run_report,
+        ),
+        "nightly": (
+            "incremental rescoring into a store, with a run ledger",
+            add_nightly_arguments,
+            _run_nightly,
+        ),
         "runs": ("print a store's run ledger", add_runs_arguments, _run_runs),
         "submit": ("submit a job to a Ray cluster", add_submit_arguments, _run_submit),
     }

@@ -1,9 +1,9 @@
 """Ray Data pipelines over image inputs: read in place, decode in parallel CPU tasks.
 
-Rows have the columns ``image_id``, ``source``, ``skip`` (already done, not decoded), ``image`` (``uint8`` of shape
-``(size, size, 1)``; zeros when the image could not be used) and ``error`` (``""`` when the
-image is usable, else a one-line reason; empty strings survive Arrow and pandas round trips
-where ``None`` turns into NaN or "nan"). A corrupt member, an unreadable file or a broken archive becomes a row
+Rows have the columns ``image_id``, ``source``, ``skip`` (already done, not decoded),
+``image`` (``uint8`` of shape ``(size, size, 1)``; zeros when the image could not be used)
+and ``error`` (``""`` when the image is usable, else a one-line reason; empty strings
+survive Arrow and pandas round trips where ``None`` turns into NaN or "nan"). A corrupt member, an unreadable file or a broken archive becomes a row
 with an error: nothing is dropped silently.
 
 Reading (streaming each tarball, or a chunk of single files) and decoding are separate
@@ -76,8 +76,9 @@ def _records(unit: dict, wanted: set[str] | None, exclude: set[str]) -> Iterator
             yield image_id, source, b"", str(exc).splitlines()[0], False
 
 
-def read_unit(batch: dict, wanted: set[str] | None = None,
-              exclude: frozenset[str] = frozenset()) -> Iterator[dict]:
+def read_unit(
+    batch: dict, wanted: set[str] | None = None, exclude: frozenset[str] = frozenset()
+) -> Iterator[dict]:
     """Ray Data UDF: expand read units into batches of raw image bytes.
 
     Args:
@@ -99,8 +100,13 @@ def read_unit(batch: dict, wanted: set[str] | None = None,
 
 def _columns(rows: list[tuple]) -> dict:
     image_id, source, data, error, skip = zip(*rows, strict=True)
-    return {"image_id": list(image_id), "source": list(source), "data": list(data),
-            "error": list(error), "skip": np.array(skip, dtype=bool)}
+    return {
+        "image_id": list(image_id),
+        "source": list(source),
+        "data": list(data),
+        "error": list(error),
+        "skip": np.array(skip, dtype=bool),
+    }
 
 
 def decode_batch(batch: dict, image_size: int) -> dict:
@@ -115,12 +121,21 @@ def decode_batch(batch: dict, image_size: int) -> dict:
             images[i] = decode_image(bytes(data), image_size)
         except ImageError as exc:
             errors[i] = str(exc)
-    return {"image_id": batch["image_id"], "source": batch["source"], "image": images,
-            "error": errors, "skip": batch["skip"]}
+    return {
+        "image_id": batch["image_id"],
+        "source": batch["source"],
+        "image": images,
+        "error": errors,
+        "skip": batch["skip"],
+    }
 
 
-def image_dataset(inputs: ImageInputs, image_size: int, wanted: set[str] | None = None,
-                  exclude: frozenset[str] = frozenset()):
+def image_dataset(
+    inputs: ImageInputs,
+    image_size: int,
+    wanted: set[str] | None = None,
+    exclude: frozenset[str] = frozenset(),
+):
     """Build the lazy Ray dataset of decoded images for the given inputs.
 
     Args:
@@ -137,7 +152,15 @@ def image_dataset(inputs: ImageInputs, image_size: int, wanted: set[str] | None 
     ray.data.DataContext.get_current().target_max_block_size = BLOCK_BYTES
     units = plan_units(inputs)
     items = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-    raw = items.map_batches(read_unit, batch_size=1, num_cpus=READ_CPUS,
-                            fn_kwargs={"wanted": wanted, "exclude": exclude})
-    return raw.map_batches(decode_batch, batch_size=_ROWS_PER_BATCH, num_cpus=DECODE_CPUS,
-                           fn_kwargs={"image_size": image_size})
+    raw = items.map_batches(
+        read_unit,
+        batch_size=1,
+        num_cpus=READ_CPUS,
+        fn_kwargs={"wanted": wanted, "exclude": exclude},
+    )
+    return raw.map_batches(
+        decode_batch,
+        batch_size=_ROWS_PER_BATCH,
+        num_cpus=DECODE_CPUS,
+        fn_kwargs={"image_size": image_size},
+    )

@@ -109,7 +109,9 @@ def discover_images(paths: Iterable[str]) -> ImageInputs:
         if info.type == pafs.FileType.Directory:
             found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
             for entry in sorted(found, key=lambda e: e.path):
-                if entry.type != pafs.FileType.File or PurePosixPath(entry.path).name.startswith("."):
+                if entry.type != pafs.FileType.File or PurePosixPath(entry.path).name.startswith(
+                    "."
+                ):
                     continue
                 source = _join_source(given, path, entry.path)
                 if _suffix_in(entry.path, ARCHIVE_SUFFIXES):
@@ -184,7 +186,11 @@ def iter_archive(archive: str, wanted: set[str] | None = None) -> Iterator[tuple
         for member in tar:
             if not member.isfile() or not _suffix_in(member.name, IMAGE_SUFFIXES):
                 continue
-            if wanted is not None and member.name not in wanted and image_id_of(member.name) not in wanted:
+            if (
+                wanted is not None
+                and member.name not in wanted
+                and image_id_of(member.name) not in wanted
+            ):
                 continue
             handle = tar.extractfile(member)
             yield member.name, handle.read() if handle is not None else b""

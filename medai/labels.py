@@ -55,7 +55,9 @@ class LabelError(ValueError):
     """A label file or label option is unusable; the message says why."""
 
 
-def load_labels(path: str | Path, finding: str = "Mass", negatives: str = "all-others") -> pd.DataFrame:
+def load_labels(
+    path: str | Path, finding: str = "Mass", negatives: str = "all-others"
+) -> pd.DataFrame:
     """Load a label file into the normalised label table.
 
     Args:
@@ -74,7 +76,9 @@ def load_labels(path: str | Path, finding: str = "Mass", negatives: str = "all-o
             policy, bad label values or duplicated image ids.
     """
     if negatives not in NEGATIVE_POLICIES:
-        raise LabelError(f"--negatives must be one of {', '.join(NEGATIVE_POLICIES)}, not {negatives!r}")
+        raise LabelError(
+            f"--negatives must be one of {', '.join(NEGATIVE_POLICIES)}, not {negatives!r}"
+        )
     path = Path(path)
     header = _read_header(path)
     if all(col in header for col in _NIH_REQUIRED):
@@ -110,8 +114,14 @@ def _read_header(path: Path) -> list[str]:
 def _read_csv(path: Path, columns: Iterable[str]) -> pd.DataFrame:
     try:
         # index_col=False: the NIH header's split brackets make pandas guess an index otherwise.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False,
-                            encoding="utf-8-sig", skipinitialspace=True)
+        frame = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            index_col=False,
+            encoding="utf-8-sig",
+            skipinitialspace=True,
+        )
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise LabelError(f"{path}: malformed CSV ({exc})") from exc
     frame.columns = [str(col).strip() for col in frame.columns]
@@ -153,12 +163,11 @@ def _load_generic(path: Path) -> pd.DataFrame:
     raw = _read_csv(path, columns)
     bad = raw[~raw["label"].isin(["0", "1"])]
     if not bad.empty:
-        raise LabelError(
-            f"{path}: label must be 0 or 1, found {bad['label'].iloc[0]!r} for {bad['image'].iloc[0]!r}"
-        )
+        value, image = bad["label"].iloc[0], bad["image"].iloc[0]
+        raise LabelError(f"{path}: label must be 0 or 1, found {value!r} for {image!r}")
     image_id = raw["image"].map(lambda value: Path(value).name)
     # Without patient ids every image is its own patient: the split can still not leak images.
-    patient = raw["patient_id"] if "patient_id" in raw else image_id
+    patient = raw.get("patient_id", image_id)
     return pd.DataFrame(
         {
             "image_id": image_id,

@@ -36,8 +36,17 @@ __all__ = [
 ]
 
 THRESHOLD_KEYS = (
-    "threshold", "sensitivity", "specificity", "ppv", "npv", "accuracy", "f1",
-    "tp", "fp", "tn", "fn",
+    "threshold",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "accuracy",
+    "f1",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
 )
 # Resamples are drawn in chunks so that the (resamples x score groups) arrays stay ~30 MB.
 _CHUNK_ELEMENTS = 4_000_000
@@ -255,7 +264,7 @@ def bootstrap_aucs(y, score_sets: Sequence, n_boot: int, seed: int) -> np.ndarra
             offsets = (np.arange(rows) * size)[:, None]
             pos = np.bincount((pos_groups[pick_pos] + offsets).ravel(), minlength=rows * size)
             neg = np.bincount((neg_groups[pick_neg] + offsets).ravel(), minlength=rows * size)
-            out[start:start + rows, column] = _auc_from_counts(
+            out[start : start + rows, column] = _auc_from_counts(
                 pos.reshape(rows, size).astype(np.float64),
                 neg.reshape(rows, size).astype(np.float64),
             )

@@ -71,7 +71,9 @@ def resolve_weights(weights: str) -> str | None:
         return "imagenet"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise WeightsError(f"--weights: no such weights file: {weights} (use imagenet, none or a path)")
+        raise WeightsError(
+            f"--weights: no such weights file: {weights} (use imagenet, none or a path)"
+        )
     return str(path.resolve())
 
 

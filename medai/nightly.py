@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from medai.artifact import read_card, write_json
+from medai.artifact import write_json
 
 __all__ = [
     "NightlyConfig",
@@ -81,8 +81,10 @@ class NightlyResult:
     def line(self) -> str:
         """One-line summary."""
         report = f", report {self.report}" if self.report else ""
-        return (f"nightly run {self.run_id}: model {self.model_id[:12]}, scored {self.scored}, "
-                f"skipped {self.skipped}, errors {self.errors}, {self.seconds:.1f} s{report}")
+        return (
+            f"nightly run {self.run_id}: model {self.model_id[:12]}, scored {self.scored}, "
+            f"skipped {self.skipped}, errors {self.errors}, {self.seconds:.1f} s{report}"
+        )
 
 
 def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -90,7 +92,9 @@ def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--images", required=True, action="append", help="inputs (repeatable)")
     parser.add_argument("--model", required=True, help="current model directory")
     parser.add_argument("--store", required=True, help="store root (predictions, reports, ledger)")
-    parser.add_argument("--labels", default=None, help="labels CSV: refresh the report after scoring")
+    parser.add_argument(
+        "--labels", default=None, help="labels CSV: refresh the report after scoring"
+    )
     parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
     parser.add_argument("--split", default=None, choices=["test", "train_val", "all"])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -108,10 +112,18 @@ def add_runs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 def config_from_args(args: argparse.Namespace) -> NightlyConfig:
     """Build the config from parsed flags."""
-    return NightlyConfig(images=tuple(args.images), model=args.model, store=args.store,
-                         labels=args.labels, negatives=args.negatives, split=args.split,
-                         batch_size=args.batch_size, precision=args.precision, address=args.address,
-                         rows_per_file=args.rows_per_file)
+    return NightlyConfig(
+        images=tuple(args.images),
+        model=args.model,
+        store=args.store,
+        labels=args.labels,
+        negatives=args.negatives,
+        split=args.split,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        address=args.address,
+        rows_per_file=args.rows_per_file,
+    )
 
 
 @contextmanager
@@ -122,15 +134,17 @@ def _store_lock(root: Path) -> Iterator[None]:
     a stale lock behind.
     """
     root.mkdir(parents=True, exist_ok=True)
-    handle = open(root / LOCK, "a+")
+    handle = open(root / LOCK, "a+")  # noqa: SIM115 -- held open for the whole run
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise NightlyError(f"another nightly run is in progress on {root} ({holder}); "
-                           "it holds the store's lock — wait for it to finish") from None
+        raise NightlyError(
+            f"another nightly run is in progress on {root} ({holder}); "
+            "it holds the store's lock — wait for it to finish"
+        ) from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -184,17 +198,31 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
     from medai.score import ScoreConfig, prepare_scoring, run_scoring
 
     store = Path(config.store).resolve()
-    score_config = ScoreConfig(model=config.model, images=config.images,
-                               out=str(store / "predictions"), batch_size=config.batch_size,
-                               precision=config.precision, address=config.address,
-                               rows_per_file=config.rows_per_file, progress=False)
+    score_config = ScoreConfig(
+        model=config.model,
+        images=config.images,
+        out=str(store / "predictions"),
+        batch_size=config.batch_size,
+        precision=config.precision,
+        address=config.address,
+        rows_per_file=config.rows_per_file,
+        progress=False,
+    )
     card, _ = prepare_scoring(score_config)  # fail on bad inputs before taking the lock
     with _store_lock(store):
         _mark_interrupted(store)
         write_json(store / "nightly_config.json", asdict(config))
         run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-        row = {"run_id": run_id, "start": _now(), "end": None, "model_id": card["model_id"],
-               "scored": 0, "skipped": 0, "errors": 0, "status": "running"}
+        row = {
+            "run_id": run_id,
+            "start": _now(),
+            "end": None,
+            "model_id": card["model_id"],
+            "scored": 0,
+            "skipped": 0,
+            "errors": 0,
+            "status": "running",
+        }
         _record(store, row)
         started = time.perf_counter()
         try:
@@ -208,17 +236,31 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
         finally:
             row["end"] = _now()
             _record(store, row)
-    return NightlyResult(run_id, card["model_id"], row["scored"], row["skipped"], row["errors"],
-                         time.perf_counter() - started, report)
+    return NightlyResult(
+        run_id,
+        card["model_id"],
+        row["scored"],
+        row["skipped"],
+        row["errors"],
+        time.perf_counter() - started,
+        report,
+    )
 
 
 def _refresh_report(config: NightlyConfig, store: Path, card: dict) -> str:
     from medai.report import ReportConfig, run_report
 
     out = store / "reports" / "latest"
-    run_report(ReportConfig(predictions=str(store / "predictions"), labels=config.labels,
-                            finding=card["finding"], out=str(out), negatives=config.negatives,
-                            split=config.split))
+    run_report(
+        ReportConfig(
+            predictions=str(store / "predictions"),
+            labels=config.labels,
+            finding=card["finding"],
+            out=str(out),
+            negatives=config.negatives,
+            split=config.split,
+        )
+    )
     return str(out / "report.html")
 
 
@@ -230,7 +272,9 @@ def format_ledger(store: str | Path) -> str:
     if not rows:
         return f"no runs recorded in {store}"
     header = ("run_id", "start", "end", "model_id", "scored", "skipped", "errors", "status")
-    lines = [[str(r.get(k) if k != "model_id" else str(r.get(k))[:12]) for k in header] for r in rows]
+    lines = [
+        [str(r.get(k) if k != "model_id" else str(r.get(k))[:12]) for k in header] for r in rows
+    ]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     return "\n".join([fmt(header), *(fmt(line) for line in lines)])

@@ -23,7 +23,14 @@ NIH_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
-_OTHER_FINDINGS = ("No Finding", "No Finding", "No Finding", "Effusion", "Atelectasis", "Cardiomegaly")
+_OTHER_FINDINGS = (
+    "No Finding",
+    "No Finding",
+    "No Finding",
+    "Effusion",
+    "Atelectasis",
+    "Cardiomegaly",
+)
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,17 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray
     coarse = rng.standard_normal((scale, scale))
     from PIL import Image
 
-    image = Image.fromarray(((coarse - coarse.min()) / (np.ptp(coarse) + 1e-9) * 255).astype(np.uint8))
-    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    image = Image.fromarray(
+        ((coarse - coarse.min()) / (np.ptp(coarse) + 1e-9) * 255).astype(np.uint8)
+    )
+    return (
+        np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    )
 
 
-def render_phantom(rng: np.random.Generator, size: int, lesion: bool, spec: PhantomSpec) -> np.ndarray:
+def render_phantom(
+    rng: np.random.Generator, size: int, lesion: bool, spec: PhantomSpec
+) -> np.ndarray:
     """Render one phantom radiograph as a ``uint8`` array of shape ``(size, size)``.
 
     Args:
@@ -122,7 +135,11 @@ def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) ->
     rows, train_val, test = [], [], []
     n_positive = int(round(spec.n_patients * spec.positive_fraction))
     positive_patients = set(rng.permutation(spec.n_patients)[:n_positive].tolist())
-    test_patients = set(rng.permutation(spec.n_patients)[: int(round(spec.n_patients * spec.test_fraction))].tolist())
+    test_patients = set(
+        rng.permutation(spec.n_patients)[
+            : int(round(spec.n_patients * spec.test_fraction))
+        ].tolist()
+    )
     images: list[tuple[str, bool]] = []
     for patient in range(spec.n_patients):
         patient_id = patient + spec.first_patient
@@ -133,7 +150,9 @@ def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) ->
             if positive and rng.random() < 0.2:
                 labels = f"Effusion|{spec.finding}"
             age, sex = int(rng.integers(20, 80)), "MF"[int(rng.integers(2))]
-            rows.append(f"{image_id},{labels},{follow_up},{patient_id},{age},{sex},PA,2500,2048,0.168,0.168")
+            rows.append(
+                f"{image_id},{labels},{follow_up},{patient_id},{age},{sex},PA,2500,2048,0.168,0.168"
+            )
             (test if patient in test_patients else train_val).append(image_id)
             images.append((image_id, positive))
     for start in range(0, len(images), spec.images_per_archive):

@@ -96,8 +96,17 @@ def _png(figure) -> bytes:
 
 def _say(axes, message: str) -> None:
     """Write a message across an empty axes, for data that cannot be plotted."""
-    axes.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11,
-              transform=axes.transAxes, color="#444444")
+    axes.text(
+        0.5,
+        0.5,
+        message,
+        ha="center",
+        va="center",
+        wrap=True,
+        fontsize=11,
+        transform=axes.transAxes,
+        color="#444444",
+    )
     axes.set_xticks([])
     axes.set_yticks([])
 
@@ -151,11 +160,26 @@ def roc_plot(
         axes.plot(curve.fpr, curve.tpr, color=_COLORS[index % len(_COLORS)], lw=1.8, label=label)
         drawn += 1
     for marker, point in zip(("o", "s", "^", "D"), points, strict=False):
-        axes.plot([point.fpr], [point.tpr], marker=marker, markersize=8, linestyle="none",
-                  markeredgecolor="black", label=point.label)
+        axes.plot(
+            [point.fpr],
+            [point.tpr],
+            marker=marker,
+            markersize=8,
+            linestyle="none",
+            markeredgecolor="black",
+            label=point.label,
+        )
     if not drawn:
-        axes.text(0.5, 0.55, empty_reason or "ROC curve undefined", ha="center", va="center",
-                  wrap=True, color="#444444", transform=axes.transAxes)
+        axes.text(
+            0.5,
+            0.55,
+            empty_reason or "ROC curve undefined",
+            ha="center",
+            va="center",
+            wrap=True,
+            color="#444444",
+            transform=axes.transAxes,
+        )
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.01)
     axes.set_aspect("equal")
@@ -199,8 +223,14 @@ def score_histogram(
     for value, name, color in ((0, "negatives", _COLORS[0]), (1, "positives", _COLORS[1])):
         chosen = clipped[y == value]
         if chosen.size:
-            axes.hist(chosen, bins=edges, density=True, alpha=0.45, color=color,
-                      label=f"{name} (n={chosen.size:,})")
+            axes.hist(
+                chosen,
+                bins=edges,
+                density=True,
+                alpha=0.45,
+                color=color,
+                label=f"{name} (n={chosen.size:,})",
+            )
         else:
             axes.plot([], [], color=color, label=f"{name} (n=0)")
     styles = ("--", "-.", ":")
@@ -236,8 +266,15 @@ def confusion_plot(title: str, panels: Sequence[tuple[str, Mapping[str, int] | N
         names = (("TN", "FP"), ("FN", "TP"))
         for (row, col), value in np.ndenumerate(matrix):
             dark = value > matrix.max() / 2
-            axes.text(col, row, f"{names[row][col]}\n{value:,}", ha="center", va="center",
-                      color="white" if dark else "black", fontsize=11)
+            axes.text(
+                col,
+                row,
+                f"{names[row][col]}\n{value:,}",
+                ha="center",
+                va="center",
+                color="white" if dark else "black",
+                fontsize=11,
+            )
         axes.set_xticks([0, 1], ["negative", "positive"])
         axes.set_yticks([0, 1], ["negative", "positive"])
         axes.set_xlabel("Predicted")
@@ -289,8 +326,11 @@ def training_plot(title: str, history: Sequence[Mapping]) -> bytes:
     Returns:
         PNG bytes.
     """
-    panels = [name for name in ("accuracy", "loss", "auc")
-              if any(_finite(row.get(name)) or _finite(row.get(f"val_{name}")) for row in history)]
+    panels = [
+        name
+        for name in ("accuracy", "loss", "auc")
+        if any(_finite(row.get(name)) or _finite(row.get(f"val_{name}")) for row in history)
+    ]
     if not panels:
         return message_plot(title, "the model card history has no accuracy or loss values")
     figure = _figure(4.4 * len(panels), 4)
@@ -346,8 +386,15 @@ def examples_plot(title: str, rows: Mapping[str, Sequence[Example]], columns: in
             axes.set_title(example.caption, fontsize=7)
             if example.pixels is None:
                 problem = textwrap.shorten(example.problem, 90, placeholder="...")
-                axes.text(0.5, 0.5, "unreadable:\n" + textwrap.fill(problem, 24), ha="center",
-                          va="center", fontsize=7, transform=axes.transAxes)
+                axes.text(
+                    0.5,
+                    0.5,
+                    "unreadable:\n" + textwrap.fill(problem, 24),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    transform=axes.transAxes,
+                )
             else:
                 axes.imshow(example.pixels, cmap="gray", vmin=0, vmax=255)
     return _png(figure)

@@ -39,13 +39,29 @@ def predict_images(paths: list[str], model_dir: str | Path) -> list[dict]:
         try:
             image = decode_image(read_bytes(str(path)), size)
         except ImageError as exc:
-            results.append({"image": str(path), "score": None, "predicted": None,
-                            "threshold": threshold, "error": str(exc)})
+            results.append(
+                {
+                    "image": str(path),
+                    "score": None,
+                    "predicted": None,
+                    "threshold": threshold,
+                    "error": str(exc),
+                }
+            )
             continue
         # float32 like the scorer's output column, so both give bit-identical numbers.
-        score = float(np.float32(np.asarray(loaded.model(image[None], training=False)).reshape(-1)[0]))
-        results.append({"image": str(path), "score": score, "predicted": score >= threshold,
-                        "threshold": threshold, "error": None})
+        score = float(
+            np.float32(np.asarray(loaded.model(image[None], training=False)).reshape(-1)[0])
+        )
+        results.append(
+            {
+                "image": str(path),
+                "score": score,
+                "predicted": score >= threshold,
+                "threshold": threshold,
+                "error": None,
+            }
+        )
     return results
 
 

@@ -112,25 +112,53 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     Returns:
         The same parser.
     """
-    parser.add_argument("--predictions", required=True, metavar="PRED_DIR",
-                        help="folder of *.parquet files written by `medai score`")
-    parser.add_argument("--labels", required=True, metavar="CSV",
-                        help="NIH Data_Entry_2017.csv or a generic CSV with columns image,label")
+    parser.add_argument(
+        "--predictions",
+        required=True,
+        metavar="PRED_DIR",
+        help="folder of *.parquet files written by `medai score`",
+    )
+    parser.add_argument(
+        "--labels",
+        required=True,
+        metavar="CSV",
+        help="NIH Data_Entry_2017.csv or a generic CSV with columns image,label",
+    )
     parser.add_argument("--finding", default="Mass", help="finding to evaluate (default: Mass)")
-    parser.add_argument("--out", required=True, metavar="OUT_DIR",
-                        help="output folder for metrics.json, plots and report.html")
-    parser.add_argument("--negatives", default="all-others", choices=NEGATIVE_POLICIES,
-                        help="which images count as negatives (default: all-others)")
-    parser.add_argument("--split", default=None, choices=SPLITS,
-                        help="images to evaluate (default: test when the NIH test_list.txt is "
-                             "beside the labels file, else all)")
-    parser.add_argument("--model-id", default=None, metavar="ID",
-                        help="report only this model (a unique prefix of its id is enough)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="cut-off overriding the model's threshold")
-    parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="bootstrap resamples for confidence intervals, 0 disables "
-                             "(default: 1000)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT_DIR",
+        help="output folder for metrics.json, plots and report.html",
+    )
+    parser.add_argument(
+        "--negatives",
+        default="all-others",
+        choices=NEGATIVE_POLICIES,
+        help="which images count as negatives (default: all-others)",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        choices=SPLITS,
+        help="images to evaluate (default: test when the NIH test_list.txt is "
+        "beside the labels file, else all)",
+    )
+    parser.add_argument(
+        "--model-id",
+        default=None,
+        metavar="ID",
+        help="report only this model (a unique prefix of its id is enough)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="cut-off overriding the model's threshold"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for confidence intervals, 0 disables (default: 1000)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     return parser
 
@@ -216,10 +244,13 @@ def _prediction_files(folder: Path) -> tuple[Path, ...]:
         raise ReportError(f"--predictions: no such folder: {folder}")
     if not folder.is_dir():
         raise ReportError(f"--predictions must be a folder of Parquet files, not a file: {folder}")
-    files = tuple(sorted(
-        path for path in folder.glob("*.parquet")
-        if path.is_file() and not path.name.startswith((".", "_"))
-    ))
+    files = tuple(
+        sorted(
+            path
+            for path in folder.glob("*.parquet")
+            if path.is_file() and not path.name.startswith((".", "_"))
+        )
+    )
     if not files:
         raise ReportError(f"--predictions: no *.parquet files in {folder}")
     return files
@@ -269,8 +300,11 @@ def _select_model(frame: pd.DataFrame, wanted: str) -> pd.DataFrame:
 def _keep_finding(frame: pd.DataFrame, finding: str) -> tuple[pd.DataFrame, dict[str, str]]:
     """Drop models scored for another finding; they cannot be judged with these labels."""
     named = frame.dropna(subset=["finding"]).groupby("model_id")["finding"].first()
-    skipped = {mid: str(other) for mid, other in named.items()
-               if str(other).casefold() != finding.casefold()}
+    skipped = {
+        mid: str(other)
+        for mid, other in named.items()
+        if str(other).casefold() != finding.casefold()
+    }
     if skipped and len(skipped) == frame["model_id"].nunique():
         raise ReportError(
             f"--finding {finding!r}: the predictions are for {sorted(set(skipped.values()))}; "
@@ -289,9 +323,7 @@ def _resolve_split(config: ReportConfig) -> tuple[str, frozenset[str] | None]:
     path = test_path if split == "test" else train_val_path
     if path is None:
         expected = "test_list.txt" if split == "test" else "train_val_list.txt"
-        raise ReportError(
-            f"--split {split}: no {expected} beside {config.labels}; use --split all"
-        )
+        raise ReportError(f"--split {split}: no {expected} beside {config.labels}; use --split all")
     try:
         return split, frozenset(read_split_list(path))
     except (LabelError, OSError, UnicodeDecodeError) as exc:
@@ -432,8 +464,10 @@ def _model_threshold(config: ReportConfig, rows: pd.DataFrame, card: dict | None
         common = values.value_counts()
         reasons = []
         if len(common) > 1:
-            reasons.append(f"the predictions carry {len(common)} different thresholds; "
-                           f"the most common, {float(common.index[0]):.4g}, is used")
+            reasons.append(
+                f"the predictions carry {len(common)} different thresholds; "
+                f"the most common, {float(common.index[0]):.4g}, is used"
+            )
         return _shortest(float(common.index[0])), "predictions", reasons
     card_value = _number((card or {}).get("threshold"))
     if card_value is not None:
@@ -449,16 +483,28 @@ def _collect_models(config: ReportConfig, inputs: _Inputs) -> list[_Model]:
         threshold, source, why = _model_threshold(config, rows, card)
         if counts["n_outside_split"] == counts["n_rows"] - counts["n_duplicates"] > 0:
             reasons.append(f"all rows are outside the {inputs.split} split")
-        models.append(_Model(str(model_id), evaluated, counts, messages, threshold, source, card,
-                             reasons + why))
+        models.append(
+            _Model(
+                str(model_id), evaluated, counts, messages, threshold, source, card, reasons + why
+            )
+        )
     return models
 
 
 def _card_summary(card: dict | None) -> dict | None:
     if card is None:
         return None
-    keys = ("finding", "threshold", "threshold_sensitivity_90", "val_auc", "counts", "head",
-            "image_size", "weights", "intended_use")
+    keys = (
+        "finding",
+        "threshold",
+        "threshold_sensitivity_90",
+        "val_auc",
+        "counts",
+        "head",
+        "image_size",
+        "weights",
+        "intended_use",
+    )
     return {key: card[key] for key in keys if key in card}
 
 
@@ -495,8 +541,9 @@ def _operating_points(model: _Model) -> tuple[dict, list[str]]:
     at_youden, youden_reasons = metrics.threshold_metrics(y, scores, youden)
     if youden is None:
         youden_reasons = [f"Youden threshold undefined: {metrics.class_reason(y)}"]
-    reasons = [f"at model threshold: {text}" for text in model_reasons
-               if model.threshold is not None]
+    reasons = [
+        f"at model threshold: {text}" for text in model_reasons if model.threshold is not None
+    ]
     reasons += [f"at Youden threshold: {text}" for text in youden_reasons]
     return {"model_threshold": at_model, "youden": at_youden}, reasons
 
@@ -526,7 +573,10 @@ def _compare(first: _Model, second: _Model, config: ReportConfig) -> tuple[dict,
     )
     y = shared["label"].to_numpy(dtype=np.int8)
     result, reasons = metrics.paired_auc_difference(
-        y, shared["score_a"].to_numpy(), shared["score_b"].to_numpy(), config.bootstrap,
+        y,
+        shared["score_a"].to_numpy(),
+        shared["score_b"].to_numpy(),
+        config.bootstrap,
         config.seed,
     )
     section = {
@@ -581,22 +631,32 @@ def _model_plots(model: _Model, section: dict) -> dict[str, bytes]:
         if point["threshold"] is None:
             confusion_panels.append((f"No {name}", None))
             continue
-        confusion_panels.append((f"At {name} {point['threshold']:.3f}",
-                                 {k: point[k] for k in ("tp", "fp", "tn", "fn")}))
+        confusion_panels.append(
+            (f"At {name} {point['threshold']:.3f}", {k: point[k] for k in ("tp", "fp", "tn", "fn")})
+        )
         if point["sensitivity"] is not None and point["specificity"] is not None:
-            marks.append(plots.OperatingPoint(f"{name} {point['threshold']:.3f}",
-                                              1 - point["specificity"], point["sensitivity"]))
+            marks.append(
+                plots.OperatingPoint(
+                    f"{name} {point['threshold']:.3f}",
+                    1 - point["specificity"],
+                    point["sensitivity"],
+                )
+            )
     brier = _fmt(section["brier"])
     figures = {
-        "roc": plots.roc_plot(f"ROC curve - model {short}",
-                              [(_auc_label(short, section), metrics.roc_curve(y, scores))],
-                              marks, empty_reason=f"ROC undefined: {why}"),
-        "histogram": plots.score_histogram(f"Score distribution - model {short}", y, scores,
-                                           cut_offs),
-        "confusion": plots.confusion_plot(f"Confusion matrices - model {short}",
-                                          confusion_panels),
+        "roc": plots.roc_plot(
+            f"ROC curve - model {short}",
+            [(_auc_label(short, section), metrics.roc_curve(y, scores))],
+            marks,
+            empty_reason=f"ROC undefined: {why}",
+        ),
+        "histogram": plots.score_histogram(
+            f"Score distribution - model {short}", y, scores, cut_offs
+        ),
+        "confusion": plots.confusion_plot(f"Confusion matrices - model {short}", confusion_panels),
         "calibration": plots.calibration_plot(
-            f"Calibration - model {short}", metrics.calibration_bins(y, scores),
+            f"Calibration - model {short}",
+            metrics.calibration_bins(y, scores),
             f"{short} (n={len(y):,}, Brier={brier})",
         ),
         "examples": _examples_figure(model, section),
@@ -645,8 +705,12 @@ def _examples_figure(model: _Model, section: dict) -> bytes:
         section["examples"] = None
         return plots.message_plot(title, "no examples: no labelled predictions with a threshold")
     groups = _example_rows(model, cut_off)
-    sources = [source for frame in groups.values() for source in frame["source"].tolist()
-               if isinstance(source, str)]
+    sources = [
+        source
+        for frame in groups.values()
+        for source in frame["source"].tolist()
+        if isinstance(source, str)
+    ]
     thumbnails = _load_thumbnails(sources)
     grid, listed, unreadable = {}, {}, 0
     for group, frame in groups.items():
@@ -724,7 +788,8 @@ def _comparison_plot(section: Mapping, shared: pd.DataFrame) -> bytes:
     why = metrics.class_reason(y)
     return plots.roc_plot(
         f"ROC on shared images - {section['model_a'][:12]} vs {section['model_b'][:12]}",
-        curves, empty_reason=f"ROC undefined: {why}",
+        curves,
+        empty_reason=f"ROC undefined: {why}",
     )
 
 
@@ -754,7 +819,7 @@ def _e(value) -> str:
 
 def _cell(value) -> str:
     numeric = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-    return f"<td class=\"num\">{_e(value)}</td>" if numeric else f"<td>{_e(value)}</td>"
+    return f'<td class="num">{_e(value)}</td>' if numeric else f"<td>{_e(value)}</td>"
 
 
 def _table(rows: Sequence[tuple[str, object]]) -> str:
@@ -768,8 +833,9 @@ def _data_uri(png: bytes) -> str:
 
 def _figure_html(png: bytes, caption: str) -> str:
     text = html.escape(caption, quote=True)
-    return (f'<figure><img src="{_data_uri(png)}" alt="{text}">'
-            f"<figcaption>{text}</figcaption></figure>")
+    return (
+        f'<figure><img src="{_data_uri(png)}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+    )
 
 
 def _ci(section: Mapping, key: str) -> str:
@@ -780,19 +846,32 @@ def _ci(section: Mapping, key: str) -> str:
 def _card_html(card: Mapping | None) -> str:
     if not card:
         return "<p>No model card found beside the predictions.</p>"
-    rows = [(key, card[key]) for key in ("finding", "threshold", "threshold_sensitivity_90",
-                                          "val_auc", "head", "image_size", "weights")
-            if key in card and not isinstance(card[key], (dict, list))]
+    rows = [
+        (key, card[key])
+        for key in (
+            "finding",
+            "threshold",
+            "threshold_sensitivity_90",
+            "val_auc",
+            "head",
+            "image_size",
+            "weights",
+        )
+        if key in card and not isinstance(card[key], (dict, list))
+    ]
     parts = ["<h4>Model card</h4>", _table(rows)]
     counts = card.get("counts")
     if isinstance(counts, dict) and counts:
         header = "<tr><th>split</th><th>images</th><th>patients</th><th>positives</th></tr>"
         body = "".join(
             f"<tr><td>{html.escape(str(split))}</td>"
-            + "".join(f'<td class="num">{_e(values.get(k))}</td>'
-                      for k in ("images", "patients", "positives"))
+            + "".join(
+                f'<td class="num">{_e(values.get(k))}</td>'
+                for k in ("images", "patients", "positives")
+            )
             + "</tr>"
-            for split, values in counts.items() if isinstance(values, dict)
+            for split, values in counts.items()
+            if isinstance(values, dict)
         )
         parts.append(f"<h4>Training data</h4><table>{header}{body}</table>")
     if card.get("intended_use"):
@@ -803,12 +882,14 @@ def _card_html(card: Mapping | None) -> str:
 
 def _points_html(points: Mapping) -> str:
     keys = metrics.THRESHOLD_KEYS
-    header = ("<tr><th></th><th>model threshold "
-              f"({html.escape(str(points['model_threshold'].get('source')))})</th>"
-              "<th>Youden-optimal threshold</th></tr>")
+    header = (
+        "<tr><th></th><th>model threshold "
+        f"({html.escape(str(points['model_threshold'].get('source')))})</th>"
+        "<th>Youden-optimal threshold</th></tr>"
+    )
     body = "".join(
-        f"<tr><th>{key}</th><td class=\"num\">{_e(points['model_threshold'][key])}</td>"
-        f"<td class=\"num\">{_e(points['youden'][key])}</td></tr>"
+        f'<tr><th>{key}</th><td class="num">{_e(points["model_threshold"][key])}</td>'
+        f'<td class="num">{_e(points["youden"][key])}</td></tr>'
         for key in keys
     )
     return f"<table>{header}{body}</table>"
@@ -823,28 +904,42 @@ def _model_html(section: Mapping, figures: Mapping[str, bytes]) -> str:
         "training": "Training curves from the model card",
         "examples": "Example images",
     }
-    counts = [(name, section[key]) for name, key in (
-        ("prediction rows", "n_rows"), ("duplicate rows (older dropped)", "n_duplicates"),
-        ("outside the split", "n_outside_split"), ("scoring errors", "n_errors"),
-        ("without a label", "n_unlabeled"), ("evaluated images", "n"),
-        ("positives", "n_positive"), ("negatives", "n_negative"))]
-    ranking = [("AUC", section["auc"]), ("AUC 95% CI", _ci(section, "auc_ci95")),
-               ("average precision", section["average_precision"]),
-               ("Brier score", section["brier"])]
+    counts = [
+        (name, section[key])
+        for name, key in (
+            ("prediction rows", "n_rows"),
+            ("duplicate rows (older dropped)", "n_duplicates"),
+            ("outside the split", "n_outside_split"),
+            ("scoring errors", "n_errors"),
+            ("without a label", "n_unlabeled"),
+            ("evaluated images", "n"),
+            ("positives", "n_positive"),
+            ("negatives", "n_negative"),
+        )
+    ]
+    ranking = [
+        ("AUC", section["auc"]),
+        ("AUC 95% CI", _ci(section, "auc_ci95")),
+        ("average precision", section["average_precision"]),
+        ("Brier score", section["brier"]),
+    ]
     parts = [
         f"<h2>Model <code>{html.escape(section['model_id'])}</code></h2>",
         _table([("model id", section["model_id"]), ("finding", section["finding"])]),
         _card_html(section.get("model_card")),
-        "<h3>Counts</h3>", _table(counts),
+        "<h3>Counts</h3>",
+        _table(counts),
     ]
     if section["error_messages"]:
-        items = "".join(f"<li>{_e(count)} x <code>{html.escape(message)}</code></li>"
-                        for message, count in section["error_messages"].items())
+        items = "".join(
+            f"<li>{_e(count)} x <code>{html.escape(message)}</code></li>"
+            for message, count in section["error_messages"].items()
+        )
         parts.append(f"<h4>Most common scoring errors</h4><ul>{items}</ul>")
     parts += ["<h3>Metrics</h3>", _table(ranking), _points_html(section["operating_points"])]
     if section["reasons"]:
         notes = "".join(f"<li>{html.escape(text)}</li>" for text in section["reasons"])
-        parts.append(f"<h4>Notes</h4><ul class=\"notes\">{notes}</ul>")
+        parts.append(f'<h4>Notes</h4><ul class="notes">{notes}</ul>')
     parts.append("<h3>Plots</h3>")
     parts += [_figure_html(png, captions.get(name, name)) for name, png in figures.items()]
     return "".join(parts)
@@ -853,44 +948,61 @@ def _model_html(section: Mapping, figures: Mapping[str, bytes]) -> str:
 def _comparisons_html(comparisons: Sequence[Mapping], figures: Sequence[bytes]) -> str:
     if not comparisons:
         return ""
-    header = ("<tr><th>model A</th><th>model B</th><th>shared images</th><th>AUC A</th>"
-              "<th>AUC B</th><th>AUC A - B</th><th>95% CI (paired bootstrap)</th></tr>")
+    header = (
+        "<tr><th>model A</th><th>model B</th><th>shared images</th><th>AUC A</th>"
+        "<th>AUC B</th><th>AUC A - B</th><th>95% CI (paired bootstrap)</th></tr>"
+    )
     body = "".join(
         f"<tr><td><code>{html.escape(c['model_a'])}</code></td>"
-        f"<td><code>{html.escape(c['model_b'])}</code></td><td class=\"num\">{_e(c['n'])}</td>"
-        f"<td class=\"num\">{_e(c['auc_a'])}</td><td class=\"num\">{_e(c['auc_b'])}</td>"
-        f"<td class=\"num\">{_e(c['auc_difference'])}</td>"
-        f"<td class=\"num\">{html.escape(_ci(c, 'auc_difference_ci95'))}</td></tr>"
+        f'<td><code>{html.escape(c["model_b"])}</code></td><td class="num">{_e(c["n"])}</td>'
+        f'<td class="num">{_e(c["auc_a"])}</td><td class="num">{_e(c["auc_b"])}</td>'
+        f'<td class="num">{_e(c["auc_difference"])}</td>'
+        f'<td class="num">{html.escape(_ci(c, "auc_difference_ci95"))}</td></tr>'
         for c in comparisons
     )
     notes = "".join(f"<li>{html.escape(t)}</li>" for c in comparisons for t in c["reasons"])
-    plots_html = "".join(_figure_html(png, "ROC curves on the images both models scored")
-                         for png in figures)
-    return (f"<h2>Model comparison</h2><table>{header}{body}</table>"
-            + (f"<ul class=\"notes\">{notes}</ul>" if notes else "") + plots_html)
+    plots_html = "".join(
+        _figure_html(png, "ROC curves on the images both models scored") for png in figures
+    )
+    return (
+        f"<h2>Model comparison</h2><table>{header}{body}</table>"
+        + (f'<ul class="notes">{notes}</ul>' if notes else "")
+        + plots_html
+    )
 
 
-def _render_html(report: Mapping, figures: Mapping[str, Mapping[str, bytes]],
-                 comparison_figures: Sequence[bytes]) -> str:
+def _render_html(
+    report: Mapping, figures: Mapping[str, Mapping[str, bytes]], comparison_figures: Sequence[bytes]
+) -> str:
     config = report["config"]
     finding = html.escape(str(report["finding"]))
-    summary = _table([
-        ("finding", report["finding"]), ("split", report["split"]),
-        ("negatives", config["negatives"]), ("predictions", config["predictions"]),
-        ("prediction files", len(config["prediction_files"])),
-        ("prediction rows", report["n_prediction_rows"]), ("labels", config["labels"]),
-        ("threshold override", config["threshold"]), ("bootstrap resamples", config["bootstrap"]),
-        ("seed", config["seed"]), ("generated at", report["generated_at"]),
-    ])
+    summary = _table(
+        [
+            ("finding", report["finding"]),
+            ("split", report["split"]),
+            ("negatives", config["negatives"]),
+            ("predictions", config["predictions"]),
+            ("prediction files", len(config["prediction_files"])),
+            ("prediction rows", report["n_prediction_rows"]),
+            ("labels", config["labels"]),
+            ("threshold override", config["threshold"]),
+            ("bootstrap resamples", config["bootstrap"]),
+            ("seed", config["seed"]),
+            ("generated at", report["generated_at"]),
+        ]
+    )
     banner = f'<p class="banner">Intended use: {html.escape(INTENDED_USE)}</p>'
     parts = [
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         f"<title>medai report - {finding}</title><style>{_CSS}</style></head><body>",
-        f"<h1>medai report: {finding}</h1>", banner, "<h2>Data</h2>", summary,
+        f"<h1>medai report: {finding}</h1>",
+        banner,
+        "<h2>Data</h2>",
+        summary,
     ]
     if report["reasons"]:
         notes = "".join(f"<li>{html.escape(text)}</li>" for text in report["reasons"])
-        parts.append(f"<ul class=\"notes\">{notes}</ul>")
+        parts.append(f'<ul class="notes">{notes}</ul>')
     for model_id, section in report["models"].items():
         parts.append(_model_html(section, figures[model_id]))
     parts.append(_comparisons_html(report["comparisons"], comparison_figures))
@@ -919,8 +1031,9 @@ def _json_safe(value):
 
 
 def _write_json(path: Path, payload) -> None:
-    path.write_text(json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
 
 
 def _write_png(folder: Path, name: str, png: bytes) -> str:
@@ -971,24 +1084,34 @@ def run_report(config: ReportConfig) -> dict:
         section = _model_section(model, config)
         figures[model.model_id] = _model_plots(model, section)
         slug = _slug(index, model.model_id)
-        section["plots"] = {name: _write_png(plots_dir, f"{slug}_{name}.png", png)
-                            for name, png in figures[model.model_id].items()}
+        section["plots"] = {
+            name: _write_png(plots_dir, f"{slug}_{name}.png", png)
+            for name, png in figures[model.model_id].items()
+        }
         report["models"][model.model_id] = section
-        log.info("model %s: n=%d (%d positive), AUC %s", model.model_id, section["n"],
-                 section["n_positive"], _fmt(section["auc"]))
+        log.info(
+            "model %s: n=%d (%d positive), AUC %s",
+            model.model_id,
+            section["n"],
+            section["n_positive"],
+            _fmt(section["auc"]),
+        )
     comparison_figures = []
     for first, second in itertools.combinations(models, 2):
         section, shared = _compare(first, second, config)
         png = _comparison_plot(section, shared)
-        name = f"compare_{_slug(models.index(first), first.model_id)}" \
-               f"_{_slug(models.index(second), second.model_id)}.png"
+        name = (
+            f"compare_{_slug(models.index(first), first.model_id)}"
+            f"_{_slug(models.index(second), second.model_id)}.png"
+        )
         section["plot"] = _write_png(plots_dir, name, png)
         report["comparisons"].append(section)
         comparison_figures.append(png)
 
     report = _json_safe(report)
     _write_json(out / "metrics.json", report)
-    (out / "report.html").write_text(_render_html(report, figures, comparison_figures),
-                                     encoding="utf-8")
+    (out / "report.html").write_text(
+        _render_html(report, figures, comparison_figures), encoding="utf-8"
+    )
     log.info("report written to %s in %.1f s", out, time.perf_counter() - started)
     return report

@@ -6,6 +6,7 @@ only job entry points, Ray workers and actors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -26,8 +27,9 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore::Deprecation
 
 def setup_logging(level: int = logging.INFO) -> None:
     """One readable format for medai's own log lines."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 def quiet_tensorflow() -> None:
@@ -52,11 +54,10 @@ def configure_tensorflow(num_cpus: float | None) -> None:
     tf.get_logger().setLevel("ERROR")
     if num_cpus:
         threads = max(1, math.ceil(num_cpus))
-        try:
+        # RuntimeError: already initialised in this process (a reused actor): keep what it has.
+        with contextlib.suppress(RuntimeError):
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-        except RuntimeError:
-            pass  # already initialised in this process (e.g. a reused actor): keep what it has
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
             # Without growth TensorFlow takes all GPU memory, starving co-located actors.
@@ -84,8 +85,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         # The dashboard hosts the state API that Ray Train's clean-up polls.
-        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": dict(QUIET_ENV)}, include_dashboard=True,
-                 log_to_driver=True)
+        ray.init(
+            num_cpus=num_cpus,
+            runtime_env={"env_vars": dict(QUIET_ENV)},
+            include_dashboard=True,
+            log_to_driver=True,
+        )
 
 
 def cluster_cpus() -> float:

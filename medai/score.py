@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medai.artifact import CARD_FILE, read_card, write_json
+from medai.artifact import read_card, write_json
 from medai.images import ImageInputs, discover_images
 
 __all__ = [
@@ -63,17 +63,19 @@ def prediction_schema():
     """The Arrow schema of prediction files."""
     import pyarrow as pa
 
-    return pa.schema([
-        ("image_id", pa.string()),
-        ("source", pa.string()),
-        ("score", pa.float32()),
-        ("predicted", pa.bool_()),
-        ("threshold", pa.float32()),
-        ("finding", pa.string()),
-        ("model_id", pa.string()),
-        ("scored_at", pa.timestamp("us", tz="UTC")),
-        ("error", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("source", pa.string()),
+            ("score", pa.float32()),
+            ("predicted", pa.bool_()),
+            ("threshold", pa.float32()),
+            ("finding", pa.string()),
+            ("model_id", pa.string()),
+            ("scored_at", pa.timestamp("us", tz="UTC")),
+            ("error", pa.string()),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -132,9 +134,11 @@ class ScoreSummary:
 
     def line(self) -> str:
         """The final one-line summary."""
-        return (f"scored {self.scored} images, skipped {self.skipped} already scored, "
-                f"{self.errors} errors, {self.files} files, {self.seconds:.1f} s wall, "
-                f"{self.images_per_second:.1f} images/s")
+        return (
+            f"scored {self.scored} images, skipped {self.skipped} already scored, "
+            f"{self.errors} errors, {self.files} files, {self.seconds:.1f} s wall, "
+            f"{self.images_per_second:.1f} images/s"
+        )
 
 
 def prediction_files(out: str | Path) -> list[Path]:
@@ -186,8 +190,13 @@ class Scorer:
         if usable.any():
             images = np.asarray(batch["image"])[usable]
             scores[usable] = self._predict_padded(images)
-        return {"image_id": batch["image_id"], "source": batch["source"], "score": scores,
-                "error": batch["error"], "skip": batch["skip"]}
+        return {
+            "image_id": batch["image_id"],
+            "source": batch["source"],
+            "score": scores,
+            "error": batch["error"],
+            "skip": batch["skip"],
+        }
 
     def _predict_padded(self, images: np.ndarray) -> np.ndarray:
         # A fixed batch shape keeps one traced graph (no retracing on a short last batch).
@@ -198,8 +207,9 @@ class Scorer:
         return np.asarray(self._predict(images), dtype=np.float32).reshape(-1)[:n]
 
 
-def write_predictions(batch: dict, out: str, model_id: str, finding: str, threshold: float,
-                      run_id: str) -> dict:
+def write_predictions(
+    batch: dict, out: str, model_id: str, finding: str, threshold: float, run_id: str
+) -> dict:
     """Ray Data UDF: write one Parquet file (temp name, then rename) and return its counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -210,21 +220,29 @@ def write_predictions(batch: dict, out: str, model_id: str, finding: str, thresh
     scores = np.asarray(batch["score"], dtype=np.float32)[keep]
     failed = np.array([bool(e) for e in errors], dtype=bool)
     n = int(keep.sum())
-    counts = {"rows": [n], "scored": [int(n - failed.sum())], "errors": [int(failed.sum())],
-              "skipped": [int(skip.sum())], "file": [""]}
+    counts = {
+        "rows": [n],
+        "scored": [int(n - failed.sum())],
+        "errors": [int(failed.sum())],
+        "skipped": [int(skip.sum())],
+        "file": [""],
+    }
     if n == 0:
         return counts
-    table = pa.table({
-        "image_id": [str(i) for i, k in zip(batch["image_id"], keep, strict=True) if k],
-        "source": [str(s) for s, k in zip(batch["source"], keep, strict=True) if k],
-        "score": pa.array(scores, mask=failed, type=pa.float32()),
-        "predicted": pa.array(scores >= threshold, mask=failed, type=pa.bool_()),
-        "threshold": pa.array(np.full(n, threshold, np.float32)),
-        "finding": pa.array([finding] * n, pa.string()),
-        "model_id": pa.array([model_id] * n, pa.string()),
-        "scored_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
-        "error": pa.array([e or None for e in errors], pa.string()),
-    }, schema=prediction_schema())
+    table = pa.table(
+        {
+            "image_id": [str(i) for i, k in zip(batch["image_id"], keep, strict=True) if k],
+            "source": [str(s) for s, k in zip(batch["source"], keep, strict=True) if k],
+            "score": pa.array(scores, mask=failed, type=pa.float32()),
+            "predicted": pa.array(scores >= threshold, mask=failed, type=pa.bool_()),
+            "threshold": pa.array(np.full(n, threshold, np.float32)),
+            "finding": pa.array([finding] * n, pa.string()),
+            "model_id": pa.array([model_id] * n, pa.string()),
+            "scored_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
+            "error": pa.array([e or None for e in errors], pa.string()),
+        },
+        schema=prediction_schema(),
+    )
     name = f"predictions-{model_id[:12]}-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = Path(out) / f".{name}.tmp"
     pq.write_table(table, tmp, compression="zstd")
@@ -276,24 +294,42 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
     write_json(out / "_score_config.json", asdict(config))
     logger.info("score config: %s", asdict(config))
     done = scored_ids(out, card["model_id"])
-    logger.info("model %s (%s, %d px); %d images already scored by it", card["model_id"][:12],
-                card["finding"], card["image_size"], len(done))
+    logger.info(
+        "model %s (%s, %d px); %d images already scored by it",
+        card["model_id"][:12],
+        card["finding"],
+        card["image_size"],
+        len(done),
+    )
     init_ray(config.address)
     actors, cpus, gpus = _plan_actors(config)
     dataset = image_dataset(inputs, card["image_size"], exclude=done)
     if config.limit:
         dataset = dataset.limit(config.limit)  # the first N inputs, so a rerun skips them
     scored = dataset.map_batches(
-        Scorer, batch_size=config.batch_size, concurrency=actors, num_cpus=cpus, num_gpus=gpus,
-        fn_constructor_kwargs={"model_dir": str(Path(config.model).resolve()),
-                               "precision": config.precision, "threads": config.threads,
-                               "batch_size": config.batch_size},
+        Scorer,
+        batch_size=config.batch_size,
+        concurrency=actors,
+        num_cpus=cpus,
+        num_gpus=gpus,
+        fn_constructor_kwargs={
+            "model_dir": str(Path(config.model).resolve()),
+            "precision": config.precision,
+            "threads": config.threads,
+            "batch_size": config.batch_size,
+        },
     )
     written = scored.map_batches(
-        write_predictions, batch_size=config.rows_per_file, num_cpus=0.1,
-        fn_kwargs={"out": str(out), "model_id": card["model_id"], "finding": card["finding"],
-                   "threshold": float(card["threshold"]),
-                   "run_id": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")},
+        write_predictions,
+        batch_size=config.rows_per_file,
+        num_cpus=0.1,
+        fn_kwargs={
+            "out": str(out),
+            "model_id": card["model_id"],
+            "finding": card["finding"],
+            "threshold": float(card["threshold"]),
+            "run_id": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"),
+        },
     )
     # The total is known up front only without archives (counting members means inflating them).
     total = None if inputs.archives else min(len(inputs.files), config.limit or len(inputs.files))
@@ -320,6 +356,8 @@ def _progress(summary: ScoreSummary, elapsed: float, total: int | None) -> None:
         bar = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
     else:
         bar = f"{done} images"
-    sys.stderr.write(f"\r{bar} scored {summary.scored}, errors {summary.errors}, skipped "
-                     f"{summary.skipped}, {rate:.1f} img/s ")
+    sys.stderr.write(
+        f"\r{bar} scored {summary.scored}, errors {summary.errors}, skipped "
+        f"{summary.skipped}, {rate:.1f} img/s "
+    )
     sys.stderr.flush()

@@ -86,7 +86,9 @@ def check_split(table: pd.DataFrame, test_ids: Iterable[str] = ()) -> None:
         raise SplitError(f"patient {leaking.index[0]!r} appears in more than one split")
     trained = table[table["split"].isin(["train", "val"]) & table["image_id"].isin(set(test_ids))]
     if not trained.empty:
-        raise SplitError(f"test-list image {trained['image_id'].iloc[0]!r} is in {trained['split'].iloc[0]}")
+        raise SplitError(
+            f"test-list image {trained['image_id'].iloc[0]!r} is in {trained['split'].iloc[0]}"
+        )
     unknown = set(table["split"]) - set(SPLITS)
     if unknown:
         raise SplitError(f"unknown split names {sorted(unknown)}")

@@ -19,7 +19,9 @@ def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(min(thresholds[best], 1.0))
 
 
-def sensitivity_threshold(labels: np.ndarray, scores: np.ndarray, target: float = 0.9) -> float | None:
+def sensitivity_threshold(
+    labels: np.ndarray, scores: np.ndarray, target: float = 0.9
+) -> float | None:
     """Highest threshold whose sensitivity reaches ``target``; ``None`` without positives."""
     labels = np.asarray(labels).astype(bool)
     positives = np.sort(np.asarray(scores, dtype=np.float64)[labels])[::-1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medai.artifact import SPLIT_FILE, CURVES_FILE, save_model_dir, write_json
+from medai.artifact import CURVES_FILE, SPLIT_FILE, save_model_dir, write_json
 from medai.images import ImageInputs, discover_images
 from medai.labels import NEGATIVE_POLICIES, find_split_lists, load_labels, read_split_list
 from medai.model import HEADS, MIN_IMAGE_SIZE, ModelSpec, ensure_imagenet_weights, resolve_weights
@@ -141,8 +141,9 @@ def _load_images(plan: TrainPlan):
     label_of = dict(zip(usable["image_id"], usable["label"].astype(int), strict=True))
     split_of = dict(zip(usable["image_id"], usable["split"], strict=True))
     dataset = image_dataset(plan.inputs, plan.config.image_size, wanted=set(label_of))
-    dataset = dataset.map_batches(_attach_labels, fn_kwargs={"label_of": label_of, "split_of": split_of},
-                                  batch_format="numpy")
+    dataset = dataset.map_batches(
+        _attach_labels, fn_kwargs={"label_of": label_of, "split_of": split_of}, batch_format="numpy"
+    )
     return dataset.materialize()
 
 
@@ -156,9 +157,12 @@ def _found(dataset, split: pd.DataFrame) -> pd.DataFrame:
     split = split.copy()
     split["found"] = split["image_id"].isin(ok) | (split["split"] == "test")
     missing = split[~split["found"]]
-    logger.info("images: %d labelled train/val found, %d missing from the archive, %d unreadable",
-                int(split["found"].sum() - (split["split"] == "test").sum()),
-                len(missing) - len(bad), len(bad))
+    logger.info(
+        "images: %d labelled train/val found, %d missing from the archive, %d unreadable",
+        int(split["found"].sum() - (split["split"] == "test").sum()),
+        len(missing) - len(bad),
+        len(bad),
+    )
     return split
 
 
@@ -190,8 +194,10 @@ def _latest_checkpoint(storage: Path) -> str | None:
     """The newest complete checkpoint folder under the run storage, for ``--resume``."""
     from medai.train_loop import CHECKPOINT_STATE
 
-    candidates = sorted((p for p in storage.glob("*/checkpoint_*") if (p / CHECKPOINT_STATE).exists()),
-                        key=lambda p: json.loads((p / CHECKPOINT_STATE).read_text())["epoch"])
+    candidates = sorted(
+        (p for p in storage.glob("*/checkpoint_*") if (p / CHECKPOINT_STATE).exists()),
+        key=lambda p: json.loads((p / CHECKPOINT_STATE).read_text())["epoch"],
+    )
     return str(candidates[-1]) if candidates else None
 
 
@@ -224,11 +230,18 @@ def run_training(config: TrainConfig) -> dict:
     workers, per_worker, use_gpu = _workers(config)
     learning_rate = config.learning_rate or (1e-4 if config.spec.pretrained else 1e-3)
     loop_config = {
-        "spec": asdict(config.spec), "epochs": config.epochs, "batch_size": config.batch_size,
-        "learning_rate": learning_rate, "class_weights": _class_weights(train),
-        "precision": config.precision, "seed": config.seed, "cpus_per_worker": per_worker,
+        "spec": asdict(config.spec),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "learning_rate": learning_rate,
+        "class_weights": _class_weights(train),
+        "precision": config.precision,
+        "seed": config.seed,
+        "cpus_per_worker": per_worker,
     }
-    logger.info("Ray Train: %d workers x %.2f CPUs%s", workers, per_worker, " + 1 GPU" if use_gpu else "")
+    logger.info(
+        "Ray Train: %d workers x %.2f CPUs%s", workers, per_worker, " + 1 GPU" if use_gpu else ""
+    )
     storage = out / "checkpoints"
     resume_from = _latest_checkpoint(storage) if config.resume else None
     if config.resume and resume_from is None:
@@ -237,14 +250,17 @@ def run_training(config: TrainConfig) -> dict:
         shutil.rmtree(storage)
     # Split and materialise before workers start: with as many workers as CPUs, no CPU would be
     # left for Ray Data tasks during training and the run would hang.
-    datasets = {name: dataset.filter(expr=f"split == '{name}'").materialize() for name in ("train", "val")}
+    datasets = {
+        name: dataset.filter(expr=f"split == '{name}'").materialize() for name in ("train", "val")
+    }
     # Ray Train V2 dropped resume_from_checkpoint: the loop falls back to this path itself.
     loop_config["resume_from"] = resume_from
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": per_worker}
+        ),
         datasets=datasets,
         # Every worker evaluates the whole validation set (see medai.train_loop).
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -261,11 +277,18 @@ def run_training(config: TrainConfig) -> dict:
         import keras
 
         model = keras.saving.load_model(Path(folder) / BEST_MODEL, compile=False)
-    card = save_model_dir(model, out, _card_fields(config, plan, split, state, loop_config, workers))
+    card = save_model_dir(
+        model, out, _card_fields(config, plan, split, state, loop_config, workers)
+    )
     split[["image_id", "patient_id", "split", "label"]].to_csv(out / SPLIT_FILE, index=False)
     plot_training_curves(state["history"], out / CURVES_FILE, config.finding)
-    logger.info("model %s written to %s (best epoch %d, val AUC %s)", card["model_id"][:12], out,
-                state["best"]["epoch"], state["best"]["val_auc"])
+    logger.info(
+        "model %s written to %s (best epoch %d, val AUC %s)",
+        card["model_id"][:12],
+        out,
+        state["best"]["epoch"],
+        state["best"]["val_auc"],
+    )
     return card
 
 
@@ -277,14 +300,23 @@ def _counts(split: pd.DataFrame) -> dict:
     counts = {}
     for name in ("train", "val", "test"):
         part = split[(split["split"] == name) & split["found"]]
-        counts[name] = {"images": int(len(part)), "patients": int(part["patient_id"].nunique()),
-                        "positives": int(part["label"].sum())}
+        counts[name] = {
+            "images": int(len(part)),
+            "patients": int(part["patient_id"].nunique()),
+            "positives": int(part["label"].sum()),
+        }
     counts["missing"] = int((~split["found"]).sum())
     return counts
 
 
-def _card_fields(config: TrainConfig, plan: TrainPlan, split: pd.DataFrame, state: dict,
-                 loop_config: dict, workers: int) -> dict:
+def _card_fields(
+    config: TrainConfig,
+    plan: TrainPlan,
+    split: pd.DataFrame,
+    state: dict,
+    loop_config: dict,
+    workers: int,
+) -> dict:
     best = state["best"]
     return {
         "finding": config.finding,
@@ -303,10 +335,17 @@ def _card_fields(config: TrainConfig, plan: TrainPlan, split: pd.DataFrame, stat
         "class_weights": loop_config["class_weights"],
         "class_imbalance": "per-image loss weights n/(2*n_class) from the train split",
         "augmentation": "rotation 0.03 turn, shift 5%, zoom 10%, shear 0.05 (training only)",
-        "optimizer": {"name": "adam", "learning_rate": loop_config["learning_rate"],
-                      "batch_size_per_worker": config.batch_size, "workers": workers},
-        "training_data": {"labels": str(config.labels), "images": list(config.images),
-                          "test_list_images_excluded": len(plan.test_ids)},
+        "optimizer": {
+            "name": "adam",
+            "learning_rate": loop_config["learning_rate"],
+            "batch_size_per_worker": config.batch_size,
+            "workers": workers,
+        },
+        "training_data": {
+            "labels": str(config.labels),
+            "images": list(config.images),
+            "test_list_images_excluded": len(plan.test_ids),
+        },
     }
 
 

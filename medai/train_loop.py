@@ -113,11 +113,19 @@ def _batch_stats(labels, scores, per_image):
 
     labels = tf.reshape(tf.cast(labels, tf.float32), [-1])
     scores = tf.reshape(tf.cast(scores, tf.float32), [-1])
-    correct = tf.reduce_sum(tf.cast(tf.equal(tf.cast(scores >= 0.5, tf.float32), labels), tf.float32))
+    correct = tf.reduce_sum(
+        tf.cast(tf.equal(tf.cast(scores >= 0.5, tf.float32), labels), tf.float32)
+    )
     histogram = lambda mask: tf.cast(  # noqa: E731
-        tf.histogram_fixed_width(tf.boolean_mask(scores, mask), [0.0, 1.0], nbins=_BINS), tf.float32)
-    head = tf.stack([tf.reduce_sum(tf.cast(per_image, tf.float32)), correct,
-                     tf.cast(tf.size(labels), tf.float32)])
+        tf.histogram_fixed_width(tf.boolean_mask(scores, mask), [0.0, 1.0], nbins=_BINS), tf.float32
+    )
+    head = tf.stack(
+        [
+            tf.reduce_sum(tf.cast(per_image, tf.float32)),
+            correct,
+            tf.cast(tf.size(labels), tf.float32),
+        ]
+    )
     return tf.concat([head, histogram(labels > 0.5), histogram(labels <= 0.5)], axis=0)
 
 
@@ -144,8 +152,13 @@ def _evaluate(predict_step, dataset, batch_size: int) -> dict:
 def _train_epoch(train_step, shard, batch_size: int, class_weights: dict, seed: int) -> dict:
     totals = np.zeros(3 + 2 * _BINS, dtype=np.float64)
     weights_of = np.array([class_weights["0"], class_weights["1"]], dtype=np.float32)
-    batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
-                                 local_shuffle_buffer_size=batch_size * 8, local_shuffle_seed=seed)
+    batches = shard.iter_batches(
+        batch_size=batch_size,
+        batch_format="numpy",
+        drop_last=True,
+        local_shuffle_buffer_size=batch_size * 8,
+        local_shuffle_seed=seed,
+    )
     for batch in batches:
         labels = batch["label"].astype(np.float32).reshape(-1, 1)
         weights = weights_of[batch["label"].astype(np.int64)]
@@ -192,8 +205,9 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer = keras.optimizers.Adam(config["learning_rate"])
         optimizer.build(model.trainable_variables)
     augment = build_augmenter(config["seed"])
-    train_step, predict_step, sync_statistics = _make_steps(model, optimizer, augment, strategy,
-                                           config["batch_size"] * world)
+    train_step, predict_step, sync_statistics = _make_steps(
+        model, optimizer, augment, strategy, config["batch_size"] * world
+    )
     workdir = Path(tempfile.mkdtemp(prefix="medai-train-"))
     state = {"epoch": 0, "history": [], "best": None}
     checkpoint = ray.train.get_checkpoint()  # set when Ray restarts failed workers
@@ -207,18 +221,33 @@ def train_loop_per_worker(config: dict) -> None:
     val = ray.train.get_dataset_shard("val")
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         started = time.perf_counter()
-        row = {"epoch": epoch, **_train_epoch(train_step, shard, config["batch_size"],
-                                              config["class_weights"], config["seed"] + epoch)}
+        row = {
+            "epoch": epoch,
+            **_train_epoch(
+                train_step,
+                shard,
+                config["batch_size"],
+                config["class_weights"],
+                config["seed"] + epoch,
+            ),
+        }
         if world > 1 and model.non_trainable_variables:
             sync_statistics()
         evaluation = _evaluate(predict_step, val, config["batch_size"] * 2)
         row.update({k: evaluation[k] for k in ("val_loss", "val_accuracy", "val_auc")})
         row["seconds"] = round(time.perf_counter() - started, 2)
         row["images_per_second"] = round(row["train_images"] / max(row["seconds"], 1e-9), 2)
-        improved = state["best"] is None or (row["val_auc"] or 0.0) > (state["best"]["val_auc"] or 0.0)
+        improved = state["best"] is None or (row["val_auc"] or 0.0) > (
+            state["best"]["val_auc"] or 0.0
+        )
         if improved:
-            state["best"] = {"epoch": epoch, **{k: evaluation.get(k) for k in
-                             ("val_auc", "val_loss", "threshold", "threshold_sensitivity_90")}}
+            state["best"] = {
+                "epoch": epoch,
+                **{
+                    k: evaluation.get(k)
+                    for k in ("val_auc", "val_loss", "threshold", "threshold_sensitivity_90")
+                },
+            }
             _save_best(model, spec, workdir, rank)
         state["epoch"] = epoch
         state["history"].append(row)
@@ -239,9 +268,11 @@ def _quiet_ray_loggers() -> None:
 
 def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    return (
-        f"epoch {row['epoch']}/{epochs}: loss {fmt(row['loss'])} acc {fmt(row['accuracy'])} "
-        f"auc {fmt(row['auc'])} | val_loss {fmt(row['val_loss'])} val_acc {fmt(row['val_accuracy'])} "
-        f"val_auc {fmt(row['val_auc'])} | {row['seconds']:.1f}s {row['images_per_second']:.1f} img/s"
-        + (" *best*" if improved else "")
+    train = f"loss {fmt(row['loss'])} acc {fmt(row['accuracy'])} auc {fmt(row['auc'])}"
+    val = (
+        f"val_loss {fmt(row['val_loss'])} val_acc {fmt(row['val_accuracy'])} "
+        f"val_auc {fmt(row['val_auc'])}"
     )
+    speed = f"{row['seconds']:.1f}s {row['images_per_second']:.1f} img/s"
+    best = " *best*" if improved else ""
+    return f"epoch {row['epoch']}/{epochs}: {train} | {val} | {speed}{best}"

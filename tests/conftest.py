@@ -41,7 +41,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_untrained_model(tmp_path_factory.mktemp("tiny-model"), image_size=75, seed=0)
 
 
-def save_untrained_model(out: Path, image_size: int = 75, seed: int = 0, threshold: float = 0.5) -> Path:
+def save_untrained_model(
+    out: Path, image_size: int = 75, seed: int = 0, threshold: float = 0.5
+) -> Path:
     """Build a random-weight model and save it as a model directory."""
     import keras
 
@@ -50,8 +52,17 @@ def save_untrained_model(out: Path, image_size: int = 75, seed: int = 0, thresho
 
     keras.utils.set_random_seed(seed)
     model = build_model(ModelSpec(image_size, "gap", "none"))
-    save_model_dir(model, out, {"finding": "Mass", "image_size": image_size, "head": "gap",
-                                "weights": "none", "threshold": threshold})
+    save_model_dir(
+        model,
+        out,
+        {
+            "finding": "Mass",
+            "image_size": image_size,
+            "head": "gap",
+            "weights": "none",
+            "threshold": threshold,
+        },
+    )
     return out
 
 
@@ -61,11 +72,19 @@ def trained_model(ray_session, phantom_archive, tmp_path_factory) -> tuple[Path,
     from medai.train import TrainConfig, run_training
 
     out = tmp_path_factory.mktemp("trained") / "model"
-    card = run_training(TrainConfig(
-        labels=str(phantom_archive / "Data_Entry_2017.csv"), images=(str(phantom_archive),),
-        out=str(out), epochs=4, batch_size=16, image_size=PHANTOM_SIZE, weights="none",
-        num_workers=2, seed=0,
-    ))
+    card = run_training(
+        TrainConfig(
+            labels=str(phantom_archive / "Data_Entry_2017.csv"),
+            images=(str(phantom_archive),),
+            out=str(out),
+            epochs=4,
+            batch_size=16,
+            image_size=PHANTOM_SIZE,
+            weights="none",
+            num_workers=2,
+            seed=0,
+        )
+    )
     return out, card
 
 

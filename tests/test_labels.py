@@ -30,7 +30,11 @@ def test_nih_header_quirks_and_multi_label(tmp_path):
     table = load_labels(nih(tmp_path, ROWS), "Mass")
     assert list(table.columns) == ["image_id", "patient_id", "label", "findings"]
     assert table.set_index("image_id")["label"].to_dict() == {
-        "00000001_000.png": 1, "00000001_001.png": 1, "00000002_000.png": 0, "00000003_000.png": 0}
+        "00000001_000.png": 1,
+        "00000001_001.png": 1,
+        "00000002_000.png": 0,
+        "00000003_000.png": 0,
+    }
     assert table["patient_id"].tolist() == ["1", "1", "2", "3"]
 
 
@@ -45,15 +49,18 @@ def test_unknown_finding_lists_valid_ones(tmp_path):
     assert "Tumour" in str(err.value) and all(f in str(err.value) for f in NIH_FINDINGS)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("", "empty label file"),
-    ("\n\n", "empty label file"),
-    ("foo,bar\n1,2\n", "unrecognised label file"),
-    ("image,label\na.png,2\n", "label must be 0 or 1"),
-    ("image,label\na.png,1\na.png,0\n", "duplicated image ids"),
-    ("image,label\na.png,\n", "empty value"),
-    ("image,label\n", "no labelled images"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "empty label file"),
+        ("\n\n", "empty label file"),
+        ("foo,bar\n1,2\n", "unrecognised label file"),
+        ("image,label\na.png,2\n", "label must be 0 or 1"),
+        ("image,label\na.png,1\na.png,0\n", "duplicated image ids"),
+        ("image,label\na.png,\n", "empty value"),
+        ("image,label\n", "no labelled images"),
+    ],
+)
 def test_malformed_files_raise_clear_errors(tmp_path, text, expected):
     with pytest.raises(LabelError, match=expected):
         load_labels(write(tmp_path, text), "Mass")

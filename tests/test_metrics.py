@@ -174,7 +174,9 @@ def test_calibration_bins_match_sklearn(seed: int) -> None:
     np.testing.assert_allclose(bins["mean_predicted"], predicted, rtol=1e-6)
     assert sum(bins["count"]) == y.size
     assert metrics.calibration_bins([], []) == {
-        "mean_predicted": [], "fraction_positive": [], "count": [],
+        "mean_predicted": [],
+        "fraction_positive": [],
+        "count": [],
     }
 
 

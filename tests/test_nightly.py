@@ -14,7 +14,14 @@ import pytest
 from conftest import save_untrained_model
 from test_score import _kill_tree
 
-from medai.nightly import NightlyConfig, NightlyError, _store_lock, format_ledger, read_ledger, run_nightly
+from medai.nightly import (
+    NightlyConfig,
+    NightlyError,
+    _store_lock,
+    format_ledger,
+    read_ledger,
+    run_nightly,
+)
 from medai.phantoms import PhantomSpec, write_phantom_archive
 from medai.score import prediction_files
 
@@ -22,9 +29,16 @@ from medai.score import prediction_files
 def arrivals(folder, first_patient, archive_number, n_patients, seed):
     """Write one day's archive into ``folder/incoming`` and return its label rows."""
     staging = folder / f"day-{archive_number}"
-    labels = write_phantom_archive(staging, PhantomSpec(
-        n_patients=n_patients, size=96, seed=seed, first_patient=first_patient,
-        archive_number=archive_number))
+    labels = write_phantom_archive(
+        staging,
+        PhantomSpec(
+            n_patients=n_patients,
+            size=96,
+            seed=seed,
+            first_patient=first_patient,
+            archive_number=archive_number,
+        ),
+    )
     incoming = folder / "incoming"
     incoming.mkdir(exist_ok=True)
     shutil.move(str(staging / f"images_{archive_number:03d}.tar.gz"), incoming)
@@ -36,8 +50,13 @@ def test_days_new_model_and_ledger(ray_session, tiny_model_dir, tmp_path, capsys
     day1 = arrivals(tmp_path, 1, 1, 30, seed=1)
     labels = tmp_path / "Data_Entry_2017.csv"
     day1.to_csv(labels, index=False)
-    config = NightlyConfig(images=(str(tmp_path / "incoming"),), model=str(tiny_model_dir),
-                           store=str(store), labels=str(labels), split="all")
+    config = NightlyConfig(
+        images=(str(tmp_path / "incoming"),),
+        model=str(tiny_model_dir),
+        store=str(store),
+        labels=str(labels),
+        split="all",
+    )
     first = run_nightly(config)
     assert (first.scored, first.skipped) == (len(day1), 0)
     assert (store / "reports" / "latest" / "report.html").exists()
@@ -52,8 +71,10 @@ def test_days_new_model_and_ledger(ray_session, tiny_model_dir, tmp_path, capsys
     assert (third.scored, third.skipped) == (len(day1) + len(day2), 0)
 
     frame = pd.read_parquet(store / "predictions")
-    assert frame.groupby("model_id")["image_id"].nunique().sort_values().tolist() == [
-        len(day1) + len(day2)] * 2
+    assert (
+        frame.groupby("model_id")["image_id"].nunique().sort_values().tolist()
+        == [len(day1) + len(day2)] * 2
+    )
     assert not frame.duplicated(["model_id", "image_id"]).any()
     ledger = read_ledger(store)
     assert [r["status"] for r in ledger] == ["succeeded"] * 3
@@ -65,9 +86,13 @@ def test_days_new_model_and_ledger(ray_session, tiny_model_dir, tmp_path, capsys
 def test_second_run_on_the_same_store_refuses(tiny_model_dir, tmp_path):
     arrivals(tmp_path, 1, 1, 5, seed=1)
     store = tmp_path / "store"
-    config = NightlyConfig(images=(str(tmp_path / "incoming"),), model=str(tiny_model_dir),
-                           store=str(store))
-    with _store_lock(store), pytest.raises(NightlyError, match="another nightly run is in progress"):
+    config = NightlyConfig(
+        images=(str(tmp_path / "incoming"),), model=str(tiny_model_dir), store=str(store)
+    )
+    with (
+        _store_lock(store),
+        pytest.raises(NightlyError, match="another nightly run is in progress"),
+    ):
         run_nightly(config)
     assert read_ledger(store) == []
 
@@ -79,13 +104,32 @@ def test_killed_run_is_completed_by_the_next(ray_session, tiny_model_dir, tmp_pa
     env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "medai.cli", "nightly", "--images", str(tmp_path / "incoming"),
-         "--model", str(tiny_model_dir), "--store", str(store), "--batch-size", "4", "--rows-per-file", "25"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "medai.cli",
+            "nightly",
+            "--images",
+            str(tmp_path / "incoming"),
+            "--model",
+            str(tiny_model_dir),
+            "--store",
+            str(store),
+            "--batch-size",
+            "4",
+            "--rows-per-file",
+            "25",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not (
-                (store / "predictions").exists() and prediction_files(store / "predictions")):
+            (store / "predictions").exists() and prediction_files(store / "predictions")
+        ):
             assert process.poll() is None, "the nightly run finished before it could be killed"
             time.sleep(0.1)
     finally:
@@ -93,8 +137,11 @@ def test_killed_run_is_completed_by_the_next(ray_session, tiny_model_dir, tmp_pa
         process.wait(timeout=30)
     assert [r["status"] for r in read_ledger(store)] == ["running"]
     partial = len(pd.read_parquet(store / "predictions"))
-    result = run_nightly(NightlyConfig(images=(str(tmp_path / "incoming"),),
-                                       model=str(tiny_model_dir), store=str(store)))
+    result = run_nightly(
+        NightlyConfig(
+            images=(str(tmp_path / "incoming"),), model=str(tiny_model_dir), store=str(store)
+        )
+    )
     frame = pd.read_parquet(store / "predictions")
     assert result.skipped == partial and frame["image_id"].is_unique
     assert len(frame) == partial + result.scored

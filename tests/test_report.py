@@ -39,17 +39,19 @@ MODEL_A = "a1" * 32
 MODEL_B = "b2" * 32
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SCHEMA = pa.schema([
-    ("image_id", pa.string()),
-    ("source", pa.string()),
-    ("score", pa.float32()),
-    ("predicted", pa.bool_()),
-    ("threshold", pa.float32()),
-    ("finding", pa.string()),
-    ("model_id", pa.string()),
-    ("scored_at", pa.timestamp("us", tz="UTC")),
-    ("error", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("score", pa.float32()),
+        ("predicted", pa.bool_()),
+        ("threshold", pa.float32()),
+        ("finding", pa.string()),
+        ("model_id", pa.string()),
+        ("scored_at", pa.timestamp("us", tz="UTC")),
+        ("error", pa.string()),
+    ]
+)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -67,8 +69,17 @@ def synthetic(n: int, seed: int = 0, prevalence: float = 0.3):
     return y, scores
 
 
-def pred_table(ids, scores, model_id: str = MODEL_A, *, threshold: float | None = 0.5,
-               finding: str = "Mass", sources=None, errors=None, scored_at=None) -> pa.Table:
+def pred_table(
+    ids,
+    scores,
+    model_id: str = MODEL_A,
+    *,
+    threshold: float | None = 0.5,
+    finding: str = "Mass",
+    sources=None,
+    errors=None,
+    scored_at=None,
+) -> pa.Table:
     """A table in the `medai score` schema; ``threshold=None`` leaves that column out."""
     n = len(ids)
     scores = [None if s is None or np.isnan(s) else float(s) for s in scores]
@@ -165,22 +176,50 @@ def rich(tmp_path_factory):
     with tarfile.open(archive, "w:gz") as tar:
         for image_id in ids[::2]:
             tar.add(images / image_id, arcname=f"images/{image_id}")
-    sources = [f"{archive}::images/{image_id}" if k % 2 == 0 else str(images / image_id)
-               for k, image_id in enumerate(ids)]
+    sources = [
+        f"{archive}::images/{image_id}" if k % 2 == 0 else str(images / image_id)
+        for k, image_id in enumerate(ids)
+    ]
     scores_a = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.15, n), 0, 1).astype(np.float32)
     scores_b = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.3, n), 0, 1).astype(np.float32)
     preds = root / "pred"
-    write_preds(preds, "a.parquet", pred_table(ids[:200], scores_a[:200], MODEL_A,
-                                               sources=sources[:200], threshold=0.5))
-    write_preds(preds, "b.parquet", pred_table(ids[60:], scores_b[60:], MODEL_B,
-                                               sources=sources[60:], threshold=0.45))
-    write_card(preds, MODEL_A, finding="Mass", threshold=0.5, val_auc=0.81, head="dense",
-               image_size=299, weights="imagenet", intended_use="Research <em>only</em>",
-               counts={"train": {"images": 1234, "patients": 321, "positives": 56},
-                       "val": {"images": 222, "patients": 60, "positives": 9}},
-               history=[{"epoch": e, "loss": 1 / e, "val_loss": 1.2 / e, "accuracy": 0.6 + e / 50,
-                         "val_accuracy": 0.55 + e / 60, "auc": 0.7, "val_auc": 0.72}
-                        for e in range(1, 6)])
+    write_preds(
+        preds,
+        "a.parquet",
+        pred_table(ids[:200], scores_a[:200], MODEL_A, sources=sources[:200], threshold=0.5),
+    )
+    write_preds(
+        preds,
+        "b.parquet",
+        pred_table(ids[60:], scores_b[60:], MODEL_B, sources=sources[60:], threshold=0.45),
+    )
+    write_card(
+        preds,
+        MODEL_A,
+        finding="Mass",
+        threshold=0.5,
+        val_auc=0.81,
+        head="dense",
+        image_size=299,
+        weights="imagenet",
+        intended_use="Research <em>only</em>",
+        counts={
+            "train": {"images": 1234, "patients": 321, "positives": 56},
+            "val": {"images": 222, "patients": 60, "positives": 9},
+        },
+        history=[
+            {
+                "epoch": e,
+                "loss": 1 / e,
+                "val_loss": 1.2 / e,
+                "accuracy": 0.6 + e / 50,
+                "val_accuracy": 0.55 + e / 60,
+                "auc": 0.7,
+                "val_auc": 0.72,
+            }
+            for e in range(1, 6)
+        ],
+    )
     labels = write_labels(root / "labels.csv", ids, y)
     out = root / "out"
     report = run_report(config(preds, labels, out))
@@ -224,8 +263,7 @@ def test_outputs_are_written_and_strict_json(rich) -> None:
     assert written["split"] == "all" and written["bootstrap"] == 1000 and written["seed"] == 0
     assert written["prediction_files"] == ["a.parquet", "b.parquet"]
     for section in report["models"].values():
-        assert set(section["plots"]) >= {"roc", "histogram", "confusion", "calibration",
-                                         "examples"}
+        assert set(section["plots"]) >= {"roc", "histogram", "confusion", "calibration", "examples"}
         for relative in section["plots"].values():
             assert (out / relative).read_bytes().startswith(PNG_MAGIC)
     assert "training" in report["models"][MODEL_A]["plots"]  # the card has a history
@@ -304,10 +342,18 @@ window.addEventListener("load", function () {
 def _browser_check(chromium: str, page: Path, profile: Path) -> tuple[int, int, int]:
     """Open ``page`` headless and return (images loaded, images, network resources fetched)."""
     command = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
-        "--dump-dom", page.as_uri(),
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     found = re.search(r'id="medai-check">images=(\d+)/(\d+) fetched=(\d+)<', done.stdout)
@@ -329,8 +375,11 @@ def test_report_renders_in_headless_chromium(rich, tmp_path: Path) -> None:
     assert _browser_check(chromium, page, tmp_path / "profile") == (expected, expected, 0)
     # The check itself can fail: a broken image is not counted as loaded.
     broken = tmp_path / "broken.html"
-    broken.write_text(page.read_text().replace(
-        "</body>", '<img src="data:image/png;base64,AAAA" alt="broken"></body>'))
+    broken.write_text(
+        page.read_text().replace(
+            "</body>", '<img src="data:image/png;base64,AAAA" alt="broken"></body>'
+        )
+    )
     loaded, total, _ = _browser_check(chromium, broken, tmp_path / "profile2")
     assert (loaded, total) == (expected, expected + 1)
 
@@ -342,15 +391,21 @@ def test_errors_unlabeled_and_duplicates_are_counted(tmp_path: Path) -> None:
     ids = image_ids(30)
     y, scores = synthetic(30, seed=2, prevalence=0.4)
     good = pred_table(ids[:20], scores[:20])
-    errors = pred_table(ids[20:24], [None, None, None, None],
-                        errors=["not a decodable image"] * 3 + [None])
-    unlabeled = pred_table(["x1.png", "x2.png", "x3.png", "x4.png", None],
-                           [0.5, 0.6, 0.7, 0.8, 0.9])
+    errors = pred_table(
+        ids[20:24], [None, None, None, None], errors=["not a decodable image"] * 3 + [None]
+    )
+    unlabeled = pred_table(
+        ["x1.png", "x2.png", "x3.png", "x4.png", None], [0.5, 0.6, 0.7, 0.8, 0.9]
+    )
     # ids[0] scored again later with a different score: the later row must win.
     rescored = pred_table([ids[0]], [1.0 - float(scores[0])], scored_at=[T0 + timedelta(days=1)])
     preds = tmp_path / "pred"
-    for name, table in (("p0.parquet", good), ("p1.parquet", errors),
-                        ("p2.parquet", unlabeled), ("p3.parquet", rescored)):
+    for name, table in (
+        ("p0.parquet", good),
+        ("p1.parquet", errors),
+        ("p2.parquet", unlabeled),
+        ("p3.parquet", rescored),
+    ):
         write_preds(preds, name, table)
     labels = write_labels(tmp_path / "labels.csv", ids, y)
     report = run_report(config(preds, labels, tmp_path / "out", bootstrap=0))
@@ -360,8 +415,9 @@ def test_errors_unlabeled_and_duplicates_are_counted(tmp_path: Path) -> None:
     assert section["n_errors"] == 4
     assert section["n_unlabeled"] == 5  # 4 ids without a label, 1 row without an id
     assert section["n"] == 20
-    assert section["n_rows"] == sum(section[key] for key in (
-        "n_duplicates", "n_outside_split", "n_errors", "n_unlabeled", "n"))
+    assert section["n_rows"] == sum(
+        section[key] for key in ("n_duplicates", "n_outside_split", "n_errors", "n_unlabeled", "n")
+    )
     assert section["error_messages"] == {"not a decodable image": 3, "missing score": 1}
     expected = scores[:20].astype(np.float64)
     expected[0] = np.float32(1.0 - float(scores[0]))
@@ -373,13 +429,19 @@ def test_errors_unlabeled_and_duplicates_are_counted(tmp_path: Path) -> None:
 def _nih_setup(tmp_path: Path):
     """40 NIH images of 20 patients; the first 8 patients' images are on the test list."""
     ids = [f"{p:08d}_{k:03d}.png" for p in range(1, 21) for k in range(2)]
-    findings = ["Mass" if i % 5 == 0 else "Effusion" if i % 5 == 1 else "No Finding"
-                for i in range(40)]
+    findings = [
+        "Mass" if i % 5 == 0 else "Effusion" if i % 5 == 1 else "No Finding" for i in range(40)
+    ]
     folder = tmp_path / "nih"
     folder.mkdir()
-    pd.DataFrame({"Image Index": ids, "Finding Labels": findings, "Follow-up #": 0,
-                  "Patient ID": [i[:8] for i in ids]}).to_csv(folder / "Data_Entry_2017.csv",
-                                                            index=False)
+    pd.DataFrame(
+        {
+            "Image Index": ids,
+            "Finding Labels": findings,
+            "Follow-up #": 0,
+            "Patient ID": [i[:8] for i in ids],
+        }
+    ).to_csv(folder / "Data_Entry_2017.csv", index=False)
     (folder / "test_list.txt").write_text("\n".join(ids[:16]) + "\n")
     (folder / "train_val_list.txt").write_text("\n".join(ids[16:]) + "\n")
     rng = np.random.default_rng(3)
@@ -399,18 +461,21 @@ def test_split_filtering_with_nih_lists(tmp_path: Path) -> None:
     assert (section["n"], section["n_outside_split"]) == (16, 24)
     assert section["auc"] == pytest.approx(skm.roc_auc_score(y[:16], scores[:16]))
 
-    section = run_report(config(preds, labels, tmp_path / "tv", split="train_val",
-                                bootstrap=0))["models"][MODEL_A]
+    section = run_report(config(preds, labels, tmp_path / "tv", split="train_val", bootstrap=0))[
+        "models"
+    ][MODEL_A]
     assert (section["n"], section["n_outside_split"]) == (24, 16)
     assert section["auc"] == pytest.approx(skm.roc_auc_score(y[16:], scores[16:]))
 
-    section = run_report(config(preds, labels, tmp_path / "all", split="all",
-                                bootstrap=0))["models"][MODEL_A]
+    section = run_report(config(preds, labels, tmp_path / "all", split="all", bootstrap=0))[
+        "models"
+    ][MODEL_A]
     assert (section["n"], section["n_outside_split"]) == (40, 0)
 
     # no-finding negatives: images with only other findings have no label here.
-    section = run_report(config(preds, labels, tmp_path / "nf", negatives="no-finding",
-                                bootstrap=0))["models"][MODEL_A]
+    section = run_report(
+        config(preds, labels, tmp_path / "nf", negatives="no-finding", bootstrap=0)
+    )["models"][MODEL_A]
     other = sum(f == "Effusion" for f in findings[:16])
     assert (section["n"], section["n_unlabeled"]) == (16 - other, other)
 
@@ -422,7 +487,8 @@ def test_threshold_sources_and_override(tmp_path: Path) -> None:
     assert section["operating_points"]["model_threshold"]["threshold"] == 0.3  # not 0.30000001
 
     section = run_report(config(preds, labels, tmp_path / "o2", bootstrap=0, threshold=0.7))[
-        "models"][MODEL_A]
+        "models"
+    ][MODEL_A]
     point = section["operating_points"]["model_threshold"]
     assert (point["source"], point["threshold"]) == ("--threshold", 0.7)
     tn, fp, fn, tp = skm.confusion_matrix(y, scores >= 0.7).ravel()
@@ -511,8 +577,10 @@ def test_user_strings_are_escaped_in_html(tmp_path: Path) -> None:
 
 def test_ci_is_deterministic_with_seed(tmp_path: Path) -> None:
     preds, labels, _, _ = simple_setup(tmp_path, n=150)
-    runs = [run_report(config(preds, labels, tmp_path / f"o{k}", seed=seed, bootstrap=1000))
-            for k, seed in enumerate((5, 5, 6))]
+    runs = [
+        run_report(config(preds, labels, tmp_path / f"o{k}", seed=seed, bootstrap=1000))
+        for k, seed in enumerate((5, 5, 6))
+    ]
     cis = [run["models"][MODEL_A]["auc_ci95"] for run in runs]
     assert cis[0] == cis[1]
     assert cis[0] != cis[2]
@@ -553,25 +621,56 @@ def test_config_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
 
 def test_cli_flags_build_the_config(tmp_path: Path) -> None:
     parser = build_report_parser()
-    args = parser.parse_args([
-        "--predictions", "p", "--labels", "l.csv", "--out", "o", "--finding", "Nodule",
-        "--negatives", "no-finding", "--split", "train_val", "--model-id", "abc",
-        "--threshold", "0.25", "--bootstrap", "2000", "--seed", "3",
-    ])
-    assert config_from_args(args) == ReportConfig(
-        predictions="p", labels="l.csv", out="o", finding="Nodule", negatives="no-finding",
-        split="train_val", model_id="abc", threshold=0.25, bootstrap=2000, seed=3,
+    args = parser.parse_args(
+        [
+            "--predictions",
+            "p",
+            "--labels",
+            "l.csv",
+            "--out",
+            "o",
+            "--finding",
+            "Nodule",
+            "--negatives",
+            "no-finding",
+            "--split",
+            "train_val",
+            "--model-id",
+            "abc",
+            "--threshold",
+            "0.25",
+            "--bootstrap",
+            "2000",
+            "--seed",
+            "3",
+        ]
     )
-    defaults = config_from_args(parser.parse_args(["--predictions", "p", "--labels", "l",
-                                                   "--out", "o"]))
+    assert config_from_args(args) == ReportConfig(
+        predictions="p",
+        labels="l.csv",
+        out="o",
+        finding="Nodule",
+        negatives="no-finding",
+        split="train_val",
+        model_id="abc",
+        threshold=0.25,
+        bootstrap=2000,
+        seed=3,
+    )
+    defaults = config_from_args(
+        parser.parse_args(["--predictions", "p", "--labels", "l", "--out", "o"])
+    )
     assert (defaults.finding, defaults.negatives, defaults.split) == ("Mass", "all-others", None)
     assert (defaults.threshold, defaults.bootstrap, defaults.seed) == (None, 1000, 0)
 
     sub = argparse.ArgumentParser(prog="medai").add_subparsers(dest="command")
     add_report_arguments(sub.add_parser("report"))
     with pytest.raises(ReportError, match="--threshold must be a number in"):
-        config_from_args(parser.parse_args(["--predictions", "p", "--labels", "l", "--out", "o",
-                                            "--threshold", "1.5"]))
+        config_from_args(
+            parser.parse_args(
+                ["--predictions", "p", "--labels", "l", "--out", "o", "--threshold", "1.5"]
+            )
+        )
     with pytest.raises(SystemExit):
         parser.parse_args(["--predictions", "p", "--labels", "l", "--out", "o", "--split", "val"])
 
@@ -638,8 +737,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("change", "message"), [case[1:] for case in BAD_INPUTS],
-                         ids=[case[0] for case in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("change", "message"), [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS]
+)
 def test_bad_inputs_raise_before_any_output(tmp_path: Path, change, message: str) -> None:
     preds, labels, _, _ = simple_setup(tmp_path, n=12)
     options = {"predictions": preds, "labels": labels, "out": tmp_path / "out"}
@@ -654,8 +754,9 @@ def test_bad_inputs_raise_before_any_output(tmp_path: Path, change, message: str
 
 
 def test_benchmark_script_runs_small(capsys: pytest.CaptureFixture) -> None:
-    spec = importlib.util.spec_from_file_location("report_scale",
-                                                  ROOT / "benchmarks" / "report_scale.py")
+    spec = importlib.util.spec_from_file_location(
+        "report_scale", ROOT / "benchmarks" / "report_scale.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     seconds = module.main(["--rows", "3000", "--models", "2"])

@@ -20,8 +20,13 @@ from medai.score import ScoreConfig, prediction_files, prediction_schema, run_sc
 
 
 def score(model, images, out, **kwargs):
-    config = ScoreConfig(model=str(model), images=tuple(str(i) for i in images), out=str(out),
-                         progress=False, **kwargs)
+    config = ScoreConfig(
+        model=str(model),
+        images=tuple(str(i) for i in images),
+        out=str(out),
+        progress=False,
+        **kwargs,
+    )
     return run_scoring(config)
 
 
@@ -37,15 +42,21 @@ def read(out) -> pd.DataFrame:
 def mixed_inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
     write_files(root / "loose", {**valid_variants(), **broken_variants()})
-    write_tar(root / "images_001.tar.gz", {"member_ok.png": valid_variants()["gray.png"],
-                                           "member_bad.png": b"not an image"})
-    good = write_tar(root / "whole.tar.gz", {f"part{i}.png": valid_variants()["gray.png"] for i in range(30)})
+    write_tar(
+        root / "images_001.tar.gz",
+        {"member_ok.png": valid_variants()["gray.png"], "member_bad.png": b"not an image"},
+    )
+    good = write_tar(
+        root / "whole.tar.gz", {f"part{i}.png": valid_variants()["gray.png"] for i in range(30)}
+    )
     (root / "images_002.tar.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     good.unlink()
     return root
 
 
-def test_every_input_gets_one_row_and_bad_ones_an_error(ray_session, tiny_model_dir, mixed_inputs, tmp_path):
+def test_every_input_gets_one_row_and_bad_ones_an_error(
+    ray_session, tiny_model_dir, mixed_inputs, tmp_path
+):
     summary = score(tiny_model_dir, [mixed_inputs], tmp_path)
     rows = read(tmp_path).set_index("image_id")
     for name in valid_variants():
@@ -63,23 +74,31 @@ def test_every_input_gets_one_row_and_bad_ones_an_error(ray_session, tiny_model_
     assert summary.errors == len(broken_variants()) + 2
 
 
-def test_schema_is_documented_and_readable_without_medai(ray_session, tiny_model_dir, phantom_archive, tmp_path):
+def test_schema_is_documented_and_readable_without_medai(
+    ray_session, tiny_model_dir, phantom_archive, tmp_path
+):
     import duckdb
 
     n = n_images(phantom_archive)
-    score(tiny_model_dir, [f"file://{phantom_archive}/images_001.tar.gz"], tmp_path, rows_per_file=150)
+    score(
+        tiny_model_dir, [f"file://{phantom_archive}/images_001.tar.gz"], tmp_path, rows_per_file=150
+    )
     files = prediction_files(tmp_path)
     assert len(files) == -(-n // 150)  # full files of 150 rows, then the rest
     assert pq.read_schema(files[0]).remove_metadata().equals(prediction_schema())
     frame = read(tmp_path)
-    count = duckdb.sql(f"select count(*), count(distinct image_id) from read_parquet('{tmp_path}/*.parquet')").fetchall()[0]
+    count = duckdb.sql(
+        f"select count(*), count(distinct image_id) from read_parquet('{tmp_path}/*.parquet')"
+    ).fetchall()[0]
     assert count == (len(frame), len(frame)) == (n, n)
     assert frame["source"].str.startswith("file://").all()
     assert (frame["predicted"] == (frame["score"] >= frame["threshold"])).all()
     assert frame["scored_at"].dt.tz is not None and frame["model_id"].nunique() == 1
 
 
-def test_rerun_skips_and_new_model_scores_beside(ray_session, tiny_model_dir, phantom_archive, tmp_path):
+def test_rerun_skips_and_new_model_scores_beside(
+    ray_session, tiny_model_dir, phantom_archive, tmp_path
+):
     from conftest import save_untrained_model
 
     n = n_images(phantom_archive)
@@ -121,10 +140,30 @@ def test_kill_mid_run_then_rerun_completes_exactly_once(ray_session, tiny_model_
     env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "medai.cli", "score", "--model", str(tiny_model_dir), "--images",
-         str(data), "--out", str(out), "--rows-per-file", "25", "--batch-size", "8", "--threads", "1",
-         "--no-progress"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "medai.cli",
+            "score",
+            "--model",
+            str(tiny_model_dir),
+            "--images",
+            str(data),
+            "--out",
+            str(out),
+            "--rows-per-file",
+            "25",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and len(prediction_files(out) if out.exists() else []) < 1:
@@ -136,14 +175,18 @@ def test_kill_mid_run_then_rerun_completes_exactly_once(ray_session, tiny_model_
         _kill_tree(marker)
     partial = len(read(out))
     assert 0 < partial < total, "the kill must land mid-run"
-    assert not list(out.glob("*.parquet.tmp")) or all(p.name.startswith(".") for p in out.glob("*.tmp"))
+    assert not list(out.glob("*.parquet.tmp")) or all(
+        p.name.startswith(".") for p in out.glob("*.tmp")
+    )
     summary = score(tiny_model_dir, [data], out)
     frame = read(out)
     assert summary.skipped == partial and summary.scored == total - partial
     assert len(frame) == total and frame["image_id"].is_unique
 
 
-def test_predict_matches_batch_and_bf16_agrees(ray_session, trained_model, phantom_archive, tmp_path):
+def test_predict_matches_batch_and_bf16_agrees(
+    ray_session, trained_model, phantom_archive, tmp_path
+):
     from medai import predict_image
     from medai.thresholds import safe_auc
 
@@ -167,8 +210,34 @@ def test_predict_matches_batch_and_bf16_agrees(ray_session, trained_model, phant
 def test_bad_flags_and_model_dir_fail_before_work(tmp_path, phantom_archive):
     from medai.cli import main
 
-    assert main(["score", "--model", str(tmp_path), "--images", str(phantom_archive),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tmp_path),
+                "--images",
+                str(phantom_archive),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "o").exists()
-    assert main(["score", "--model", str(tmp_path), "--images", str(phantom_archive),
-                 "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 2
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tmp_path),
+                "--images",
+                str(phantom_archive),
+                "--out",
+                str(tmp_path / "o"),
+                "--batch-size",
+                "0",
+            ]
+        )
+        == 2
+    )

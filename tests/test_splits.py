@@ -13,7 +13,9 @@ def labels(n_patients=60, per_patient=3):
     rows = []
     for p in range(n_patients):
         for f in range(per_patient):
-            rows.append({"image_id": f"{p:08d}_{f:03d}.png", "patient_id": str(p), "label": int(p % 3 == 0)})
+            rows.append(
+                {"image_id": f"{p:08d}_{f:03d}.png", "patient_id": str(p), "label": int(p % 3 == 0)}
+            )
     return pd.DataFrame(rows)
 
 
@@ -44,7 +46,9 @@ def test_seeded_and_reproducible():
 
 
 def test_check_split_catches_leaks():
-    bad = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["1", "1"], "split": ["train", "val"]})
+    bad = pd.DataFrame(
+        {"image_id": ["a", "b"], "patient_id": ["1", "1"], "split": ["train", "val"]}
+    )
     with pytest.raises(SplitError, match="more than one split"):
         check_split(bad)
     bad = pd.DataFrame({"image_id": ["a"], "patient_id": ["1"], "split": ["train"]})

@@ -26,9 +26,23 @@ def check_model_dir(model_dir: Path, labels_dir: Path, epochs: int) -> dict:
     loaded = load_model_dir(model_dir)
     card = loaded.card
     assert card["model_id"] == file_sha256(model_dir / "model.keras")
-    for key in ("finding", "negatives", "image_size", "preprocessing", "head", "weights",
-                "threshold", "threshold_sensitivity_90", "val_auc", "history", "counts",
-                "package_versions", "created_at", "intended_use", "class_weights"):
+    for key in (
+        "finding",
+        "negatives",
+        "image_size",
+        "preprocessing",
+        "head",
+        "weights",
+        "threshold",
+        "threshold_sensitivity_90",
+        "val_auc",
+        "history",
+        "counts",
+        "package_versions",
+        "created_at",
+        "intended_use",
+        "class_weights",
+    ):
         assert key in card, key
     assert "not for diagnosis" in card["intended_use"]
     assert [row["epoch"] for row in card["history"]] == list(range(1, epochs + 1))
@@ -58,11 +72,19 @@ def test_two_workers_learn_the_phantoms(trained_model, phantom_archive):
 
 def test_one_worker_from_the_same_seed_is_comparable(trained_model, phantom_archive, tmp_path):
     _, two = trained_model
-    one = run_training(TrainConfig(
-        labels=str(phantom_archive / "Data_Entry_2017.csv"), images=(str(phantom_archive),),
-        out=str(tmp_path / "one"), epochs=4, batch_size=32, image_size=PHANTOM_SIZE,
-        weights="none", num_workers=1, seed=0,
-    ))
+    one = run_training(
+        TrainConfig(
+            labels=str(phantom_archive / "Data_Entry_2017.csv"),
+            images=(str(phantom_archive),),
+            out=str(tmp_path / "one"),
+            epochs=4,
+            batch_size=32,
+            image_size=PHANTOM_SIZE,
+            weights="none",
+            num_workers=1,
+            seed=0,
+        )
+    )
     print(f"val AUC: 1 worker {one['val_auc']:.4f}, 2 workers {two['val_auc']:.4f}")
     assert one["optimizer"]["workers"] == 1
     # Same global batch (1 x 32 vs 2 x 16): the two runs see the same data per step.
@@ -89,12 +111,34 @@ def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp
     marker = f"MEDAI_TRAIN_KILL={uuid.uuid4().hex}"
     env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
     env.pop("RAY_ADDRESS", None)
-    args = [sys.executable, "-m", "medai.cli", "train", "--labels",
-            str(phantom_archive / "Data_Entry_2017.csv"), "--images", str(phantom_archive),
-            "--out", str(out), "--image-size", "96", "--weights", "none", "--num-workers", "2",
-            "--batch-size", "16"]
-    process = subprocess.Popen([*args, "--epochs", "3"], env=env, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "medai.cli",
+        "train",
+        "--labels",
+        str(phantom_archive / "Data_Entry_2017.csv"),
+        "--images",
+        str(phantom_archive),
+        "--out",
+        str(out),
+        "--image-size",
+        "96",
+        "--weights",
+        "none",
+        "--num-workers",
+        "2",
+        "--batch-size",
+        "16",
+    ]
+    process = subprocess.Popen(
+        [*args, "--epochs", "3"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     killed = None
     deadline = time.time() + 400
     while time.time() < deadline and process.poll() is None and killed is None:
@@ -111,8 +155,14 @@ def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp
     assert "resumed from checkpoint" in output
     card = check_model_dir(out, phantom_archive, epochs=3)
     # --resume: continue from the last checkpoint for one more epoch only.
-    resumed = subprocess.run([*args, "--epochs", "4", "--resume"], env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    resumed = subprocess.run(
+        [*args, "--epochs", "4", "--resume"],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout[-5000:]
     assert "resumed from checkpoint after epoch 3" in resumed.stdout
     assert resumed.stdout.count("epoch 4/4") >= 1 and "epoch 1/4" not in resumed.stdout
@@ -121,10 +171,17 @@ def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp
 
 
 def test_one_epoch_on_the_real_sample(ray_session, sample_dir, tmp_path):
-    card = run_training(TrainConfig(
-        labels=str(sample_dir / "Data_Entry_2017.csv"), images=(str(sample_dir),),
-        out=str(tmp_path / "real"), epochs=1, image_size=96, weights="none", num_workers=2,
-    ))
+    card = run_training(
+        TrainConfig(
+            labels=str(sample_dir / "Data_Entry_2017.csv"),
+            images=(str(sample_dir),),
+            out=str(tmp_path / "real"),
+            epochs=1,
+            image_size=96,
+            weights="none",
+            num_workers=2,
+        )
+    )
     check_model_dir(tmp_path / "real", sample_dir, epochs=1)
     assert card["counts"]["train"]["images"] + card["counts"]["val"]["images"] == 101
     assert card["counts"]["missing"] == 0
@@ -133,10 +190,26 @@ def test_one_epoch_on_the_real_sample(ray_session, sample_dir, tmp_path):
 def test_imagenet_unavailable_stops_before_work(tmp_path, phantom_archive):
     from medai.cli import main
 
-    if (Path.home() / ".keras" / "models" / "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5").exists():
+    if (
+        Path.home()
+        / ".keras"
+        / "models"
+        / "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ).exists():
         pytest.skip("ImageNet weights are cached on this machine; the offline error cannot occur")
-    code = main(["train", "--labels", str(phantom_archive / "Data_Entry_2017.csv"), "--images",
-                 str(phantom_archive), "--out", str(tmp_path / "m"), "--weights", "imagenet"])
+    code = main(
+        [
+            "train",
+            "--labels",
+            str(phantom_archive / "Data_Entry_2017.csv"),
+            "--images",
+            str(phantom_archive),
+            "--out",
+            str(tmp_path / "m"),
+            "--weights",
+            "imagenet",
+        ]
+    )
     assert code == 2
     assert not (tmp_path / "m").exists()  # nothing started, nothing written
 
@@ -154,17 +227,30 @@ def test_local_weights_file_is_loaded(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(loaded, base.get_weights(), strict=True))
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs"),
-    (["--image-size", "50"], "--image-size"),
-    (["--finding", "Tumour"], "valid NIH findings"),
-    (["--weights", "/no/such/file.h5"], "no such weights file"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--image-size", "50"], "--image-size"),
+        (["--finding", "Tumour"], "valid NIH findings"),
+        (["--weights", "/no/such/file.h5"], "no such weights file"),
+    ],
+)
 def test_bad_flags_stop_before_work(tmp_path, phantom_archive, capsys, flags, message):
     from medai.cli import main
 
-    code = main(["train", "--labels", str(phantom_archive / "Data_Entry_2017.csv"), "--images",
-                 str(phantom_archive), "--out", str(tmp_path / "m"), *flags])
+    code = main(
+        [
+            "train",
+            "--labels",
+            str(phantom_archive / "Data_Entry_2017.csv"),
+            "--images",
+            str(phantom_archive),
+            "--out",
+            str(tmp_path / "m"),
+            *flags,
+        ]
+    )
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
