@@ -5,7 +5,8 @@ Takes the same arguments as `medai nightly` (see `python jobs/nightly.py --help`
 
 Example::
 
-    ray job submit --working-dir . -- python jobs/nightly.py --images /data/nih --model /data/models/mass \
+    ray job submit --working-dir . -- python jobs/nightly.py \
+        --images /data/nih --model /data/models/mass \
         --store /data/store --labels Data_Entry_2017.csv
 
 or, with the token handling done for you, `medai submit nightly --address http://HEAD:8265 -- ...`.

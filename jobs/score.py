@@ -5,7 +5,8 @@ Takes the same arguments as `medai score` (see `python jobs/score.py --help`).
 
 Example::
 
-    ray job submit --working-dir . -- python jobs/score.py --model /data/models/mass --images /data/nih \
+    ray job submit --working-dir . -- python jobs/score.py \
+        --model /data/models/mass --images /data/nih \
         --out /data/predictions
 
 or, with the token handling done for you, `medai submit score --address http://HEAD:8265 -- ...`.

@@ -5,7 +5,8 @@ Takes the same arguments as `medai train` (see `python jobs/train.py --help`).
 
 Example::
 
-    ray job submit --working-dir . -- python jobs/train.py --labels Data_Entry_2017.csv --images /data/nih \
+    ray job submit --working-dir . -- python jobs/train.py \
+        --labels Data_Entry_2017.csv --images /data/nih \
         --finding Mass --out /data/models/mass
 
 or, with the token handling done for you, `medai submit train --address http://HEAD:8265 -- ...`.

@@ -3,8 +3,9 @@
 Rows have the columns ``image_id``, ``source``, ``skip`` (already done, not decoded),
 ``image`` (``uint8`` of shape ``(size, size, 1)``; zeros when the image could not be used)
 and ``error`` (``""`` when the image is usable, else a one-line reason; empty strings
-survive Arrow and pandas round trips where ``None`` turns into NaN or "nan"). A corrupt member, an unreadable file or a broken archive becomes a row
-with an error: nothing is dropped silently.
+survive Arrow and pandas round trips where ``None`` turns into NaN or "nan"). A corrupt
+member, an unreadable file or a broken archive becomes a row with an error: nothing is
+dropped silently.
 
 Reading (streaming each tarball, or a chunk of single files) and decoding are separate
 stages with different CPU requests, so Ray does not fuse them into one serial task, and

@@ -59,11 +59,9 @@ def configure_tensorflow(num_cpus: float | None) -> None:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
     for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            # Without growth TensorFlow takes all GPU memory, starving co-located actors.
+        # Without growth TensorFlow takes all GPU memory, starving co-located actors.
+        with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
