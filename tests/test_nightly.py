@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
-import uuid
 
 import pandas as pd
 import pytest
 from conftest import save_untrained_model
-from test_score import _kill_tree
+from processes import MarkedCommand
 
 from medai.nightly import (
     NightlyConfig,
@@ -100,14 +95,9 @@ def test_second_run_on_the_same_store_refuses(tiny_model_dir, tmp_path):
 def test_killed_run_is_completed_by_the_next(ray_session, tiny_model_dir, tmp_path):
     arrivals(tmp_path, 1, 1, 300, seed=4)
     store = tmp_path / "store"
-    marker = f"MEDAI_NIGHTLY_KILL={uuid.uuid4().hex}"
-    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
-    env.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen(
+    predictions = store / "predictions"
+    command = MarkedCommand(
         [
-            sys.executable,
-            "-m",
-            "medai.cli",
             "nightly",
             "--images",
             str(tmp_path / "incoming"),
@@ -119,22 +109,9 @@ def test_killed_run_is_completed_by_the_next(ray_session, tiny_model_dir, tmp_pa
             "4",
             "--rows-per-file",
             "25",
-        ],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        ]
     )
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not (
-            (store / "predictions").exists() and prediction_files(store / "predictions")
-        ):
-            assert process.poll() is None, "the nightly run finished before it could be killed"
-            time.sleep(0.1)
-    finally:
-        _kill_tree(marker)
-        process.wait(timeout=30)
+    command.kill_when(lambda: predictions.exists() and bool(prediction_files(predictions)))
     assert [r["status"] for r in read_ledger(store)] == ["running"]
     partial = len(pd.read_parquet(store / "predictions"))
     result = run_nightly(

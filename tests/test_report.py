@@ -33,25 +33,14 @@ from medai.report import (
     config_from_args,
     run_report,
 )
+from medai.score import prediction_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_A = "a1" * 32
 MODEL_B = "b2" * 32
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("source", pa.string()),
-        ("score", pa.float32()),
-        ("predicted", pa.bool_()),
-        ("threshold", pa.float32()),
-        ("finding", pa.string()),
-        ("model_id", pa.string()),
-        ("scored_at", pa.timestamp("us", tz="UTC")),
-        ("error", pa.string()),
-    ]
-)
+SCHEMA = prediction_schema()  # the contract medai score writes
 
 
 # ----------------------------------------------------------------------------- helpers

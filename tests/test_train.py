@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import PHANTOM_SIZE
+from processes import MarkedCommand
 
 from medai.artifact import file_sha256, load_model_dir
 from medai.labels import read_split_list
@@ -91,30 +89,9 @@ def test_one_worker_from_the_same_seed_is_comparable(trained_model, phantom_arch
     assert one["val_auc"] >= 0.85 and abs(one["val_auc"] - two["val_auc"]) <= 0.1
 
 
-def _worker_pids(marker: str) -> list[int]:
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if b"RayTrainWorker" in cmdline and marker.encode() in environ:
-            pids.append(int(pid))
-    return pids
-
-
 def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp_path):
     out = tmp_path / "model"
-    marker = f"MEDAI_TRAIN_KILL={uuid.uuid4().hex}"
-    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
-    env.pop("RAY_ADDRESS", None)
     args = [
-        sys.executable,
-        "-m",
-        "medai.cli",
         "train",
         "--labels",
         str(phantom_archive / "Data_Entry_2017.csv"),
@@ -131,22 +108,16 @@ def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp
         "--batch-size",
         "16",
     ]
-    process = subprocess.Popen(
-        [*args, "--epochs", "3"],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    command = MarkedCommand([*args, "--epochs", "3"])
+    process = command.start(capture=True)
     killed = None
     deadline = time.time() + 400
     while time.time() < deadline and process.poll() is None and killed is None:
         # Kill only once the controller has registered a checkpoint (its snapshot file).
         if list((out / "checkpoints").glob("*/checkpoint_manager_snapshot.json")):
-            pids = _worker_pids(marker)
-            if pids:
-                killed = pids[-1]
+            workers = command.pids(b"RayTrainWorker")
+            if workers:
+                killed = workers[-1]
                 os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
     output, _ = process.communicate(timeout=600)
@@ -155,14 +126,7 @@ def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp
     assert "resumed from checkpoint" in output
     card = check_model_dir(out, phantom_archive, epochs=3)
     # --resume: continue from the last checkpoint for one more epoch only.
-    resumed = subprocess.run(
-        [*args, "--epochs", "4", "--resume"],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=600,
-    )
+    resumed = MarkedCommand([*args, "--epochs", "4", "--resume"]).run()
     assert resumed.returncode == 0, resumed.stdout[-5000:]
     assert "resumed from checkpoint after epoch 3" in resumed.stdout
     assert resumed.stdout.count("epoch 4/4") >= 1 and "epoch 1/4" not in resumed.stdout
