@@ -283,6 +283,8 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
     Returns:
         Counts and timings of the run.
     """
+    import ray.data
+
     from medai.datasets import image_dataset
     from medai.runtime import init_ray
 
@@ -309,7 +311,7 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
     scored = dataset.map_batches(
         Scorer,
         batch_size=config.batch_size,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus,
         num_gpus=gpus,
         fn_constructor_kwargs={

@@ -231,6 +231,7 @@ def train_loop_per_worker(config: dict) -> None:
                 config["seed"] + epoch,
             ),
         }
+        row["train_seconds"] = round(time.perf_counter() - started, 2)
         if world > 1 and model.non_trainable_variables:
             sync_statistics()
         evaluation = _evaluate(predict_step, val, config["batch_size"] * 2)
