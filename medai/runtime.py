@@ -74,6 +74,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """
     import ray
 
+    # Ray Data logs each dataset's plan and, on non-interactive terminals, progress every few
+    # seconds; medai logs its own counts and progress instead.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
