@@ -40,6 +40,7 @@ __all__ = [
 logger = logging.getLogger("medai.score")
 PRECISIONS = ("fp32", "bf16")
 CARDS_DIR = "_model_cards"
+IN_FLIGHT_BYTES = 512 * 1024 * 1024
 _SUMMARY_FIELDS = ("rows", "scored", "errors", "skipped")
 
 PREDICTION_SCHEMA = {
@@ -304,6 +305,11 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
         len(done),
     )
     init_ray(config.address)
+    # Bound what the pipeline holds in flight: without a limit, reading and decoding race ahead
+    # of the scorer and fill the object store, so memory grows with the archive.
+    ray.data.DataContext.get_current().execution_options.resource_limits = (
+        ray.data.ExecutionResources.for_limits(object_store_memory=IN_FLIGHT_BYTES)
+    )
     actors, cpus, gpus = _plan_actors(config)
     dataset = image_dataset(inputs, card["image_size"], exclude=done)
     if config.limit:
