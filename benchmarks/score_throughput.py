@@ -42,7 +42,6 @@ import argparse
 import io
 import math
 import os
-import platform
 import shutil
 import sys
 import tarfile
@@ -57,6 +56,7 @@ from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from machine_info import machine  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "chestxray8-sample" / "images_001.tar.gz"
@@ -490,23 +490,6 @@ def run_scorer(args: argparse.Namespace, root: Path, model_dir: Path) -> ScorerR
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def machine() -> str:
-    """``nproc``, the CPU model and the versions that matter."""
-    from importlib.metadata import version
-
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = ", ".join(f"{n} {version(n)}" for n in ("ray", "tensorflow", "keras"))
-    nproc = len(os.sched_getaffinity(0))
-    return f"nproc {nproc}, {model}, Python {platform.python_version()}, {versions}"
 
 
 def _num(value: float | None, digits: int = 1) -> str:

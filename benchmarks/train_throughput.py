@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from machine_info import machine  # benchmarks/ is on sys.path when run as a script
 
 if TYPE_CHECKING:
     from medai.train import TrainConfig, TrainPlan
@@ -270,23 +271,6 @@ def run_ray(config: TrainConfig, cpus: float) -> Measured:
 
 
 # ------------------------------------------------------------------------------ report
-
-
-def machine() -> str:
-    """``nproc``, the CPU model and the versions that matter."""
-    import platform
-    from importlib.metadata import version
-
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = ", ".join(f"{n} {version(n)}" for n in ("ray", "tensorflow", "keras"))
-    return f"nproc {len(os.sched_getaffinity(0))}, {model}, {versions}"
 
 
 def _fmt(value: float | None) -> str:
