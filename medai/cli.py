@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from medai.flags import add_images_flag, add_model_flag, add_run_flags
+
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("medai")
@@ -36,18 +38,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, help="Data_Entry_2017.csv or a CSV image,label")
-    parser.add_argument(
-        "--images",
-        required=True,
-        action="append",
-        help="folder (recursive; NIH tarballs read in place), tarball, image "
-        "or .txt list; repeatable",
-    )
+    add_images_flag(parser)
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--finding", default="Mass", help="NIH finding to detect (default Mass)")
     parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=16, help="images per worker per step")
+    add_run_flags(parser, 16, "images per worker per step")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--head", default="gap", choices=["gap", "flatten"])
     parser.add_argument(
@@ -64,10 +60,6 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument(
-        "--address", default=None, help="Ray address (default: RAY_ADDRESS or local)"
-    )
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument(
         "--learning-rate",
         type=float,
         default=None,
@@ -83,17 +75,10 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_score(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory from medai train")
-    parser.add_argument(
-        "--images",
-        required=True,
-        action="append",
-        help="folder, tarball, image, .txt list or URI (file://, s3://, gs://)",
-    )
+    add_model_flag(parser)
+    add_images_flag(parser)
     parser.add_argument("--out", required=True, help="predictions folder (Parquet)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--address", default=None)
+    add_run_flags(parser, 32, "images per inference batch")
     parser.add_argument("--limit", type=int, default=None, help="only the first N input images")
     parser.add_argument(
         "--actors",
@@ -112,7 +97,7 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory from medai train")
+    add_model_flag(parser)
     parser.add_argument("image", nargs="+", help="image files (or ARCHIVE::MEMBER)")
     parser.add_argument("--json", action="store_true", help="print JSON lines")
 

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medai.artifact import write_json
+from medai.flags import add_images_flag, add_model_flag, add_run_flags
 
 __all__ = [
     "NightlyConfig",
@@ -89,17 +90,15 @@ class NightlyResult:
 
 def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``medai nightly`` flags."""
-    parser.add_argument("--images", required=True, action="append", help="inputs (repeatable)")
-    parser.add_argument("--model", required=True, help="current model directory")
+    add_images_flag(parser)
+    add_model_flag(parser)
     parser.add_argument("--store", required=True, help="store root (predictions, reports, ledger)")
     parser.add_argument(
         "--labels", default=None, help="labels CSV: refresh the report after scoring"
     )
     parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
     parser.add_argument("--split", default=None, choices=["test", "train_val", "all"])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--address", default=None)
+    add_run_flags(parser, 32, "images per inference batch")
     parser.add_argument("--rows-per-file", type=int, default=4096)
     return parser
 
