@@ -255,7 +255,12 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             logger.info(_epoch_line(row, config["epochs"], improved) + resumed)
         resumed = ""
-        ray.train.report(row, checkpoint=_save_checkpoint(model, optimizer, state, workdir, rank))
+        checkpoint = _save_checkpoint(model, optimizer, state, workdir, rank)
+        ray.train.report(row, checkpoint=checkpoint)
+        if checkpoint is not None:
+            # report() has persisted it to the run storage; the local copy would pile up in /tmp.
+            shutil.rmtree(checkpoint.path, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _quiet_ray_loggers() -> None:
