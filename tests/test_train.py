@@ -19,6 +19,12 @@ from medai.labels import read_split_list
 from medai.train import TrainConfig, run_training
 
 
+def train_argv(archive: Path, out: Path, *flags: str) -> list[str]:
+    """``medai train`` arguments for a phantom archive in the NIH layout."""
+    labels = str(archive / "Data_Entry_2017.csv")
+    return ["train", "--labels", labels, "--images", str(archive), "--out", str(out), *flags]
+
+
 def check_model_dir(model_dir: Path, labels_dir: Path, epochs: int) -> dict:
     """Everything the model directory promises, checked against the data it came from."""
     loaded = load_model_dir(model_dir)
@@ -161,19 +167,7 @@ def test_imagenet_unavailable_stops_before_work(tmp_path, phantom_archive):
         / "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
     ).exists():
         pytest.skip("ImageNet weights are cached on this machine; the offline error cannot occur")
-    code = main(
-        [
-            "train",
-            "--labels",
-            str(phantom_archive / "Data_Entry_2017.csv"),
-            "--images",
-            str(phantom_archive),
-            "--out",
-            str(tmp_path / "m"),
-            "--weights",
-            "imagenet",
-        ]
-    )
+    code = main(train_argv(phantom_archive, tmp_path / "m", "--weights", "imagenet"))
     assert code == 2
     assert not (tmp_path / "m").exists()  # nothing started, nothing written
 
@@ -203,18 +197,7 @@ def test_local_weights_file_is_loaded(tmp_path):
 def test_bad_flags_stop_before_work(tmp_path, phantom_archive, capsys, flags, message):
     from medai.cli import main
 
-    code = main(
-        [
-            "train",
-            "--labels",
-            str(phantom_archive / "Data_Entry_2017.csv"),
-            "--images",
-            str(phantom_archive),
-            "--out",
-            str(tmp_path / "m"),
-            *flags,
-        ]
-    )
+    code = main(train_argv(phantom_archive, tmp_path / "m", *flags))
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
