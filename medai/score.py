@@ -34,6 +34,7 @@ __all__ = [
     "prediction_schema",
     "scored_ids",
     "Scorer",
+    "actor_cpus",
     "run_scoring",
 ]
 
@@ -164,7 +165,7 @@ def scored_ids(out: str | Path, model_id: str) -> frozenset[str]:
 class Scorer:
     """Ray Data actor: loads the model once, then scores batches of decoded images."""
 
-    def __init__(self, model_dir: str, precision: str, threads: int | None, batch_size: int):
+    def __init__(self, model_dir: str, precision: str, threads: int | None):
         from medai.runtime import configure_tensorflow
 
         configure_tensorflow(threads or len(os.sched_getaffinity(0)))
@@ -178,10 +179,13 @@ class Scorer:
         if precision == "bf16":
             spec = ModelSpec(loaded.card["image_size"], loaded.card.get("head", "gap"), "none")
             model = rebuild_with_policy(model, spec, "mixed_bfloat16")
-        self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         size = loaded.card["image_size"]
-        self._batch_size = batch_size
-        self._predict(np.zeros((batch_size, size, size, 1), np.uint8))  # trace once, off the clock
+        # One graph for every batch length: Ray Data hands over short batches wherever input
+        # blocks end, and padding them to the full batch size wasted up to a third of the
+        # model's time on the NIH-layout benchmark.
+        signature = tf.TensorSpec((None, size, size, 1), tf.uint8)
+        self._predict = tf.function(lambda x: model(x, training=False), input_signature=[signature])
+        self._predict.get_concrete_function()  # trace now, without running a dummy batch
 
     def __call__(self, batch: dict) -> dict:
         """Score the usable rows of a batch; other rows get a null score."""
@@ -190,7 +194,7 @@ class Scorer:
         scores = np.full(len(errors), np.nan, dtype=np.float32)
         if usable.any():
             images = np.asarray(batch["image"])[usable]
-            scores[usable] = self._predict_padded(images)
+            scores[usable] = np.asarray(self._predict(images), np.float32).reshape(-1)
         return {
             "image_id": batch["image_id"],
             "source": batch["source"],
@@ -198,14 +202,6 @@ class Scorer:
             "error": batch["error"],
             "skip": batch["skip"],
         }
-
-    def _predict_padded(self, images: np.ndarray) -> np.ndarray:
-        # A fixed batch shape keeps one traced graph (no retracing on a short last batch).
-        n = len(images)
-        if n < self._batch_size:
-            pad = np.zeros((self._batch_size - n, *images.shape[1:]), images.dtype)
-            images = np.concatenate([images, pad])
-        return np.asarray(self._predict(images), dtype=np.float32).reshape(-1)[:n]
 
 
 def write_predictions(
@@ -252,6 +248,34 @@ def write_predictions(
     return counts
 
 
+def actor_cpus(cpus: float, nodes: int, actors: int) -> float:
+    """CPUs to request per CPU scorer actor.
+
+    Up to one CPU is reserved per actor (TensorFlow's threads also use a node's idle cores),
+    but one read task and one decode task per node must always fit beside the actors: a read
+    task streaming an archive holds its CPUs while it waits for decoding to catch up, so a
+    node without room for a decode task deadlocks. The request also differs from the decode
+    tasks', or Ray Data fuses decoding into the actor, where it runs serially.
+
+    Args:
+        cpus: CPUs of the cluster.
+        nodes: Alive nodes.
+        actors: Scorer actors requested.
+
+    Raises:
+        ScoreError: When the actors leave no room for reading and decoding.
+    """
+    from medai.datasets import DECODE_CPUS, READ_CPUS
+
+    share = min(1.0, (cpus - nodes * (READ_CPUS + DECODE_CPUS)) / actors)
+    if share < 0.05:
+        raise ScoreError(
+            f"--actors {actors} leaves no CPU for reading and decoding on {cpus:g} CPUs; "
+            "use fewer actors"
+        )
+    return share - 0.01 if share in (READ_CPUS, DECODE_CPUS) else share
+
+
 def _plan_actors(config: ScoreConfig) -> tuple[int, float, float]:
     """Number of scorer actors, CPUs and GPUs per actor."""
     import ray
@@ -263,9 +287,7 @@ def _plan_actors(config: ScoreConfig) -> tuple[int, float, float]:
         return config.actors or gpus, 1.0, 1.0
     nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
     actors = config.actors or nodes
-    # One CPU reserved per actor; TensorFlow's threads use the node's idle cores besides, and
-    # the decode tasks (0.5 CPU) keep the rest busy.
-    return actors, min(1.0, max(cluster_cpus() / actors - 0.5, 0.5)), 0.0
+    return actors, actor_cpus(cluster_cpus(), nodes, actors), 0.0
 
 
 def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
@@ -324,7 +346,6 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
             "model_dir": str(Path(config.model).resolve()),
             "precision": config.precision,
             "threads": config.threads,
-            "batch_size": config.batch_size,
         },
     )
     written = scored.map_batches(
@@ -350,6 +371,8 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
         if config.progress:
             _progress(summary, time.perf_counter() - started, total)
     summary.seconds = time.perf_counter() - started
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("Ray Data stats:\n%s", written.stats())
     if config.progress:
         sys.stderr.write("\n")
     return summary

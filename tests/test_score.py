@@ -209,3 +209,51 @@ def test_bad_flags_and_model_dir_fail_before_work(tmp_path, phantom_archive):
         )
         == 2
     )
+
+
+def test_actor_cpus_leave_room_to_read_and_decode():
+    from medai.datasets import DECODE_CPUS, READ_CPUS
+    from medai.score import ScoreError, actor_cpus
+
+    assert actor_cpus(2, 1, 1) == 1.0
+    for cpus, nodes, actors in [(2, 1, 2), (2, 1, 3), (1, 1, 1), (8, 2, 16), (1.25, 1, 1)]:
+        share = actor_cpus(cpus, nodes, actors)
+        assert share not in (READ_CPUS, DECODE_CPUS)  # equal requests would fuse the stages
+        assert actors * share + nodes * (READ_CPUS + DECODE_CPUS) <= cpus
+    with pytest.raises(ScoreError, match="--actors 30 leaves no CPU"):
+        actor_cpus(2, 1, 30)
+
+
+def test_scorer_takes_batches_of_any_length(tiny_model_dir):
+    from medai.images import decode_image
+    from medai.score import Scorer
+
+    scorer = Scorer(str(tiny_model_dir), "fp32", threads=None)
+    blobs = list(valid_variants().values())[:5]
+    images = np.stack([decode_image(blob, 75) for blob in blobs])
+
+    def run(rows: slice) -> np.ndarray:
+        n = len(images[rows])
+        batch = {
+            "image_id": [f"i{k}" for k in range(n)],
+            "source": ["s"] * n,
+            "image": images[rows],
+            "error": [""] * n,
+            "skip": np.zeros(n, bool),
+        }
+        return scorer(batch)["score"]
+
+    whole = run(slice(0, 5))
+    parts = np.concatenate([run(slice(0, 1)), run(slice(1, 4)), run(slice(4, 5))])
+    assert whole.shape == (5,) and np.isfinite(whole).all()
+    np.testing.assert_allclose(parts, whole, atol=1e-5)
+
+
+def test_several_actors_on_a_small_node_finish(
+    ray_session, tiny_model_dir, tmp_path, phantom_archive
+):
+    # Two actors on 2 CPUs once requested the decode tasks' CPUs: Ray fused decoding into
+    # the actors, and a later plan starved the decode tasks until the job hung.
+    summary = score(tiny_model_dir, [phantom_archive], tmp_path / "out", actors=2, batch_size=8)
+    assert summary.scored == n_images(phantom_archive) and summary.errors == 0
+    assert len(read(tmp_path / "out")) == n_images(phantom_archive)
