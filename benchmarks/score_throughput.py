@@ -472,7 +472,7 @@ def run_scorer(args: argparse.Namespace, root: Path, model_dir: Path) -> ScorerR
     os.environ[MARKER] = token  # inherited by the Ray processes started below
     sampler = RssSampler(token)
     started = time.perf_counter()
-    init_ray(num_cpus=os.cpu_count())
+    init_ray(num_cpus=os.cpu_count(), dashboard=False)  # as medai score does
     ray_start = time.perf_counter() - started
     ray.data.DataContext.get_current().enable_progress_bars = False
     common = {"args": args, "model_dir": model_dir, "sampler": sampler}

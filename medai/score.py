@@ -326,7 +326,7 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
         card["image_size"],
         len(done),
     )
-    init_ray(config.address)
+    init_ray(config.address, dashboard=False)  # see init_ray: scoring has no use for it
     # Bound what the pipeline holds in flight: without a limit, reading and decoding race ahead
     # of the scorer and fill the object store, so memory grows with the archive.
     ray.data.DataContext.get_current().execution_options.resource_limits = (
