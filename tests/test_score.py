@@ -178,37 +178,11 @@ def test_predict_matches_batch_and_bf16_agrees(
 def test_bad_flags_and_model_dir_fail_before_work(tmp_path, phantom_archive):
     from medai.cli import main
 
-    assert (
-        main(
-            [
-                "score",
-                "--model",
-                str(tmp_path),
-                "--images",
-                str(phantom_archive),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+    args = ["score", "--images", str(phantom_archive), "--out", str(tmp_path / "o")]
+    assert main([*args, "--model", str(tmp_path)]) == 2  # not a model directory
     assert not (tmp_path / "o").exists()
-    assert (
-        main(
-            [
-                "score",
-                "--model",
-                str(tmp_path),
-                "--images",
-                str(phantom_archive),
-                "--out",
-                str(tmp_path / "o"),
-                "--batch-size",
-                "0",
-            ]
-        )
-        == 2
-    )
+    assert main([*args, "--model", str(tmp_path), "--batch-size", "0"]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 def test_actor_cpus_leave_room_to_read_and_decode():
