@@ -67,6 +67,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from machine_info import machine  # benchmarks/ is on sys.path when run as a script
 from naive_notebook import naive_notebook
+from presets import add_quick_flag, parse_with_presets
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "chestxray8-sample" / "images_001.tar.gz"
@@ -752,16 +753,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"use generated {PHANTOM_SIZE} px phantoms instead of the sample",
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny smoke run: "
-        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
-    )
-    args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    add_quick_flag(parser, QUICK)
+    args = parse_with_presets(parser, argv, QUICK, FULL)
     for key in FULL:
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1")

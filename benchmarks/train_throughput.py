@@ -6,9 +6,10 @@ images each, ``--image-size`` px PNGs) and the same architecture,
 
 * plain Keras: one process (a fresh one per precision), the train/val split that
   :func:`medai.train.prepare_training` makes, images decoded with
-  :func:`medai.images.decode_image` into in-memory ``uint8`` arrays, then a ``tf.function``
-  step written like :mod:`medai.train_loop`'s (augmentation, ``GradientTape``, Adam, weighted
-  binary cross-entropy; no distribution strategy), and after each epoch a prediction pass over
+  :func:`medai.images.decode_image` into in-memory ``uint8`` arrays, then
+  :mod:`medai.train_loop`'s own replica step (``make_replica_step``: augmentation,
+  ``GradientTape``, Adam, weighted binary cross-entropy) in a ``tf.function``, without a
+  distribution strategy, and after each epoch a prediction pass over
   the validation images, because the Ray Train epoch time includes that pass too. TensorFlow
   gets the thread count of a 1-worker Ray Train worker: ``configure_tensorflow`` with the CPUs
   :func:`medai.train._workers` grants it.
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from machine_info import machine  # benchmarks/ is on sys.path when run as a script
+from presets import add_quick_flag, parse_with_presets
 
 if TYPE_CHECKING:
     from medai.train import TrainConfig, TrainPlan
@@ -142,21 +144,12 @@ def _decode_split(plan: TrainPlan) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _make_steps(model, optimizer, augment, batch_size: int):
-    """The train step of :mod:`medai.train_loop` without the strategy, and a predict step."""
-    import keras
+    """:mod:`medai.train_loop`'s own replica step without the strategy, and a predict step."""
     import tensorflow as tf
 
-    @tf.function
-    def train_step(images, labels, weights):
-        x = augment(tf.cast(images, tf.float32), training=True)
-        x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
-        with tf.GradientTape() as tape:
-            scores = model(x, training=True)
-            per_image = keras.losses.binary_crossentropy(labels, scores)
-            loss = tf.nn.compute_average_loss(per_image * weights, global_batch_size=batch_size)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
+    from medai.train_loop import make_replica_step
+
+    train_step = tf.function(make_replica_step(model, optimizer, augment, batch_size))
 
     @tf.function
     def predict_step(images):
@@ -204,7 +197,9 @@ def plain_keras(config: TrainConfig, cpus: float) -> dict:
         for start in range(0, len(order) - batch + 1, batch):  # drop_last, as medai
             index = order[start : start + batch]
             labels = y_train[index].reshape(-1, 1)
-            float(train_step(x_train[index], labels, weights_of[labels.astype(np.int64)[:, 0]]))
+            np.asarray(
+                train_step(x_train[index], labels, weights_of[labels.astype(np.int64)[:, 0]])
+            )
         train_seconds = time.perf_counter() - started
         for start in range(0, len(x_val), 2 * batch):
             np.asarray(predict_step(x_val[start : start + 2 * batch]))
@@ -348,16 +343,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", type=int, help=f"per worker, as medai train (default {FULL['batch_size']})"
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny smoke run: "
-        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
-    )
-    args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    add_quick_flag(parser, QUICK)
+    args = parse_with_presets(parser, argv, QUICK, FULL)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is skipped)")
     if args.batch_size < 1 or args.patients < 10:

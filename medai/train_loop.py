@@ -23,7 +23,7 @@ import numpy as np
 
 from medai.thresholds import auc_from_histograms, safe_auc, sensitivity_threshold, youden_threshold
 
-__all__ = ["train_loop_per_worker", "CHECKPOINT_STATE", "BEST_MODEL"]
+__all__ = ["train_loop_per_worker", "make_replica_step", "CHECKPOINT_STATE", "BEST_MODEL"]
 
 CHECKPOINT_STATE = "state.json"
 BEST_MODEL = "best.keras"
@@ -71,7 +71,14 @@ def _save_best(model, spec, workdir: Path, rank: int) -> None:
         inference.save(workdir / BEST_MODEL, include_optimizer=False)
 
 
-def _make_steps(model, optimizer, augment, strategy, global_batch: int):
+def make_replica_step(model, optimizer, augment, global_batch: int):
+    """One replica's training step: augment, class-weighted BCE, Adam update.
+
+    Returns:
+        ``step(images, labels, weights)`` returning the batch's summable statistics; run it
+        under ``strategy.run`` (as :func:`train_loop_per_worker` does) or alone in a
+        ``tf.function``.
+    """
     import keras
     import tensorflow as tf
 
@@ -85,6 +92,14 @@ def _make_steps(model, optimizer, augment, strategy, global_batch: int):
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return _batch_stats(labels, scores, per_image)
+
+    return replica_step
+
+
+def _make_steps(model, optimizer, augment, strategy, global_batch: int):
+    import tensorflow as tf
+
+    replica_step = make_replica_step(model, optimizer, augment, global_batch)
 
     @tf.function
     def train_step(images, labels, weights):
