@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medai.errors import MedaiError
+
 __all__ = [
     "MODEL_FILE",
     "CARD_FILE",
@@ -47,7 +49,7 @@ PREPROCESSING = (
 )
 
 
-class ModelDirError(ValueError):
+class ModelDirError(MedaiError, ValueError):
     """A model directory is missing or incomplete."""
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from medai.errors import MedaiError
 from medai.flags import add_images_flag, add_model_flag, add_run_flags
 
 __all__ = ["main", "build_parser"]
@@ -301,16 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from medai.artifact import ModelDirError
-    from medai.images import ImageError
-    from medai.labels import LabelError
-    from medai.model import WeightsError
-    from medai.splits import SplitError
-
-    return (LabelError, SplitError, ImageError, ModelDirError, WeightsError, ValueError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``medai`` command; returns the process exit status."""
     from medai.runtime import quiet_tensorflow, setup_logging
@@ -327,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     try:
         return int(args._run(args))
-    except _known_errors() as exc:
+    except MedaiError as exc:  # the user's input; anything else is a bug and keeps its traceback
         print(f"medai {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -22,6 +22,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from medai.errors import MedaiError
+
 __all__ = [
     "ARCHIVE_SEP",
     "IMAGE_SUFFIXES",
@@ -42,7 +44,7 @@ LIST_SUFFIXES = (".txt", ".lst")
 MAX_PIXELS = 50_000_000
 
 
-class ImageError(ValueError):
+class ImageError(MedaiError, ValueError):
     """An input is not a usable image; the message is a one-line reason."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medai.errors import MedaiError
+
 __all__ = [
     "LABEL_COLUMNS",
     "NEGATIVE_POLICIES",
@@ -51,7 +53,7 @@ _NIH_REQUIRED = ("Image Index", "Finding Labels", "Patient ID")
 _GENERIC_REQUIRED = ("image", "label")
 
 
-class LabelError(ValueError):
+class LabelError(MedaiError, ValueError):
     """A label file or label option is unusable; the message says why."""
 
 

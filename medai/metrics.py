@@ -32,6 +32,7 @@ __all__ = [
     "auc_ci",
     "paired_auc_difference",
     "calibration_bins",
+    "expected_calibration_error",
     "class_reason",
 ]
 
@@ -326,3 +327,17 @@ def calibration_bins(y, scores, n_bins: int = 10) -> dict[str, list]:
         "fraction_positive": (hits[kept] / count[kept]).tolist(),
         "count": count[kept].astype(int).tolist(),
     }
+
+
+def expected_calibration_error(y, scores, n_bins: int = 10) -> float | None:
+    """Expected calibration error over equal-width score bins on [0, 1].
+
+    The count-weighted mean of ``|mean predicted - fraction positive|`` over the bins of
+    :func:`calibration_bins`; ``None`` without rows.
+    """
+    y, scores = _as_arrays(y, scores)
+    if y.size == 0:
+        return None
+    bins = calibration_bins(y, scores, n_bins)
+    gaps = np.abs(np.asarray(bins["mean_predicted"]) - np.asarray(bins["fraction_positive"]))
+    return float(np.sum(gaps * np.asarray(bins["count"])) / y.size)

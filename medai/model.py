@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from medai.errors import MedaiError
+
 __all__ = [
     "HEADS",
     "WeightsError",
@@ -27,7 +29,7 @@ IMAGENET_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 MIN_IMAGE_SIZE = 75  # InceptionV3's smallest accepted input
 
 
-class WeightsError(RuntimeError):
+class WeightsError(MedaiError, RuntimeError):
     """The requested initial weights cannot be had; the message says how to supply them."""
 
 

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medai.artifact import write_json
+from medai.errors import MedaiError
 from medai.flags import add_images_flag, add_model_flag, add_run_flags
 
 __all__ = [
@@ -47,7 +48,7 @@ LEDGER = "runs.jsonl"
 LOCK = ".lock"
 
 
-class NightlyError(ValueError):
+class NightlyError(MedaiError, ValueError):
     """A nightly run cannot start; the message says why."""
 
 

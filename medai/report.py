@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from medai import metrics
+from medai.errors import MedaiError
 from medai.labels import (
     NEGATIVE_POLICIES,
     LabelError,
@@ -66,7 +67,7 @@ EXAMPLES_PER_GROUP = 4
 THUMBNAIL_SIZE = 192
 
 
-class ReportError(ValueError):
+class ReportError(MedaiError, ValueError):
     """The report cannot run with these inputs or options; the message says why."""
 
 

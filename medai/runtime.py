@@ -17,6 +17,7 @@ __all__ = [
     "configure_tensorflow",
     "init_ray",
     "cluster_cpus",
+    "assigned_cpus",
     "cluster_gpus",
     "setup_logging",
 ]
@@ -111,3 +112,25 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def assigned_cpus(default: float | None = None) -> float | None:
+    """CPUs Ray assigned to the current worker or actor, or ``default`` outside Ray.
+
+    Host core counts (``os.cpu_count``, ``os.sched_getaffinity``) describe the machine, not
+    this process's share: a pod limited to 8 CPUs on a 64-core host would otherwise start 64
+    threads. Ray's assignment is what the scheduler reserved for this process.
+
+    Args:
+        default: Returned when not inside a Ray task or actor, or when Ray assigned no CPU.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return default
+    try:
+        assigned = ray.get_runtime_context().get_assigned_resources()
+    except Exception:  # the driver has no assignment
+        return default
+    cpus = float(assigned.get("CPU", 0.0))
+    return cpus or default

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from medai.artifact import read_card, write_json
+from medai.errors import MedaiError
 from medai.images import ImageInputs, discover_images
 
 __all__ = [
@@ -57,7 +58,7 @@ PREDICTION_SCHEMA = {
 }
 
 
-class ScoreError(ValueError):
+class ScoreError(MedaiError, ValueError):
     """A scoring option or input is unusable; the message names the problem."""
 
 

@@ -11,12 +11,14 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from medai.errors import MedaiError
+
 __all__ = ["SplitError", "split_by_patient", "check_split", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(MedaiError, ValueError):
     """A split would leak patients or test images, or leaves a split empty."""
 
 

@@ -31,6 +31,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from medai.errors import MedaiError
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ray.job_submission import JobSubmissionClient
 
@@ -96,7 +98,7 @@ _TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-class SubmitError(RuntimeError):
+class SubmitError(MedaiError, RuntimeError):
     """A job could not be submitted (bad working dir, unreachable cluster, missing token...)."""
 
 

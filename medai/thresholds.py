@@ -4,7 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["youden_threshold", "sensitivity_threshold", "auc_from_histograms", "safe_auc"]
+__all__ = [
+    "is_positive",
+    "youden_threshold",
+    "sensitivity_threshold",
+    "auc_from_histograms",
+    "safe_auc",
+]
+
+
+def is_positive(scores, threshold: float) -> np.ndarray:
+    """The one decision rule: ``score >= threshold``, compared in float32.
+
+    Scores are stored as float32 (Parquet) and thresholds as JSON numbers; comparing both in
+    float32 everywhere (Parquet's ``predicted``, the report, ``medai predict``) means a score
+    exactly at the threshold is positive in all of them.
+
+    Args:
+        scores: Probabilities (any float dtype; NaN compares False).
+        threshold: The operating threshold.
+
+    Returns:
+        A boolean array of the scores' shape.
+    """
+    return np.asarray(scores, dtype=np.float32) >= np.float32(threshold)
 
 
 def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from medai.artifact import CURVES_FILE, SPLIT_FILE, save_model_dir, write_json
+from medai.errors import MedaiError
 from medai.images import ImageInputs, discover_images
 from medai.labels import NEGATIVE_POLICIES, find_split_lists, load_labels, read_split_list
 from medai.model import HEADS, MIN_IMAGE_SIZE, ModelSpec, ensure_imagenet_weights, resolve_weights
@@ -27,7 +28,7 @@ logger = logging.getLogger("medai.train")
 PRECISIONS = ("fp32", "bf16")
 
 
-class TrainError(ValueError):
+class TrainError(MedaiError, ValueError):
     """A training option or input is unusable; the message names the problem."""
 
 
