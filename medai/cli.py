@@ -26,9 +26,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from medai.errors import MedaiError
-from medai.flags import add_images_flag, add_model_flag, add_run_flags
+from medai.flags import (
+    add_images_flag,
+    add_max_unreadable_flag,
+    add_model_flag,
+    add_retry_errors_flag,
+    add_run_flags,
+)
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
 
 logger = logging.getLogger("medai")
 
@@ -73,9 +79,11 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="worker failures to recover from (restart from last checkpoint)",
     )
+    add_max_unreadable_flag(parser)
 
 
 def _add_score(parser: argparse.ArgumentParser) -> None:
+
     add_model_flag(parser)
     add_images_flag(parser)
     parser.add_argument("--out", required=True, help="predictions folder (Parquet)")
@@ -91,10 +99,11 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="TensorFlow threads per scorer actor (default: the node's cores)",
+        help="TensorFlow threads per scorer actor (default: its Ray CPU assignment, rounded up)",
     )
     parser.add_argument("--rows-per-file", type=int, default=4096)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_retry_errors_flag(parser)
 
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:
@@ -127,10 +136,16 @@ def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
         dest = str(key).replace("-", "_")
         if dest not in known or dest in ("help", "config"):
             parser.error(f"--config {path}: unknown option {key!r}")
-        if dest in ("images",) and isinstance(value, str):
-            value = [value]
+        if dest in _LIST_OPTIONS:
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                parser.error(f"--config {path}: {key} must be a path or a list of paths")
         values[dest] = value
     return values
+
+
+# Options that take several values: YAML gives a string or a list; the command line wins.
+_LIST_OPTIONS = ("images",)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
@@ -138,13 +153,20 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
+    late: dict = {}
     if known.config:
         defaults = _load_yaml(known.config, parser)
+        # A list default would be extended, not replaced, by the flag given on the command line.
+        late = {dest: defaults.pop(dest) for dest in _LIST_OPTIONS if dest in defaults}
         for action in parser._actions:
-            if action.dest in defaults:
+            if action.dest in defaults or action.dest in late:
                 action.required = False
         parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for dest, value in late.items():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, value)
+    return args
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -169,6 +191,7 @@ def _run_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         val_fraction=args.val_fraction,
         max_failures=args.max_failures,
+        max_unreadable=args.max_unreadable,
     )
     card = run_training(config)
     print(
@@ -193,6 +216,7 @@ def _score_config(args: argparse.Namespace):
         threads=args.threads,
         rows_per_file=args.rows_per_file,
         progress=args.progress,
+        retry_errors=args.retry_errors,
     )
 
 
@@ -302,20 +326,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a ``medai`` command line, with ``--config`` YAML defaults for the jobs.
+
+    Args:
+        argv: The arguments after ``medai`` (the sub-command first).
+
+    Returns:
+        The parsed options; ``command`` names the sub-command and ``_run`` runs it.
+    """
+    argv = list(argv)
+    parser = build_parser()
+    if argv and argv[0] in _commands() and argv[0] not in ("submit", "runs"):
+        child = parser._subparsers._group_actions[0].choices[argv[0]]  # type: ignore[union-attr]
+        args = _parse(child, argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``medai`` command; returns the process exit status."""
     from medai.runtime import quiet_tensorflow, setup_logging
 
     quiet_tensorflow()
     setup_logging()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if argv and argv[0] in _commands() and argv[0] not in ("submit", "runs"):
-        child = parser._subparsers._group_actions[0].choices[argv[0]]  # type: ignore[union-attr]
-        args = _parse(child, argv[1:])
-        args.command = argv[0]
-    else:
-        args = parser.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args._run(args))
     except MedaiError as exc:  # the user's input; anything else is a bug and keeps its traceback

@@ -2,10 +2,12 @@
 
 Rows have the columns ``image_id``, ``source``, ``skip`` (already done, not decoded),
 ``image`` (``uint8`` of shape ``(size, size, 1)``; zeros when the image could not be used)
-and ``error`` (``""`` when the image is usable, else a one-line reason; empty strings
-survive Arrow and pandas round trips where ``None`` turns into NaN or "nan"). A corrupt
-member, an unreadable file or a broken archive becomes a row with an error: nothing is
-dropped silently.
+and ``error`` (``""`` when the image is usable, else :attr:`medai.images.ImageError.text`:
+``"read error: ..."`` or ``"decode error: ..."``, the same text for the same fault every run;
+empty strings survive Arrow and pandas round trips where ``None`` turns into NaN or "nan").
+A corrupt member, an unreadable file or a broken archive becomes a row with an error: nothing
+is dropped silently. A file or member above the size cap is an error row without its bytes
+ever being read.
 
 Reading (streaming each tarball, or a chunk of single files) and decoding are separate
 stages with different CPU requests, so Ray does not fuse them into one serial task, and
@@ -20,11 +22,13 @@ import numpy as np
 
 from medai.images import (
     ARCHIVE_SEP,
+    MAX_BYTES,
     ImageError,
     ImageInputs,
+    archive_error,
     decode_image,
     image_id_of,
-    iter_archive,
+    iter_members,
     read_bytes,
 )
 
@@ -47,7 +51,9 @@ def plan_units(inputs: ImageInputs, files_per_unit: int = 64) -> list[dict]:
     return units
 
 
-def _records(unit: dict, wanted: set[str] | None, exclude: set[str]) -> Iterator[tuple]:
+def _records(
+    unit: dict, wanted: set[str] | None, exclude: frozenset[str], max_bytes: int = MAX_BYTES
+) -> Iterator[tuple]:
     """Yield ``(image_id, source, bytes, error, skip)`` for every image of a read unit.
 
     Excluded images still yield a row (flagged ``skip``, without bytes) so that the
@@ -56,13 +62,16 @@ def _records(unit: dict, wanted: set[str] | None, exclude: set[str]) -> Iterator
     archive = unit["archive"]
     if archive:
         try:
-            for member, data in iter_archive(archive, wanted):
-                image_id = image_id_of(member)
-                skip = image_id in exclude
-                yield image_id, f"{archive}{ARCHIVE_SEP}{member}", b"" if skip else data, "", skip
+            for member in iter_members(archive, wanted, max_bytes):
+                image_id = image_id_of(member.name)
+                source = f"{archive}{ARCHIVE_SEP}{member.name}"
+                if image_id in exclude:
+                    yield image_id, source, b"", "", True
+                else:
+                    error = member.error.text if member.error is not None else ""
+                    yield image_id, source, member.data, error, False
         except Exception as exc:  # a truncated or corrupt archive: one row says so
-            reason = f"unreadable archive: {type(exc).__name__}: {exc}"
-            yield image_id_of(archive), archive, b"", reason, False
+            yield image_id_of(archive), archive, b"", archive_error(exc).text, False
         return
     for source in unit["files"]:
         image_id = image_id_of(source)
@@ -72,13 +81,16 @@ def _records(unit: dict, wanted: set[str] | None, exclude: set[str]) -> Iterator
             yield image_id, source, b"", "", True
             continue
         try:
-            yield image_id, source, read_bytes(source), "", False
+            yield image_id, source, read_bytes(source, max_bytes), "", False
         except ImageError as exc:
-            yield image_id, source, b"", str(exc).splitlines()[0], False
+            yield image_id, source, b"", exc.text, False
 
 
 def read_unit(
-    batch: dict, wanted: set[str] | None = None, exclude: frozenset[str] = frozenset()
+    batch: dict,
+    wanted: set[str] | None = None,
+    exclude: frozenset[str] = frozenset(),
+    max_bytes: int = MAX_BYTES,
 ) -> Iterator[dict]:
     """Ray Data UDF: expand read units into batches of raw image bytes.
 
@@ -86,11 +98,12 @@ def read_unit(
         batch: A batch of read units (columns ``archive``, ``files``).
         wanted: If given, only these image ids are read (e.g. the labelled ones).
         exclude: Image ids to skip (e.g. already scored).
+        max_bytes: Files and members above this size are error rows, never read.
     """
     rows: list[tuple] = []
     for archive, files in zip(batch["archive"], batch["files"], strict=True):
         unit = {"archive": str(archive), "files": [str(f) for f in files]}
-        for record in _records(unit, wanted, exclude):
+        for record in _records(unit, wanted, exclude, max_bytes):
             rows.append(record)
             if len(rows) == _ROWS_PER_BATCH:
                 yield _columns(rows)
@@ -121,7 +134,7 @@ def decode_batch(batch: dict, image_size: int) -> dict:
         try:
             images[i] = decode_image(bytes(data), image_size)
         except ImageError as exc:
-            errors[i] = str(exc)
+            errors[i] = exc.text
     return {
         "image_id": batch["image_id"],
         "source": batch["source"],
@@ -136,6 +149,7 @@ def image_dataset(
     image_size: int,
     wanted: set[str] | None = None,
     exclude: frozenset[str] = frozenset(),
+    max_bytes: int = MAX_BYTES,
 ):
     """Build the lazy Ray dataset of decoded images for the given inputs.
 
@@ -144,6 +158,7 @@ def image_dataset(
         image_size: Output width and height.
         wanted: Only these image ids (``None``: all).
         exclude: Skip these image ids.
+        max_bytes: Size cap per file or archive member (larger ones are error rows).
 
     Returns:
         A ``ray.data.Dataset`` with columns ``image_id``, ``source``, ``image``, ``error``.
@@ -157,7 +172,7 @@ def image_dataset(
         read_unit,
         batch_size=1,
         num_cpus=READ_CPUS,
-        fn_kwargs={"wanted": wanted, "exclude": exclude},
+        fn_kwargs={"wanted": wanted, "exclude": exclude, "max_bytes": max_bytes},
     )
     return raw.map_batches(
         decode_batch,

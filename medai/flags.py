@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_images_flag", "add_run_flags", "add_model_flag"]
+__all__ = [
+    "add_retry_errors_flag",
+    "add_images_flag",
+    "add_run_flags",
+    "add_model_flag",
+    "add_max_unreadable_flag",
+]
 
 
 def add_images_flag(parser: argparse.ArgumentParser) -> None:
-    """``--images`` (repeatable): folders, tarballs, images, ``.txt`` lists or URIs."""
+    """``--images A [B ...]`` (also repeatable): folders, tarballs, images, lists or URIs.
+
+    ``--images A B`` and ``--images A --images B`` mean the same.
+    """
     parser.add_argument(
         "--images",
         required=True,
-        action="append",
-        help="folder (recursive; NIH tarballs read in place), tarball, image, .txt list or "
-        "URI (file://, s3://, gs://); repeatable",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="folders (recursive; NIH tarballs read in place), tarballs, images, .txt lists or "
+        "URIs (file://, s3://, gs://); several after one flag or the flag repeated",
     )
 
 
@@ -36,4 +47,25 @@ def add_run_flags(parser: argparse.ArgumentParser, batch_size: int, batch_help: 
         "--address",
         default=None,
         help="Ray address (default: RAY_ADDRESS, else a local Ray in-process)",
+    )
+
+
+def add_max_unreadable_flag(parser: argparse.ArgumentParser) -> None:
+    """``--max-unreadable``: the fraction of unreadable labelled images training tolerates."""
+    parser.add_argument(
+        "--max-unreadable",
+        type=float,
+        default=0.01,
+        help="stop before training when more than this fraction of the labelled train+val "
+        "images is unreadable (default 0.01)",
+    )
+
+
+def add_retry_errors_flag(parser: argparse.ArgumentParser) -> None:
+    """``--retry-errors``: score error rows again, decode errors included."""
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="score every error row again (read errors are always retried; decode errors, "
+        "whose bytes are not an image, only with this flag)",
     )

@@ -14,11 +14,13 @@ float32 RGB and no caller can forget a step.
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,13 +29,19 @@ from medai.errors import MedaiError
 __all__ = [
     "ARCHIVE_SEP",
     "IMAGE_SUFFIXES",
+    "MAX_BYTES",
+    "ERROR_KINDS",
     "ImageError",
     "ImageInputs",
+    "ArchiveMember",
     "discover_images",
     "read_bytes",
+    "iter_members",
     "iter_archive",
+    "archive_error",
     "decode_image",
     "image_id_of",
+    "error_kind",
 ]
 
 ARCHIVE_SEP = "::"
@@ -42,10 +50,63 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 LIST_SUFFIXES = (".txt", ".lst")
 # NIH images are 1024x1024; 50 Mpx leaves room for any radiograph and refuses decompression bombs.
 MAX_PIXELS = 50_000_000
+# A file or archive member above this is refused from its size alone, before any byte is read:
+# NIH PNGs are under 1 MiB, and a hostile input must not decide how much memory a worker takes.
+MAX_BYTES = 256 * 1024 * 1024
+# How an image failed. "read": the bytes could not be had (I/O, permission, missing file,
+# unreadable or truncated archive); such a fault may clear, so the next run retries it.
+# "decode": the bytes are not a usable image (corrupt, not an image, too large); final.
+ERROR_KINDS = ("read", "decode")
+_ADDRESS = re.compile(r"<([^<>]*?) at 0x[0-9a-fA-F]+>")
+_REASON_CHARS = 300
 
 
 class ImageError(MedaiError, ValueError):
-    """An input is not a usable image; the message is a one-line reason."""
+    """An input is not a usable image; the message is a stable one-line reason.
+
+    Attributes:
+        kind: ``"read"`` (the bytes could not be read; worth retrying) or ``"decode"`` (the
+            bytes are not a usable image; final).
+    """
+
+    def __init__(self, reason: str, kind: str = "decode"):
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"ImageError kind must be one of {ERROR_KINDS}, not {kind!r}")
+        super().__init__(_stable(reason))
+        self.kind = kind
+
+    @property
+    def text(self) -> str:
+        """The error as a prediction row stores it: ``"<kind> error: <reason>"``."""
+        return f"{self.kind} error: {self}"
+
+
+def error_kind(text: str | None) -> str | None:
+    """The kind of a stored error text (see :attr:`ImageError.text`).
+
+    Returns:
+        ``"read"`` or ``"decode"``; ``None`` for no error, or for a text without a kind
+        (written by an older medai).
+    """
+    for kind in ERROR_KINDS:
+        if text and text.startswith(f"{kind} error: "):
+            return kind
+    return None
+
+
+def _stable(reason: str) -> str:
+    """One line, without what varies between runs of the same fault (object addresses)."""
+    reason = _ADDRESS.sub(r"<\1>", " ".join(str(reason).split()))
+    return reason if len(reason) <= _REASON_CHARS else reason[: _REASON_CHARS - 3] + "..."
+
+
+def _too_large(size: int, max_bytes: int) -> ImageError:
+    return ImageError(f"file too large ({size} bytes; the limit is {max_bytes})", kind="decode")
+
+
+def archive_error(exc: BaseException) -> ImageError:
+    """The error row of an archive that could not be read to its end (a read error)."""
+    return ImageError(f"unreadable archive: {type(exc).__name__}: {exc}", kind="read")
 
 
 @dataclass(frozen=True)
@@ -83,15 +144,18 @@ def _suffix_in(name: str, suffixes: Iterable[str]) -> bool:
     return name.lower().endswith(tuple(suffixes))
 
 
-def discover_images(paths: Iterable[str]) -> ImageInputs:
+def discover_images(paths: Iterable[str], listed: bool = False) -> ImageInputs:
     """Resolve ``--images`` arguments into archives and single image files.
 
     A folder is walked recursively for images and tarballs; a ``.txt``/``.lst`` file is a list
     of sources, one per line; anything else is taken as one image (so a named file that is not
-    an image still gets its row, with an error, when scored).
+    an image still gets its row, with an error, when scored). A source of a list that does not
+    exist (yet: a sync in progress) is kept, so that it gets a read-error row, retried by the
+    next run, instead of stopping the whole job.
 
     Args:
         paths: Local paths or URIs.
+        listed: The paths come from a list file (missing ones are kept, not refused).
 
     Returns:
         The archives and files found, each sorted for a reproducible order.
@@ -106,8 +170,11 @@ def discover_images(paths: Iterable[str]) -> ImageInputs:
     for given in paths:
         filesystem, path = _filesystem(given)
         info = filesystem.get_file_info(path)
+        if info.type == pafs.FileType.NotFound and listed:
+            files.append(given if _is_uri(given) else path)  # its row says it cannot be read
+            continue
         if info.type == pafs.FileType.NotFound:
-            raise ImageError(f"--images: no such file or folder: {given}")
+            raise ImageError(f"--images: no such file or folder: {given}", kind="read")
         if info.type == pafs.FileType.Directory:
             found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
             for entry in sorted(found, key=lambda e: e.path):
@@ -123,7 +190,7 @@ def discover_images(paths: Iterable[str]) -> ImageInputs:
         elif _suffix_in(path, ARCHIVE_SUFFIXES):
             archives.append(given if _is_uri(given) else path)
         elif _suffix_in(path, LIST_SUFFIXES):
-            nested = discover_images(_read_list(filesystem, path))
+            nested = discover_images(_read_list(filesystem, path), listed=True)
             archives.extend(nested.archives)
             files.extend(nested.files)
         else:
@@ -151,37 +218,72 @@ def image_id_of(source: str) -> str:
     return PurePosixPath(source.split(ARCHIVE_SEP, 1)[-1]).name
 
 
-def read_bytes(source: str) -> bytes:
+def read_bytes(source: str, max_bytes: int = MAX_BYTES) -> bytes:
     """Read one image's bytes, from a file, a URI or an archive member.
 
     Archive members are found by streaming the archive up to the member: fine for a handful
-    of images (thumbnails, single predictions); batch jobs use :func:`iter_archive` instead.
+    of images (thumbnails, single predictions); batch jobs use :func:`iter_members` instead.
+
+    Args:
+        source: Path, URI or ``ARCHIVE::MEMBER``.
+        max_bytes: Larger files are refused from their size, without reading them.
 
     Raises:
-        ImageError: If the file or member cannot be read.
+        ImageError: ``kind="read"`` if the file or member cannot be read, ``kind="decode"``
+            if it is larger than ``max_bytes``.
     """
     if ARCHIVE_SEP in source:
         archive, member = source.split(ARCHIVE_SEP, 1)
-        for name, data in iter_archive(archive, wanted={member}):
-            if name == member:
-                return data
-        raise ImageError(f"{member} not found in {archive}")
+        try:
+            for found in iter_members(archive, wanted={member}, max_bytes=max_bytes):
+                if found.name == member:
+                    if found.error is not None:
+                        raise found.error
+                    return found.data
+        except ImageError:
+            raise
+        except Exception as exc:  # tarfile, zlib and pyarrow raise many types
+            raise archive_error(exc) from exc
+        raise ImageError(f"{member} not found in {archive}", kind="read")
     filesystem, path = _filesystem(source)
     try:
-        with filesystem.open_input_stream(path) as handle:
+        # A random-access handle knows its size before any byte is read (one stat, or the
+        # HEAD request an object store needs anyway).
+        with filesystem.open_input_file(path) as handle:
+            size = handle.size()
+            if size > max_bytes:
+                raise _too_large(size, max_bytes)
             return handle.read()
+    except ImageError:
+        raise
     except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot read {source}: {exc}") from exc
+        raise ImageError(f"cannot read {source}: {exc}", kind="read") from exc
 
 
-def iter_archive(archive: str, wanted: set[str] | None = None) -> Iterator[tuple[str, bytes]]:
-    """Stream ``(member name, bytes)`` of the image members of a tarball, in archive order.
+class ArchiveMember(NamedTuple):
+    """An image member of a tarball: its bytes, or why they were not read."""
 
-    The archive is read sequentially from its filesystem (local or URI), never extracted.
+    name: str
+    data: bytes
+    error: ImageError | None
+
+
+def iter_members(
+    archive: str, wanted: set[str] | None = None, max_bytes: int = MAX_BYTES
+) -> Iterator[ArchiveMember]:
+    """Stream the image members of a tarball, in archive order, never extracting it.
+
+    A member larger than ``max_bytes`` (by its header) comes with a decode-kind error and no
+    bytes: its data is skipped over in the stream, never held in memory.
 
     Args:
         archive: Path or URI of a ``.tar``, ``.tar.gz`` or ``.tgz``.
         wanted: If given, only members whose name or image id is in this set are read.
+        max_bytes: Size cap per member.
+
+    Raises:
+        Exception: Whatever the filesystem, ``tarfile`` or ``zlib`` raise on an unreadable or
+            truncated archive, after the members read before the fault.
     """
     filesystem, path = _filesystem(archive)
     with filesystem.open_input_stream(path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
@@ -194,8 +296,28 @@ def iter_archive(archive: str, wanted: set[str] | None = None) -> Iterator[tuple
                 and image_id_of(member.name) not in wanted
             ):
                 continue
+            if member.size > max_bytes:
+                yield ArchiveMember(member.name, b"", _too_large(member.size, max_bytes))
+                continue
             handle = tar.extractfile(member)
-            yield member.name, handle.read() if handle is not None else b""
+            yield ArchiveMember(member.name, handle.read() if handle is not None else b"", None)
+
+
+def iter_archive(
+    archive: str, wanted: set[str] | None = None, max_bytes: int = MAX_BYTES
+) -> Iterator[tuple[str, bytes]]:
+    """Stream ``(member name, bytes)`` of the image members of a tarball, in archive order.
+
+    Members above ``max_bytes`` are left out; :func:`iter_members` reports them.
+
+    Args:
+        archive: Path or URI of a ``.tar``, ``.tar.gz`` or ``.tgz``.
+        wanted: If given, only members whose name or image id is in this set are read.
+        max_bytes: Size cap per member.
+    """
+    for member in iter_members(archive, wanted, max_bytes):
+        if member.error is None:
+            yield member.name, member.data
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
@@ -203,10 +325,12 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
 
     Grayscale, RGB, RGBA, palette, 16-bit PNG and JPEG (whatever the file is named) are
     accepted; colour is collapsed to luminance because radiographs carry one channel.
-    16-bit images are scaled by their own maximum so that the full range maps to 0-255.
+    16-bit images are scaled by their own maximum so that the full range maps to 0-255; they
+    are resized before scaling, so no full-size copy beyond the decoded image is made.
 
     Raises:
-        ImageError: On empty, truncated, corrupt, non-image or oversized input.
+        ImageError: ``kind="decode"``, on empty, truncated, corrupt, non-image or oversized
+            input; the reason is the same text for the same fault every time.
     """
     from PIL import Image
 
@@ -225,9 +349,15 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"decompression bomb refused: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        # PIL's text names the BytesIO object by its memory address: different every run.
+        raise ImageError("not a decodable image: unrecognised image format") from exc
     except Exception as exc:  # PIL raises many types for bad data; all mean "not an image"
         raise ImageError(f"not a decodable image: {type(exc).__name__}: {exc}") from exc
-    image = _to_luminance(image)
+    if image.mode in _HIGH_DEPTH_MODES:
+        image = _high_depth_to_luminance(image, size)
+    else:
+        image = _to_luminance(image)
     factor = min(image.width, image.height) // (2 * size)
     if factor >= 2:
         image = image.reduce(factor)
@@ -236,14 +366,29 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).reshape(size, size, 1)
 
 
-def _to_luminance(image):
-    """Convert any PIL mode to 8-bit luminance ``L``."""
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _high_depth_to_luminance(image, size: int):
+    """16-bit, 32-bit integer or float image -> 8-bit ``L`` of ``(size, size)``, scaled by its peak.
+
+    The peak comes from PIL's extrema (no copy) and the image is resized in its own mode before
+    scaling, so only the small image is ever converted to floats.
+    """
     from PIL import Image
 
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = float(array.max()) or 1.0
-        return Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+    if image.mode not in ("I;16", "I", "F"):
+        image = image.convert("I")  # rare byte orders: a 32-bit integer copy, still no float64
+    peak = float(image.getextrema()[1])
+    small = image.resize((size, size), Image.Resampling.BILINEAR)
+    scaled = np.asarray(small, dtype=np.float32) * np.float32(255.0 / (peak if peak > 0 else 1.0))
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+
+
+def _to_luminance(image):
+    """Convert any 8-bit PIL mode to 8-bit luminance ``L``."""
+    from PIL import Image
+
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))

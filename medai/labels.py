@@ -10,6 +10,7 @@ with a message naming the file and the problem, before any training or scoring s
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,6 +27,8 @@ __all__ = [
     "read_split_list",
     "find_split_lists",
 ]
+
+log = logging.getLogger("medai.labels")
 
 LABEL_COLUMNS = ("image_id", "patient_id", "label", "findings")
 NEGATIVE_POLICIES = ("all-others", "no-finding")
@@ -64,7 +67,8 @@ def load_labels(
 
     Args:
         path: An NIH ``Data_Entry_2017.csv`` or a generic CSV with columns ``image,label``
-            (label 0/1) and an optional ``patient_id`` column.
+            (label 0/1) and an optional ``patient_id`` column (without it each image is its own
+            patient, and a warning says so).
         finding: The NIH finding to detect (ignored for generic CSVs, whose label is the finding).
         negatives: ``all-others`` (every image without the finding is negative, the ChestX-ray14
             protocol) or ``no-finding`` (only ``No Finding`` images are negative; images with
@@ -168,7 +172,14 @@ def _load_generic(path: Path) -> pd.DataFrame:
         value, image = bad["label"].iloc[0], bad["image"].iloc[0]
         raise LabelError(f"{path}: label must be 0 or 1, found {value!r} for {image!r}")
     image_id = raw["image"].map(lambda value: Path(value).name)
-    # Without patient ids every image is its own patient: the split can still not leak images.
+    if "patient_id" not in raw:
+        # The split can still not leak images, but it can leak patients, which inflates AUC.
+        log.warning(
+            "%s has no patient_id column: each image is treated as its own patient, so "
+            "follow-up images of one patient may leak across train and validation; add a "
+            "patient_id column to split by patient",
+            path,
+        )
     patient = raw.get("patient_id", image_id)
     return pd.DataFrame(
         {

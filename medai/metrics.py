@@ -5,10 +5,11 @@ while staying fast at archive scale: AUC is the Mann-Whitney statistic over tied
 so one bootstrap resample costs one ``bincount`` and one ``cumsum`` instead of a sort.
 
 Conventions: ``y`` holds 0/1 labels, ``scores`` the predicted probability of the positive
-class, and an image is called positive when ``score >= threshold`` (the same rule as the
-thresholds of :func:`sklearn.metrics.roc_curve`). A metric that is undefined on the data (one
-class only, no rows, a zero denominator) is ``None``, and the functions that build metric
-blocks add a human-readable entry to a ``reasons`` list saying why.
+class, and an image is called positive when ``score >= threshold`` compared in float32
+(:func:`medai.thresholds.is_positive`, the rule of Parquet's ``predicted`` column; on float32
+scores it is also the rule of the thresholds of :func:`sklearn.metrics.roc_curve`). A metric
+that is undefined on the data (one class only, no rows, a zero denominator) is ``None``, and
+the functions that build metric blocks add a human-readable entry to a ``reasons`` list saying why.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from medai.thresholds import is_positive
 
 __all__ = [
     "THRESHOLD_KEYS",
@@ -176,7 +179,7 @@ def youden_threshold(y, scores) -> float | None:
 def confusion_counts(y, scores, threshold: float) -> dict[str, int]:
     """True/false positives/negatives when ``score >= threshold`` is called positive."""
     y, scores = _as_arrays(y, scores)
-    called = scores >= threshold
+    called = is_positive(scores, threshold)  # the one rule: float32 >=, as Parquet's predicted
     truth = y == 1
     return {
         "tp": int(np.count_nonzero(called & truth)),

@@ -2,7 +2,8 @@
 
 Store layout (``ROOT``)::
 
-    ROOT/predictions/     Parquet predictions of every model (medai score's output format)
+    ROOT/predictions/     Parquet predictions of every model (medai score's output format;
+                          its own _lock is held by the scoring inside a nightly run)
     ROOT/reports/latest/  the report refreshed after each run (when labels are given)
     ROOT/runs.jsonl       the ledger: one JSON object per run
     ROOT/.lock            held (flock) by the running nightly job
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from medai.artifact import write_json
 from medai.errors import MedaiError
-from medai.flags import add_images_flag, add_model_flag, add_run_flags
+from medai.flags import add_images_flag, add_model_flag, add_retry_errors_flag, add_run_flags
 
 __all__ = [
     "NightlyConfig",
@@ -66,6 +67,7 @@ class NightlyConfig:
     precision: str = "fp32"
     address: str | None = None
     rows_per_file: int = 4096
+    retry_errors: bool = False
 
 
 @dataclass
@@ -98,9 +100,12 @@ def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--labels", default=None, help="labels CSV: refresh the report after scoring"
     )
     parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
-    parser.add_argument("--split", default=None, choices=["test", "train_val", "all"])
+    from medai.report import SPLIT_HELP, SPLITS
+
+    parser.add_argument("--split", default=None, choices=SPLITS, help=SPLIT_HELP)
     add_run_flags(parser, 32, "images per inference batch")
     parser.add_argument("--rows-per-file", type=int, default=4096)
+    add_retry_errors_flag(parser)
     return parser
 
 
@@ -123,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> NightlyConfig:
         precision=args.precision,
         address=args.address,
         rows_per_file=args.rows_per_file,
+        retry_errors=args.retry_errors,
     )
 
 
@@ -195,6 +201,9 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
     Raises:
         NightlyError: If another run holds the store, or an input is unusable.
     """
+    # The store's lock (ROOT/.lock) and run_scoring's (ROOT/predictions/_lock) are two files,
+    # taken in that order by every nightly run: they never wait on each other. A plain
+    # `medai score` on ROOT/predictions during a nightly run makes one of them refuse.
     from medai.score import ScoreConfig, prepare_scoring, run_scoring
 
     store = Path(config.store).resolve()
@@ -207,6 +216,7 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
         address=config.address,
         rows_per_file=config.rows_per_file,
         progress=False,
+        retry_errors=config.retry_errors,
     )
     card, _ = prepare_scoring(score_config)  # fail on bad inputs before taking the lock
     with _store_lock(store):
@@ -259,6 +269,7 @@ def _refresh_report(config: NightlyConfig, store: Path, card: dict) -> str:
             out=str(out),
             negatives=config.negatives,
             split=config.split,
+            model=config.model,
         )
     )
     return str(out / "report.html")

@@ -1,4 +1,4 @@
-"""Single-image prediction with the same preprocessing and model as the batch scorer."""
+"""Single-image prediction with the same preprocessing, model and decision rule as the scorer."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from medai.images import ImageError, decode_image, read_bytes
+from medai.thresholds import is_positive
 
 __all__ = ["predict_image", "predict_images"]
 
@@ -29,8 +30,9 @@ def predict_images(paths: list[str], model_dir: str | Path) -> list[dict]:
         model_dir: A model directory written by ``medai train``.
 
     Returns:
-        One dict per image: ``image``, ``score`` (None on error), ``predicted``, ``threshold``,
-        ``error``.
+        One dict per image: ``image``, ``score`` (None on error), ``predicted``
+        (:func:`medai.thresholds.is_positive`, the rule of Parquet's ``predicted``),
+        ``threshold``, ``error`` (None, or the stable one-line reason).
     """
     loaded = _load(str(Path(model_dir).resolve()))
     size, threshold = loaded.card["image_size"], float(loaded.card["threshold"])
@@ -57,7 +59,7 @@ def predict_images(paths: list[str], model_dir: str | Path) -> list[dict]:
             {
                 "image": str(path),
                 "score": score,
-                "predicted": score >= threshold,
+                "predicted": bool(is_positive(score, threshold)),
                 "threshold": threshold,
                 "error": None,
             }

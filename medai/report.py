@@ -2,9 +2,14 @@
 
 ``medai score`` writes one row per image and model (see :data:`REQUIRED_COLUMNS` and
 :data:`OPTIONAL_COLUMNS`). The report joins those rows to the label table by ``image_id``,
-keeps the chosen split, and for every model writes its ranking metrics with a bootstrap CI,
-its operating points at the model threshold and at the Youden-optimal threshold, and plots.
-Models that scored the same images are compared pairwise on the images both scored.
+keeps the chosen split (by default the images the model never saw: the NIH test list, or the
+images outside the train and validation splits of the model's ``split.csv``), and for every
+model writes its ranking and calibration metrics (AUC with a bootstrap CI, average precision,
+Brier score, ECE), its operating points at the model threshold and at the Youden-optimal
+threshold, and plots. An image is called positive when ``score >= threshold`` in float32
+(:func:`medai.thresholds.is_positive`, the rule of Parquet's ``predicted`` column), with the
+model card's exact threshold. Models that scored the same images are compared pairwise on the
+images both scored.
 
 Nothing is dropped silently: per model the rows are accounted for as
 ``n_rows = n_duplicates + n_outside_split + n_errors + n_unlabeled + n``, and every metric
@@ -42,12 +47,14 @@ from medai.labels import (
     load_labels,
     read_split_list,
 )
+from medai.thresholds import is_positive
 
 __all__ = [
     "INTENDED_USE",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "SPLITS",
+    "SPLIT_HELP",
     "ReportConfig",
     "ReportError",
     "add_report_arguments",
@@ -59,11 +66,19 @@ __all__ = [
 
 log = logging.getLogger("medai.report")
 
-SPLITS = ("test", "train_val", "all")
+SPLITS = ("unseen", "test", "train_val", "all")
+SPLIT_HELP = (
+    "images to evaluate: 'unseen' = the labelled images the model neither trained nor "
+    "validated on (read from MODEL_DIR/split.csv, so it needs --model); 'test' / 'train_val' = "
+    "the images of the NIH test_list.txt / train_val_list.txt beside the labels file; 'all' = "
+    "every labelled image, training images included (optimistic metrics). Default: test when "
+    "test_list.txt is beside the labels file, else unseen"
+)
 REQUIRED_COLUMNS = ("image_id", "score", "model_id")
 OPTIONAL_COLUMNS = ("source", "predicted", "threshold", "finding", "scored_at", "error")
 INTENDED_USE = "Research use only, not for diagnosis."
 EXAMPLES_PER_GROUP = 4
+ECE_BINS = 10  # equal-width bins of the expected calibration error
 THUMBNAIL_SIZE = 192
 
 
@@ -81,8 +96,11 @@ class ReportConfig:
         out: Output folder for ``metrics.json``, ``config.json``, ``plots/`` and ``report.html``.
         finding: The finding the models detect; models scored for another finding are skipped.
         negatives: ``all-others`` or ``no-finding`` (see :func:`medai.labels.load_labels`).
-        split: ``test``, ``train_val`` or ``all``; ``None`` means ``test`` when the NIH
-            ``test_list.txt`` is beside the labels file, else ``all``.
+        split: One of :data:`SPLITS` (see :data:`SPLIT_HELP`); ``None`` means ``test`` when
+            the NIH ``test_list.txt`` is beside the labels file, else ``unseen``.
+        model: The model directory (from ``medai train``) of the predictions' model: its
+            ``split.csv`` defines the ``unseen`` split, and the report covers only that model
+            (its card's ``model_id`` must be in the predictions).
         model_id: Report only this model (a unique prefix of its id is enough).
         threshold: Cut-off overriding the model's own threshold.
         bootstrap: Bootstrap resamples for the confidence intervals (0 disables them).
@@ -95,6 +113,7 @@ class ReportConfig:
     finding: str = "Mass"
     negatives: str = "all-others"
     split: str | None = None
+    model: str | Path | None = None
     model_id: str | None = None
     threshold: float | None = None
     bootstrap: int = 1000
@@ -138,12 +157,14 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         choices=NEGATIVE_POLICIES,
         help="which images count as negatives (default: all-others)",
     )
+    parser.add_argument("--split", default=None, choices=SPLITS, help=SPLIT_HELP)
     parser.add_argument(
-        "--split",
+        "--model",
         default=None,
-        choices=SPLITS,
-        help="images to evaluate (default: test when the NIH test_list.txt is "
-        "beside the labels file, else all)",
+        metavar="MODEL_DIR",
+        help="the model directory (from `medai train`) of the predictions' model: its split.csv "
+        "tells which images it trained and validated on (needed for --split unseen, the "
+        "default without NIH lists); only that model is reported",
     )
     parser.add_argument(
         "--model-id",
@@ -185,6 +206,7 @@ def config_from_args(namespace: argparse.Namespace) -> ReportConfig:
         finding=namespace.finding,
         negatives=namespace.negatives,
         split=namespace.split,
+        model=getattr(namespace, "model", None),
         model_id=namespace.model_id,
         threshold=namespace.threshold,
         bootstrap=namespace.bootstrap,
@@ -220,6 +242,8 @@ def check_config(config: ReportConfig) -> None:
             raise ReportError(f"--{name} must be a non-negative integer, not {value!r}")
     if config.model_id is not None and not str(config.model_id).strip():
         raise ReportError("--model-id must not be empty")
+    if config.model is not None and not str(config.model).strip():
+        raise ReportError("--model must not be empty")
     for name in ("predictions", "labels", "out"):
         if not str(getattr(config, name)).strip():
             raise ReportError(f"--{name} is required")
@@ -229,15 +253,38 @@ def check_config(config: ReportConfig) -> None:
 
 
 @dataclass(frozen=True)
+class _Split:
+    """Which images a split keeps.
+
+    Attributes:
+        name: One of :data:`SPLITS`.
+        ids: The image ids the split is defined by; ``None`` keeps every image.
+        listed_inside: ``True``: the split is the listed images (an NIH list); ``False``: it is
+            every image except the listed ones (``unseen``: all but the model's train and val).
+    """
+
+    name: str
+    ids: frozenset[str] | None = None
+    listed_inside: bool = True
+
+    def inside(self, image_ids: pd.Series) -> pd.Series:
+        """A boolean mask of the images in the split."""
+        if self.ids is None:
+            return pd.Series(True, index=image_ids.index)
+        listed = image_ids.isin(self.ids)
+        return listed if self.listed_inside else ~listed
+
+
+@dataclass(frozen=True)
 class _Inputs:
     """Everything read and checked before the report does any work."""
 
     files: tuple[Path, ...]
     predictions: pd.DataFrame
     labels: pd.DataFrame
-    split: str
-    split_ids: frozenset[str] | None
+    split: _Split
     skipped_models: dict[str, str]
+    model_card: dict | None = None
 
 
 def _prediction_files(folder: Path) -> tuple[Path, ...]:
@@ -316,19 +363,70 @@ def _keep_finding(frame: pd.DataFrame, finding: str) -> tuple[pd.DataFrame, dict
     return frame[~frame["model_id"].isin(skipped)], skipped
 
 
-def _resolve_split(config: ReportConfig) -> tuple[str, frozenset[str] | None]:
+def _read_model_dir(model: Path) -> tuple[dict, frozenset[str] | None]:
+    """The card of ``--model`` and the image ids it trained or validated on (``split.csv``)."""
+    from medai.artifact import SPLIT_FILE, ModelDirError, read_card
+
+    try:
+        card = read_card(model)
+    except (ModelDirError, OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"--model: {exc}") from exc
+    path = model / SPLIT_FILE
+    if not path.is_file():
+        return card, None
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["image_id", "split"])
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ReportError(f"--model: cannot read {path}: {exc}") from exc
+    seen = table.loc[table["split"].isin(["train", "val"]), "image_id"]
+    return card, frozenset(seen)
+
+
+def _resolve_split(config: ReportConfig, seen: frozenset[str] | None, model_note: str) -> _Split:
+    """The split to evaluate; ``seen`` holds the --model's train and val image ids, if known."""
     train_val_path, test_path = find_split_lists(config.labels)
-    split = config.split or ("test" if test_path is not None else "all")
+    split = config.split or ("test" if test_path is not None else "unseen")
     if split == "all":
-        return split, None
+        return _Split("all")
+    if split == "unseen":
+        if seen is None:
+            where = "" if config.split else f"no NIH test_list.txt is beside {config.labels}, so "
+            raise ReportError(
+                f"--split unseen: {where}the report cannot tell which images the model never "
+                f"saw: {model_note}. Pass --model MODEL_DIR (the model directory from medai "
+                "train; its split.csv lists the images it trained and validated on), or "
+                "--split all to evaluate every labelled image, training images included "
+                "(optimistic metrics)"
+            )
+        return _Split("unseen", seen, listed_inside=False)
     path = test_path if split == "test" else train_val_path
     if path is None:
         expected = "test_list.txt" if split == "test" else "train_val_list.txt"
-        raise ReportError(f"--split {split}: no {expected} beside {config.labels}; use --split all")
+        raise ReportError(
+            f"--split {split}: no {expected} beside {config.labels}; use --split unseen with "
+            "--model, or --split all"
+        )
     try:
-        return split, frozenset(read_split_list(path))
+        return _Split(split, frozenset(read_split_list(path)))
     except (LabelError, OSError, UnicodeDecodeError) as exc:
         raise ReportError(f"--split {split}: cannot read {path}: {exc}") from exc
+
+
+def _only_model_of_dir(predictions: pd.DataFrame, card: dict, config: ReportConfig):
+    """Keep the rows of the ``--model`` directory's model; its id must be in the predictions."""
+    model_id = str(card["model_id"])
+    if config.model_id is not None and not model_id.startswith(str(config.model_id)):
+        raise ReportError(
+            f"--model-id {config.model_id!r} does not match --model {config.model} "
+            f"(model {model_id[:12]})"
+        )
+    ids = sorted(predictions["model_id"].unique())
+    if model_id not in ids:
+        raise ReportError(
+            f"--model {config.model} is model {model_id[:12]}, which is not in the predictions "
+            f"(models: {[mid[:12] for mid in ids]}); pass the model directory that scored them"
+        )
+    return predictions[predictions["model_id"] == model_id]
 
 
 def _prepare(config: ReportConfig) -> _Inputs:
@@ -342,21 +440,30 @@ def _prepare(config: ReportConfig) -> _Inputs:
         labels = load_labels(config.labels, config.finding, config.negatives)
     except LabelError as exc:
         raise ReportError(f"--labels: {exc}") from exc
-    split, split_ids = _resolve_split(config)
+    card, seen = None, None
+    if config.model is not None:
+        card, seen = _read_model_dir(Path(config.model))
+        model_note = f"{Path(config.model) / 'split.csv'} does not exist"
+    else:
+        model_note = "no --model given"
+    split = _resolve_split(config, seen, model_note)
     predictions = _read_predictions(files)
-    if config.model_id is not None:
+    if card is not None:
+        predictions = _only_model_of_dir(predictions, card, config)
+    elif config.model_id is not None:
         predictions = _select_model(predictions, str(config.model_id))
     skipped: dict[str, str] = {}
     if not predictions.empty:
         predictions, skipped = _keep_finding(predictions, config.finding)
-    return _Inputs(files, predictions, labels, split, split_ids, skipped)
+    return _Inputs(files, predictions, labels, split, skipped, card)
 
 
 def _resolved_config(config: ReportConfig, inputs: _Inputs) -> dict:
     resolved = asdict(config)
     for name in ("predictions", "labels", "out"):
         resolved[name] = str(Path(resolved[name]).resolve())
-    resolved["split"] = inputs.split
+    resolved["model"] = None if config.model is None else str(Path(config.model).resolve())
+    resolved["split"] = inputs.split.name
     resolved["split_requested"] = config.split
     resolved["prediction_files"] = [path.name for path in inputs.files]
     return resolved
@@ -387,7 +494,7 @@ class _Model:
         return self.rows["score"].to_numpy(dtype=np.float64)
 
 
-def _account_rows(rows: pd.DataFrame, labels: pd.DataFrame, split_ids: frozenset[str] | None):
+def _account_rows(rows: pd.DataFrame, labels: pd.DataFrame, split: _Split):
     """Deduplicate, filter by split, drop errors and unlabeled rows, counting each step."""
     counts = {"n_rows": len(rows)}
     # A row without an image id can be neither deduplicated nor joined: it is unlabeled.
@@ -397,12 +504,9 @@ def _account_rows(rows: pd.DataFrame, labels: pd.DataFrame, split_ids: frozenset
     ordered = rows.sort_values("scored_at", kind="stable", na_position="first")
     unique = ordered.drop_duplicates("image_id", keep="last")
     counts["n_duplicates"] = len(rows) - len(unique)
-    if split_ids is not None:
-        inside = unique["image_id"].isin(split_ids)
-        counts["n_outside_split"] = int((~inside).sum())
-        unique = unique[inside]
-    else:
-        counts["n_outside_split"] = 0
+    inside = split.inside(unique["image_id"])
+    counts["n_outside_split"] = int((~inside).sum())
+    unique = unique[inside]
     error = unique["error"].astype(object)
     has_error = error.notna() & (error.astype(str).str.strip() != "")
     failed = has_error | ~np.isfinite(unique["score"].to_numpy(dtype=np.float64))
@@ -443,47 +547,49 @@ def _number(value) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _shortest(value: float) -> float:
-    """0.3 rather than 0.30000001192092896 for a float32 threshold.
-
-    The shortest decimal that rounds to the same float32 splits float32 scores exactly as
-    the float32 value does, so metrics are unchanged and metrics.json stays readable.
-    """
-    single = np.float32(value)
-    if float(single) != value:
-        return value
-    return float(np.format_float_positional(single, unique=True))
-
-
 def _model_threshold(config: ReportConfig, rows: pd.DataFrame, card: dict | None):
-    """The model's own cut-off: ``--threshold``, else the predictions', else the card's."""
+    """The model's own cut-off: ``--threshold``, else the card's, else the predictions'.
+
+    The card's value is used exactly as trained (never a rounded decimal); compared in float32
+    (:func:`medai.thresholds.is_positive`) it splits the scores exactly as Parquet's
+    ``predicted`` column, which was computed from the same value.
+    """
     if config.threshold is not None:
         return float(config.threshold), "--threshold", []
     values = rows["threshold"].dropna()
     values = values[np.isfinite(values)]
+    card_value = _number((card or {}).get("threshold"))
+    if card_value is not None:
+        differs = values[values.astype(np.float32) != np.float32(card_value)]
+        reasons = []
+        if not differs.empty:
+            reasons.append(
+                f"{len(differs)} prediction rows carry a threshold other than the model card's "
+                f"{card_value!r}; the card's is used"
+            )
+        return card_value, "model card", reasons
     if not values.empty:
         common = values.value_counts()
         reasons = []
         if len(common) > 1:
             reasons.append(
                 f"the predictions carry {len(common)} different thresholds; "
-                f"the most common, {float(common.index[0]):.4g}, is used"
+                f"the most common, {float(common.index[0])!r}, is used"
             )
-        return _shortest(float(common.index[0])), "predictions", reasons
-    card_value = _number((card or {}).get("threshold"))
-    if card_value is not None:
-        return card_value, "model card", []
-    return None, "none", ["no model threshold in the predictions, the model card or --threshold"]
+        return float(common.index[0]), "predictions", reasons
+    return None, "none", ["no model threshold in the model card, the predictions or --threshold"]
 
 
 def _collect_models(config: ReportConfig, inputs: _Inputs) -> list[_Model]:
     models = []
     for model_id, rows in inputs.predictions.groupby("model_id", sort=True):
-        evaluated, counts, messages = _account_rows(rows, inputs.labels, inputs.split_ids)
+        evaluated, counts, messages = _account_rows(rows, inputs.labels, inputs.split)
         card, reasons = _load_card(Path(config.predictions), str(model_id))
+        if card is None and inputs.model_card is not None:
+            card = inputs.model_card  # the --model directory's own card
         threshold, source, why = _model_threshold(config, rows, card)
         if counts["n_outside_split"] == counts["n_rows"] - counts["n_duplicates"] > 0:
-            reasons.append(f"all rows are outside the {inputs.split} split")
+            reasons.append(f"all rows are outside the {inputs.split.name} split")
         models.append(
             _Model(
                 str(model_id), evaluated, counts, messages, threshold, source, card, reasons + why
@@ -518,6 +624,7 @@ def _ranking_metrics(model: _Model, config: ReportConfig) -> tuple[dict, list[st
         "auc_ci95": metrics.auc_ci(y, scores, config.bootstrap, config.seed),
         "average_precision": metrics.average_precision(y, scores),
         "brier": metrics.brier_score(y, scores),
+        "ece": metrics.expected_calibration_error(y, scores, n_bins=ECE_BINS),
     }
     if why:
         reasons.append(f"auc undefined: {why}")
@@ -526,11 +633,12 @@ def _ranking_metrics(model: _Model, config: ReportConfig) -> tuple[dict, list[st
         reasons.append("auc_ci95 undefined: bootstrap disabled (--bootstrap 0)")
     if result["average_precision"] is None:
         reasons.append("average_precision undefined: no positive images")
-    if y.size and (scores.min() < 0 or scores.max() > 1):
-        result["brier"] = None
-        reasons.append("brier undefined: scores outside [0, 1] are not probabilities")
-    elif result["brier"] is None:
-        reasons.append("brier undefined: no labelled predictions")
+    for key in ("brier", "ece"):
+        if y.size and (scores.min() < 0 or scores.max() > 1):
+            result[key] = None
+            reasons.append(f"{key} undefined: scores outside [0, 1] are not probabilities")
+        elif result[key] is None:
+            reasons.append(f"{key} undefined: no labelled predictions")
     return result, reasons
 
 
@@ -643,7 +751,7 @@ def _model_plots(model: _Model, section: dict) -> dict[str, bytes]:
                     point["sensitivity"],
                 )
             )
-    brier = _fmt(section["brier"])
+    brier, ece = _fmt(section["brier"]), _fmt(section["ece"])
     figures = {
         "roc": plots.roc_plot(
             f"ROC curve - model {short}",
@@ -658,7 +766,7 @@ def _model_plots(model: _Model, section: dict) -> dict[str, bytes]:
         "calibration": plots.calibration_plot(
             f"Calibration - model {short}",
             metrics.calibration_bins(y, scores),
-            f"{short} (n={len(y):,}, Brier={brier})",
+            f"{short} (n={len(y):,}, Brier={brier}, ECE={ece})",
         ),
         "examples": _examples_figure(model, section),
     }
@@ -682,7 +790,7 @@ def _example_rows(model: _Model, cut_off: float) -> dict[str, pd.DataFrame]:
     Missed positives are the lowest-scoring ones: the model's most confident misses.
     """
     rows = model.rows
-    called = rows["score"] >= cut_off
+    called = is_positive(rows["score"].to_numpy(), cut_off)
     positive = rows["label"] == 1
     top = EXAMPLES_PER_GROUP
     return {
@@ -923,6 +1031,7 @@ def _model_html(section: Mapping, figures: Mapping[str, bytes]) -> str:
         ("AUC 95% CI", _ci(section, "auc_ci95")),
         ("average precision", section["average_precision"]),
         ("Brier score", section["brier"]),
+        (f"ECE ({ECE_BINS} equal-width bins)", section["ece"]),
     ]
     parts = [
         f"<h2>Model <code>{html.escape(section['model_id'])}</code></h2>",
@@ -1067,7 +1176,7 @@ def run_report(config: ReportConfig) -> dict:
     models = _collect_models(config, inputs)
     report: dict = {
         "finding": config.finding,
-        "split": inputs.split,
+        "split": inputs.split.name,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_prediction_rows": int(len(inputs.predictions)),
         "config": resolved,

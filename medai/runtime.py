@@ -12,6 +12,7 @@ import math
 import os
 
 __all__ = [
+    "LOCAL_RAY_HOST",
     "QUIET_ENV",
     "quiet_tensorflow",
     "configure_tensorflow",
@@ -21,6 +22,10 @@ __all__ = [
     "cluster_gpus",
     "setup_logging",
 ]
+
+# A local Ray started by medai serves only this machine: its GCS, raylet, object manager, agents
+# and dashboard listen on this address and nowhere else.
+LOCAL_RAY_HOST = "127.0.0.1"
 
 # TensorFlow's C++ INFO/WARNING banners (oneDNN, CUDA probing) repeat in every Ray worker.
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
@@ -77,6 +82,10 @@ def init_ray(
         dashboard: Start the dashboard with a local Ray. Ray Train needs it (its clean-up
             polls the state API the dashboard hosts); scoring does not, and on a laptop the
             dozen processes it starts compete with the job's own start-up.
+
+    A local Ray listens on 127.0.0.1 only (:data:`LOCAL_RAY_HOST`), and keeps Ray's token
+    authentication (on by default for local clusters since Ray 2.59; ``RAY_AUTH_MODE`` is left
+    to the user).
     """
     import ray
 
@@ -93,11 +102,36 @@ def init_ray(
         # A submitted job already has its runtime env; adding one here would conflict with it.
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=dashboard,
-            log_to_driver=True,
-        )
+        with _loopback_node_ip():
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=dashboard,
+                dashboard_host=LOCAL_RAY_HOST,
+                _node_ip_address=LOCAL_RAY_HOST,
+                log_to_driver=True,
+            )
+
+
+@contextlib.contextmanager
+def _loopback_node_ip():
+    """Let a local ``ray.init`` keep 127.0.0.1 as its node IP address.
+
+    Ray 2.60 binds the GCS, raylet, object manager, workers and agents to the node IP address,
+    but ``ray.init(_node_ip_address="127.0.0.1")`` replaces a loopback address with the host's
+    routable one (so that other nodes could join), and every server then listens on all
+    interfaces. That replacement is skipped when Ray clusters are disabled
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at import into
+    ``ray_constants.ENABLE_RAY_CLUSTER``), as on macOS and Windows. A single-machine Ray needs
+    no other node, so the flag is lowered for the start-up only and restored after.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def cluster_cpus() -> float:

@@ -5,9 +5,11 @@ scorer actors (the model loaded once per actor) -> Parquet writer tasks -> a tin
 row per file back to the driver. Nothing is materialised and no score is collected on the
 driver, so memory stays flat however large the archive.
 
-Incremental and crash-safe: each Parquet file is written under a temporary name and renamed
-into place, and images already present in the output for the same ``model_id`` are skipped,
-so re-running a killed job completes it with one row per image.
+Incremental, crash-safe and exact (see :mod:`medai.predictions`): a run holds the output
+folder's lock (a second run on it refuses at once), skips the images this ``model_id`` already
+has rows for except read errors (which may clear) and, with ``retry_errors``, every error, and
+reconciles the folder at its start and end so that it holds exactly one row per image, however
+the last run ended.
 """
 
 from __future__ import annotations
@@ -20,12 +22,28 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medai.artifact import read_card, write_json
 from medai.errors import MedaiError
 from medai.images import ImageInputs, discover_images
+from medai.predictions import (
+    PREDICTION_SCHEMA,
+    StoreBusyError,
+    hold_lock,
+    prediction_files,
+    prediction_schema,
+    reconcile,
+    remove_temporaries,
+    rows_to_retry,
+    scored_ids,
+)
+from medai.thresholds import is_positive
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "ScoreConfig",
@@ -33,6 +51,7 @@ __all__ = [
     "ScoreSummary",
     "PREDICTION_SCHEMA",
     "prediction_schema",
+    "prediction_files",
     "scored_ids",
     "Scorer",
     "actor_cpus",
@@ -45,40 +64,9 @@ CARDS_DIR = "_model_cards"
 IN_FLIGHT_BYTES = 512 * 1024 * 1024
 _SUMMARY_FIELDS = ("rows", "scored", "errors", "skipped")
 
-PREDICTION_SCHEMA = {
-    "image_id": "NIH Image Index (the file name)",
-    "source": "path or URI of the image, or ARCHIVE::MEMBER for a tarball member",
-    "score": "float32 probability of the finding; null on error",
-    "predicted": "bool, score >= threshold; null on error",
-    "threshold": "float32, the model card's threshold (Youden's J on validation)",
-    "finding": "string, the model's finding",
-    "model_id": "string, sha256 of the model's model.keras",
-    "scored_at": "timestamp (UTC, microseconds)",
-    "error": "null, or a one-line reason the image could not be scored",
-}
-
 
 class ScoreError(MedaiError, ValueError):
     """A scoring option or input is unusable; the message names the problem."""
-
-
-def prediction_schema():
-    """The Arrow schema of prediction files."""
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("image_id", pa.string()),
-            ("source", pa.string()),
-            ("score", pa.float32()),
-            ("predicted", pa.bool_()),
-            ("threshold", pa.float32()),
-            ("finding", pa.string()),
-            ("model_id", pa.string()),
-            ("scored_at", pa.timestamp("us", tz="UTC")),
-            ("error", pa.string()),
-        ]
-    )
 
 
 @dataclass(frozen=True)
@@ -96,6 +84,7 @@ class ScoreConfig:
     threads: int | None = None
     rows_per_file: int = 4096
     progress: bool = True
+    retry_errors: bool = False
 
     def check(self) -> None:
         """Raise :class:`ScoreError` on any option that cannot work."""
@@ -144,32 +133,15 @@ class ScoreSummary:
         )
 
 
-def prediction_files(out: str | Path) -> list[Path]:
-    """Completed prediction files in an output folder (temporary files excluded)."""
-    folder = Path(out)
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
-
-
-def scored_ids(out: str | Path, model_id: str) -> frozenset[str]:
-    """Image ids already scored by ``model_id`` in an output folder (errors included)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    found: set[str] = set()
-    for path in prediction_files(out):
-        table = pq.read_table(path, columns=["image_id", "model_id"])
-        mask = pc.equal(table["model_id"], model_id)
-        found.update(table.filter(mask)["image_id"].to_pylist())
-    return frozenset(found)
-
-
 class Scorer:
     """Ray Data actor: loads the model once, then scores batches of decoded images."""
 
     def __init__(self, model_dir: str, precision: str, threads: int | None):
-        from medai.runtime import configure_tensorflow
+        from medai.runtime import assigned_cpus, configure_tensorflow
 
-        configure_tensorflow(threads or len(os.sched_getaffinity(0)))
+        # Ray's assignment, not the host's cores (a pod limited to 8 CPUs on a 64-core host
+        # would start 64 threads); a fraction rounds up. Outside Ray: TensorFlow's defaults.
+        configure_tensorflow(threads or assigned_cpus())
         import tensorflow as tf
 
         from medai.artifact import load_model_dir
@@ -232,7 +204,7 @@ def write_predictions(
             "image_id": [str(i) for i, k in zip(batch["image_id"], keep, strict=True) if k],
             "source": [str(s) for s, k in zip(batch["source"], keep, strict=True) if k],
             "score": pa.array(scores, mask=failed, type=pa.float32()),
-            "predicted": pa.array(scores >= threshold, mask=failed, type=pa.bool_()),
+            "predicted": pa.array(is_positive(scores, threshold), mask=failed, type=pa.bool_()),
             "threshold": pa.array(np.full(n, threshold, np.float32)),
             "finding": pa.array([finding] * n, pa.string()),
             "model_id": pa.array([model_id] * n, pa.string()),
@@ -304,28 +276,49 @@ def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
 def run_scoring(config: ScoreConfig) -> ScoreSummary:
     """Score every image not yet scored by this model into ``config.out``.
 
+    Holds the folder's lock for the whole run, so a second run on the same folder refuses.
+
     Returns:
         Counts and timings of the run.
+
+    Raises:
+        ScoreError: On unusable options or inputs, or when another run holds ``config.out``.
     """
+    started = time.perf_counter()
+    card, inputs = prepare_scoring(config)
+    out = Path(config.out).resolve()
+    try:
+        with hold_lock(out):
+            return _score_locked(config, card, inputs, out, started)
+    except StoreBusyError as exc:
+        raise ScoreError(str(exc)) from None
+
+
+def _score_locked(
+    config: ScoreConfig, card: dict, inputs: ImageInputs, out: Path, started: float
+) -> ScoreSummary:
+    """The run itself, with the output folder's lock held."""
     import ray.data
 
     from medai.datasets import image_dataset
     from medai.runtime import init_ray
 
-    started = time.perf_counter()
-    card, inputs = prepare_scoring(config)
-    out = Path(config.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CARDS_DIR / f"{card['model_id']}.json", card)
+    model_id = card["model_id"]
+    write_json(out / CARDS_DIR / f"{model_id}.json", card)
     write_json(out / "_score_config.json", asdict(config))
     logger.info("score config: %s", asdict(config))
-    done = scored_ids(out, card["model_id"])
+    remove_temporaries(out)
+    # Duplicates left by a killed run or a retried write task go before counting what is done.
+    done = reconcile(out, model_id)
+    retry = rows_to_retry(done, config.retry_errors)
+    skip = frozenset(done["image_id"]) - frozenset(retry["image_id"])
     logger.info(
-        "model %s (%s, %d px); %d images already scored by it",
-        card["model_id"][:12],
+        "model %s (%s, %d px); %d images already scored by it, %d error rows to retry",
+        model_id[:12],
         card["finding"],
         card["image_size"],
-        len(done),
+        len(skip),
+        len(retry),
     )
     init_ray(config.address, dashboard=False)  # see init_ray: scoring has no use for it
     # Bound what the pipeline holds in flight: without a limit, reading and decoding race ahead
@@ -334,7 +327,7 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
         ray.data.ExecutionResources.for_limits(object_store_memory=IN_FLIGHT_BYTES)
     )
     actors, cpus, gpus = _plan_actors(config)
-    dataset = image_dataset(inputs, card["image_size"], exclude=done)
+    dataset = image_dataset(inputs, card["image_size"], exclude=skip)
     if config.limit:
         dataset = dataset.limit(config.limit)  # the first N inputs, so a rerun skips them
     scored = dataset.map_batches(
@@ -355,7 +348,7 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
         num_cpus=0.1,
         fn_kwargs={
             "out": str(out),
-            "model_id": card["model_id"],
+            "model_id": model_id,
             "finding": card["finding"],
             "threshold": float(card["threshold"]),
             "run_id": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"),
@@ -363,20 +356,49 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
     )
     # The total is known up front only without archives (counting members means inflating them).
     total = None if inputs.archives else min(len(inputs.files), config.limit or len(inputs.files))
-    summary = ScoreSummary(model_id=card["model_id"], startup_seconds=time.perf_counter() - started)
+    summary = ScoreSummary(model_id=model_id, startup_seconds=time.perf_counter() - started)
+    files: list[str] = []
     for row in written.iter_rows():
         summary.scored += int(row["scored"])
         summary.errors += int(row["errors"])
         summary.skipped += int(row["skipped"])
-        summary.files += int(bool(row["file"]))
+        if row["file"]:
+            files.append(str(row["file"]))
+        summary.files = len(files)
         if config.progress:
             _progress(summary, time.perf_counter() - started, total)
-    summary.seconds = time.perf_counter() - started
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("Ray Data stats:\n%s", written.stats())
     if config.progress:
         sys.stderr.write("\n")
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("Ray Data stats:\n%s", written.stats())
+    # A retried error row gives way to its new row; one whose input now reads without any
+    # error row of its own (an archive read to its end) is obsolete. --limit may stop before
+    # reaching an input, so nothing is declared obsolete then.
+    obsolete = () if config.limit else _obsolete_errors(retry, inputs, out, files, model_id)
+    reconcile(out, model_id, retire=obsolete)
+    summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _obsolete_errors(
+    retry: pd.DataFrame, inputs: ImageInputs, out: Path, files: list[str], model_id: str
+) -> list[tuple[str, str]]:
+    """Keys of retried error rows whose input this run read again without writing that key."""
+    import pyarrow.parquet as pq
+
+    read_again = retry[retry["source"].isin({*inputs.archives, *inputs.files})]
+    if read_again.empty:
+        return []
+    written: set[str] = set()
+    for name in files:
+        table = pq.read_table(out / name, columns=["image_id", "model_id"]).to_pydict()
+        written.update(
+            image_id
+            for image_id, owner in zip(table["image_id"], table["model_id"], strict=True)
+            if owner == model_id
+        )
+    stale = read_again[~read_again["image_id"].isin(written)]
+    return list(zip(stale["image_id"], stale["finding"], strict=True))
 
 
 def _progress(summary: ScoreSummary, elapsed: float, total: int | None) -> None:

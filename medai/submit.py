@@ -14,22 +14,32 @@ the token up itself, with Ray's precedence (``RAY_AUTH_TOKEN``, then the file na
 :class:`ray.job_submission.JobSubmissionClient` as an explicit ``Authorization: Bearer`` header
 (a public constructor argument; used for the HTTP requests and the log-tailing websocket alike).
 ``os.environ`` is left untouched, so nothing leaks into other Ray clients in the same process.
+The token travels in clear over ``http://``: to any address other than this machine's loopback
+``medai submit`` warns first (use an SSH tunnel, ``kubectl port-forward`` or an HTTPS proxy).
+
+The working dir's excludes (:data:`WORKING_DIR_EXCLUDES`, plus the root's ``.gitignore`` and
+``.rayignore``) are gitwildmatch patterns matched with ``pathspec``, the library Ray itself
+uses; they keep environments, data, outputs and secrets (``.env``, keys, credentials) off the
+cluster.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import shlex
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
+
+import pathspec
 
 from medai.errors import MedaiError
 
@@ -51,6 +61,7 @@ __all__ = [
     "find_auth_token",
     "find_project_root",
     "main",
+    "plain_http_warning",
     "run_submit",
     "submit_job",
     "working_dir_size",
@@ -85,6 +96,25 @@ WORKING_DIR_EXCLUDES = (
     "*.tar.gz",
     "*.tgz",
     "*.tar",
+    # Secrets: never ship them to a cluster (its nodes, logs and object store are shared).
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".ssh/",
+    ".aws/",
+    ".netrc",
+    ".git-credentials",
+    "credentials",
+    "credentials.*",
+    "*-credentials.json",
+    "auth_token",
 )
 
 DEFAULT_ENV_VARS = {
@@ -228,41 +258,14 @@ def find_project_root(start: Path | None = None) -> Path:
     )
 
 
-def _load_ignore_patterns(root: Path) -> list[str]:
-    """Plain patterns of the root's .gitignore/.rayignore (negations are not supported)."""
-    patterns: list[str] = []
+def _ignore_spec(root: Path, excludes: Iterable[str]) -> pathspec.GitIgnoreSpec:
+    """``excludes`` plus the root's ``.gitignore`` and ``.rayignore``, with git's semantics."""
+    lines = list(excludes)
     for name in (".gitignore", ".rayignore"):
         ignore_file = root / name
-        if not ignore_file.is_file():
-            continue
-        for line in ignore_file.read_text(encoding="utf-8", errors="replace").splitlines():
-            line = line.strip()
-            if line and not line.startswith(("#", "!")):
-                patterns.append(line)
-    return patterns
-
-
-def _compile_excludes(patterns: Iterable[str]) -> Callable[[str, bool], bool]:
-    """Build a matcher for a subset of gitwildmatch: globs, ``dir/`` and ``/anchored``."""
-    rules: list[tuple[str, bool, bool]] = []  # (glob, dirs_only, anchored)
-    for pattern in patterns:
-        dirs_only = pattern.endswith("/")
-        core = pattern.strip("/")
-        if not core:
-            continue
-        anchored = pattern.startswith("/") or "/" in core
-        rules.append((core, dirs_only, anchored))
-
-    def excluded(rel_path: str, is_dir: bool) -> bool:
-        name = rel_path.rsplit("/", 1)[-1]
-        for glob, dirs_only, anchored in rules:
-            if dirs_only and not is_dir:
-                continue
-            if fnmatchcase(rel_path if anchored else name, glob):
-                return True
-        return False
-
-    return excluded
+        if ignore_file.is_file():
+            lines += ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
 def working_dir_size(
@@ -270,7 +273,7 @@ def working_dir_size(
 ) -> tuple[int, list[tuple[int, str]]]:
     """Add up the bytes Ray would upload for ``root`` as a working_dir.
 
-    Applies ``excludes`` plus the plain patterns of the root's ``.gitignore``/``.rayignore``.
+    Applies ``excludes`` plus the patterns of the root's ``.gitignore``/``.rayignore``.
     The sum is of uncompressed file sizes, so it is an upper bound of the zip Ray uploads.
 
     Args:
@@ -281,7 +284,11 @@ def working_dir_size(
         ``(total_bytes, largest)`` where ``largest`` lists up to five ``(bytes, relative
         path)`` of the biggest files, biggest first.
     """
-    excluded = _compile_excludes([*excludes, *_load_ignore_patterns(root)])
+    spec = _ignore_spec(root, excludes)
+
+    def excluded(rel_path: str, is_dir: bool) -> bool:
+        return spec.match_file(rel_path + "/" if is_dir else rel_path)
+
     total = 0
     files: list[tuple[int, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -362,6 +369,37 @@ def build_runtime_env(
 # --------------------------------------------------------------------------------------------
 # Submission
 # --------------------------------------------------------------------------------------------
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def plain_http_warning(address: str, source: str) -> str | None:
+    """The warning to print before a token goes in clear to ``address``, or ``None``.
+
+    A bearer token sent over ``http://`` can be read by anyone on the network path and lets
+    them run code on the cluster. Loopback addresses (SSH tunnels, ``kubectl port-forward``)
+    and ``https://`` are fine.
+
+    Args:
+        address: The dashboard address (``http://host:port``; no scheme means http).
+        source: Where the token came from, for the message.
+    """
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"http://{address}")
+    if parsed.scheme.lower() != "http" or _is_loopback_host(parsed.hostname or ""):
+        return None
+    return (
+        f"medai submit: warning: sending the Ray token from {source} over plain http to "
+        f"{parsed.hostname}; anyone on the network path can read it and run code on the "
+        "cluster. Prefer an SSH tunnel or `kubectl port-forward` to http://127.0.0.1:8265, or "
+        "an https:// address.\n"
+    )
 
 
 def _connect(address: str, lookup: TokenLookup) -> JobSubmissionClient:
@@ -464,6 +502,10 @@ def submit_job(
     root = (working_dir or find_project_root()).resolve()
     check_working_dir(root, job)
     lookup = find_auth_token()
+    warning = plain_http_warning(address, lookup.source or "") if lookup.token else None
+    if warning:
+        err.write(warning)
+        err.flush()
     client = _connect(address, lookup)
 
     from ray.exceptions import AuthenticationError

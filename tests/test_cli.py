@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medai.cli import main
+from medai.cli import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,3 +76,83 @@ def test_malformed_label_file_stops_train_before_work(tmp_path, phantom_archive,
     )
     assert code == 2 and "unrecognised label file" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize("job", ["train", "score", "nightly"])
+def test_images_take_several_values_or_repeat(job):
+    required = {
+        "train": ["--labels", "l.csv", "--out", "o"],
+        "score": ["--model", "m", "--out", "o"],
+        "nightly": ["--model", "m", "--store", "s"],
+    }[job]
+    together = parse_args([job, *required, "--images", "a", "b"])
+    repeated = parse_args([job, *required, "--images", "a", "--images", "b"])
+    mixed = parse_args([job, *required, "--images", "a", "b", "--images", "c"])
+    assert together.images == repeated.images == ["a", "b"]
+    assert mixed.images == ["a", "b", "c"]
+    with pytest.raises(SystemExit):
+        parse_args([job, *required, "--images"])
+
+
+def test_yaml_images_as_string_or_list_and_the_command_line_wins(tmp_path, capsys):
+    config = tmp_path / "score.yaml"
+    config.write_text("model: m\nout: o\nimages: [a, b]\n")
+    assert parse_args(["score", "--config", str(config)]).images == ["a", "b"]
+    # Flags replace the YAML list; they do not add to it.
+    args = parse_args(["score", "--config", str(config), "--images", "c", "d"])
+    assert args.images == ["c", "d"]
+    config.write_text("model: m\nout: o\nimages: a\n")
+    assert parse_args(["score", "--config", str(config)]).images == ["a"]
+    config.write_text("model: m\nout: o\nimages: 3\n")
+    with pytest.raises(SystemExit):
+        parse_args(["score", "--config", str(config)])
+    assert "images must be a path or a list of paths" in capsys.readouterr().err
+
+
+def test_max_unreadable_and_retry_errors_flags():
+    train = ["train", "--labels", "l.csv", "--images", "a", "--out", "o"]
+    assert parse_args(train).max_unreadable == 0.01
+    assert parse_args([*train, "--max-unreadable", "0.05"]).max_unreadable == 0.05
+    score = ["score", "--model", "m", "--images", "a", "--out", "o"]
+    assert parse_args(score).retry_errors is False
+    assert parse_args([*score, "--retry-errors"]).retry_errors is True
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_medai_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    code = main(
+        ["report", "--predictions", str(missing), "--labels", "l.csv", "--out", str(tmp_path)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert [line for line in err.splitlines() if "error" in line] == [
+        f"medai report: error: --predictions: no such folder: {missing}"
+    ]
+    assert "Traceback" not in err
+
+
+def test_real_bugs_keep_their_traceback(tmp_path, monkeypatch, capsys):
+    import medai.report
+
+    def buggy(config):
+        return config.bootstrap + "resamples"  # a genuine TypeError inside the job
+
+    monkeypatch.setattr(medai.report, "run_report", buggy)
+    argv = ["report", "--predictions", "p", "--labels", "l.csv", "--out", str(tmp_path)]
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(argv)
+    assert "medai report: error" not in capsys.readouterr().err
+
+
+def test_max_unreadable_reaches_the_training_config(tmp_path, phantom_archive, capsys):
+    labels = phantom_archive / "Data_Entry_2017.csv"
+    argv = ["train", "--labels", str(labels), "--images", str(phantom_archive)]
+    argv += ["--out", str(tmp_path / "m"), "--weights", "none", "--max-unreadable", "2"]
+    assert main(argv) == 2
+    assert "--max-unreadable must be between 0 and 1" in capsys.readouterr().err

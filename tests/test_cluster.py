@@ -4,11 +4,15 @@ Every manifest must parse; every Ray image and ``rayVersion`` must match the ray
 pyproject.toml (and so must the Dockerfile's base image); every RayJob must shut its cluster
 down and run an entrypoint ``python jobs/<job>.py`` that exists and answers ``--help`` with the
 options the manifest passes; token authentication must be on for every Ray container; and the
-shared volume must be mounted everywhere.
+shared volume must be mounted everywhere. Every KubeRay resource (RayCluster, RayJob,
+RayCronJob, also the RayJob inside the nightly ConfigMap) is validated against the operator's
+CRD schemas in ``../shared/kuberay-crds`` the way the Kubernetes API server would.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
 import subprocess
@@ -28,6 +32,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
+CRDS = REPO.parent / "shared" / "kuberay-crds"
+KUBERAY_KINDS = ("RayCluster", "RayJob", "RayCronJob")
 JOBS = ("train", "score", "report", "nightly")
 EXPECTED_FILES = (
     "Dockerfile",
@@ -414,3 +420,237 @@ def test_cluster_launcher() -> None:
     assert sum(node["max_workers"] for node in workers.values()) <= launcher["max_workers"]
     assert any("pip install" in cmd for cmd in launcher["setup_commands"])
     assert any("ray start --head" in cmd for cmd in launcher["head_start_ray_commands"])
+    # The dashboard takes job submissions: loopback only, reached through an SSH tunnel.
+    (start,) = [cmd for cmd in launcher["head_start_ray_commands"] if "ray start --head" in cmd]
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
+
+
+# ------------------------------------------------------------------------------------------
+# KubeRay CRD schemas, applied as the API server applies them
+# ------------------------------------------------------------------------------------------
+
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# The CRDs leave the root metadata to the API server, which checks it as an ObjectMeta.
+_OBJECT_META = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 253, "pattern": _DNS_SUBDOMAIN},
+        "generateName": {"type": "string", "maxLength": 248},
+        "namespace": {"type": "string", "maxLength": 63, "pattern": _DNS_SUBDOMAIN},
+        "labels": {
+            "type": "object",
+            "propertyNames": {"pattern": _LABEL_KEY, "maxLength": 316},
+            "additionalProperties": {"type": "string", "maxLength": 63, "pattern": _LABEL_VALUE},
+        },
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+        "finalizers": {"type": "array", "items": {"type": "string"}},
+        "ownerReferences": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+
+
+def structural(schema: Any, root: bool = True) -> Any:
+    """A CRD ``openAPIV3Schema`` as plain Draft 7 JSON Schema, with the API server's rules.
+
+    * Unknown fields are errors (kubectl's default ``--validate=strict``): every object with
+      ``properties`` gets ``additionalProperties: false`` unless it declares
+      ``x-kubernetes-preserve-unknown-fields`` or its own ``additionalProperties``.
+    * ``x-kubernetes-int-or-string`` accepts an integer or a string; ``nullable`` accepts null.
+    * ``x-kubernetes-embedded-resource`` objects accept ``apiVersion``, ``kind``, ``metadata``.
+    * The root ``metadata`` is checked as an ObjectMeta (name, labels, annotations...).
+    * ``x-kubernetes-list-type`` (map / set) is kept for :func:`crd_validator` to enforce.
+
+    ``x-kubernetes-validations`` (CEL rules) are not evaluated here.
+    """
+    if isinstance(schema, list):
+        return [structural(item, root=False) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {
+        key: structural(value, root=False)
+        for key, value in schema.items()
+        if key not in ("description", "default", "nullable", "x-kubernetes-validations")
+    }
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {
+            name: structural(value, root=False) for name, value in schema["properties"].items()
+        }
+    if schema.get("x-kubernetes-int-or-string") and "anyOf" not in schema:
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if schema.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if schema.get("x-kubernetes-embedded-resource"):
+        props = out.setdefault("properties", {})
+        props.setdefault("apiVersion", {"type": "string"})
+        props.setdefault("kind", {"type": "string"})
+        props.setdefault("metadata", copy.deepcopy(_OBJECT_META))
+    preserve = schema.get("x-kubernetes-preserve-unknown-fields")
+    if out.get("type") == "object" and not preserve and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    if root:
+        out["properties"]["metadata"] = copy.deepcopy(_OBJECT_META)
+        out["properties"]["metadata"]["additionalProperties"] = False
+        out["required"] = sorted({*out.get("required", []), "apiVersion", "kind", "metadata"})
+    return out
+
+
+def _list_type(validator, list_type, instance, schema):
+    import jsonschema
+
+    if not validator.is_type(instance, "array"):
+        return
+    if list_type == "map":
+        keys = schema.get("x-kubernetes-list-map-keys", [])
+        seen = set()
+        for item in instance:
+            key = tuple(json.dumps(item.get(k), sort_keys=True) for k in keys)
+            if key in seen:
+                yield jsonschema.ValidationError(f"duplicate entry for map keys {keys}: {key}")
+            seen.add(key)
+    elif list_type == "set":
+        dumped = [json.dumps(item, sort_keys=True) for item in instance]
+        if len(set(dumped)) != len(dumped):
+            yield jsonschema.ValidationError("duplicate entries in a set list")
+
+
+def _int_format(validator, fmt, instance, schema):
+    import jsonschema
+
+    if fmt in _INT_RANGES and validator.is_type(instance, "integer"):
+        low, high = _INT_RANGES[fmt]
+        if not low <= instance <= high:
+            yield jsonschema.ValidationError(f"{instance} is out of the {fmt} range")
+
+
+@cache
+def crd_validator(kind: str):
+    """A Draft 7 validator of ``kind`` from ``CRDS/<kind>-v1.json``, with the API server's rules."""
+    import jsonschema
+
+    schema = structural(json.loads((CRDS / f"{kind}-v1.json").read_text()))
+    schema["properties"]["apiVersion"] = {"const": "ray.io/v1"}
+    schema["properties"]["kind"] = {"const": kind}
+    checker = jsonschema.validators.extend(
+        jsonschema.Draft7Validator,
+        {"x-kubernetes-list-type": _list_type, "format": _int_format},
+    )
+    checker.check_schema(schema)
+    return checker(schema)
+
+
+def crd_errors(doc: Doc) -> list[str]:
+    """Every way ``doc`` breaks its CRD schema, as ``path: message`` lines."""
+    validator = crd_validator(doc["kind"])
+    return [
+        f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
+        for error in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    ]
+
+
+def _kuberay_docs() -> list[tuple[str, Doc]]:
+    return [
+        (origin, doc)
+        for origin, doc in _k8s_docs()
+        if str(doc.get("apiVersion", "")).startswith("ray.io/")
+    ]
+
+
+@pytest.fixture(scope="module")
+def crds() -> Path:
+    pytest.importorskip("jsonschema", reason="jsonschema is in the test extra")
+    if not all((CRDS / f"{kind}-v1.json").is_file() for kind in KUBERAY_KINDS):
+        pytest.skip(f"KubeRay CRD schemas not found in {CRDS}")
+    return CRDS
+
+
+def test_kuberay_resources_match_the_crd_schemas(crds: Path) -> None:
+    docs = _kuberay_docs()
+    kinds = sorted(doc["kind"] for _, doc in docs)
+    # raycluster, 3 rayjobs, the RayCronJob and the RayJob inside the nightly ConfigMap.
+    assert kinds == ["RayCluster", "RayCronJob", "RayJob", "RayJob", "RayJob", "RayJob"], kinds
+    problems = {origin: crd_errors(doc) for origin, doc in docs}
+    problems = {origin: errors for origin, errors in problems.items() if errors}
+    assert not problems, json.dumps(problems, indent=2)
+
+
+def _broken(doc: Doc, change) -> Doc:
+    doc = copy.deepcopy(doc)
+    change(doc)
+    return doc
+
+
+def _first_worker(spec: Doc) -> Doc:
+    return spec["workerGroupSpecs"][0]
+
+
+BREAKAGES = {
+    "unknown field": (
+        lambda d: d["spec"]["headGroupSpec"].__setitem__("rayStartParam", {}),
+        "Additional properties are not allowed ('rayStartParam' was unexpected)",
+    ),
+    "rayStartParams value not a string": (
+        lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].__setitem__("num-cpus", 0),
+        "0 is not of type 'string'",
+    ),
+    "replicas as a string": (
+        lambda d: _first_worker(d["spec"]).__setitem__("replicas", "2"),
+        "'2' is not of type 'integer'",
+    ),
+    "unknown container field": (
+        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__(
+            "imagePullPolicyy", "Always"
+        ),
+        "'imagePullPolicyy' was unexpected",
+    ),
+    "bad quantity": (
+        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"][
+            "limits"
+        ].__setitem__("memory", "16 GB"),
+        "does not match",
+    ),
+    "duplicate container port": (
+        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"].append(
+            {"containerPort": 6379, "name": "again"}
+        ),
+        "duplicate entry for map keys",
+    ),
+    "bad label value": (
+        lambda d: d["metadata"]["labels"].__setitem__("medai/job", "not a label value"),
+        "does not match",
+    ),
+    "wrong apiVersion": (lambda d: d.__setitem__("apiVersion", "ray.io/v1alpha1"), "ray.io/v1"),
+}
+
+
+@pytest.mark.parametrize("name", list(BREAKAGES))
+def test_crd_check_catches_what_the_api_server_rejects(crds: Path, name: str) -> None:
+    ((_, cluster),) = [(o, d) for o, d in _kuberay_docs() if d["kind"] == "RayCluster"]
+    assert crd_errors(cluster) == []
+    change, message = BREAKAGES[name]
+    errors = crd_errors(_broken(cluster, change))
+    assert any(message in error for error in errors), errors
+
+
+def test_structural_schema_rules() -> None:
+    schema = structural(
+        {
+            "type": "object",
+            "properties": {
+                "metadata": {"type": "object"},
+                "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "size": {"x-kubernetes-int-or-string": True},
+                "maybe": {"type": "string", "nullable": True},
+            },
+        }
+    )
+    assert schema["additionalProperties"] is False
+    assert "additionalProperties" not in schema["properties"]["open"]
+    assert schema["properties"]["size"]["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+    assert schema["properties"]["maybe"]["type"] == ["string", "null"]
+    assert schema["properties"]["metadata"]["properties"]["labels"]["additionalProperties"]

@@ -1,12 +1,23 @@
-"""Image discovery, in-place archive reading and the one preprocessing function."""
+"""Image discovery, in-place archive reading, the one preprocessing function, error kinds, caps."""
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pytest
 from images_kit import broken_variants, valid_variants, write_files, write_tar
 
-from medai.images import ImageError, decode_image, discover_images, iter_archive, read_bytes
+from medai.images import (
+    MAX_BYTES,
+    ImageError,
+    decode_image,
+    discover_images,
+    error_kind,
+    iter_archive,
+    iter_members,
+    read_bytes,
+)
 
 
 @pytest.mark.parametrize("name", sorted(valid_variants()))
@@ -58,3 +69,126 @@ def test_archive_members_read_in_place(tmp_path):
     assert read_bytes(f"{archive}::images/gray.png") == files["gray.png"]
     assert list(tmp_path.iterdir()) == [archive]  # nothing extracted beside it
     assert dict(iter_archive(str(archive), wanted={"rgb.png"})).keys() == {"images/rgb.png"}
+
+
+def test_decode_errors_are_final_kind_with_stable_texts():
+    for name, data in broken_variants().items():
+        texts = set()
+        for _ in range(2):
+            with pytest.raises(ImageError) as err:
+                decode_image(data, 64)
+            assert err.value.kind == "decode", name
+            texts.add(err.value.text)
+        # PIL names the BytesIO by its memory address; the stored text must not carry it.
+        assert len(texts) == 1 and "0x" not in texts.pop(), name
+    assert error_kind("decode error: empty file") == "decode"
+    assert error_kind("read error: cannot read x") == "read"
+    assert error_kind("not a decodable image: old text") is None and error_kind(None) is None
+
+
+def test_read_failures_are_read_kind(tmp_path):
+    with pytest.raises(ImageError) as missing:
+        read_bytes(str(tmp_path / "gone.png"))
+    assert missing.value.kind == "read" and missing.value.text.startswith("read error: ")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ImageError) as folder:
+        read_bytes(str(tmp_path / "folder.png"))
+    assert folder.value.kind == "read"
+    archive = write_tar(
+        tmp_path / "a.tar.gz", {f"p{i}.png": valid_variants()["gray.png"] for i in range(20)}
+    )
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(ImageError) as truncated:
+        read_bytes(f"{archive}::images/p19.png")
+    assert truncated.value.kind == "read" and "unreadable archive" in str(truncated.value)
+
+
+def test_file_above_the_size_cap_is_refused_without_reading(tmp_path):
+    import tracemalloc
+
+    big = tmp_path / "huge.png"
+    with big.open("wb") as handle:
+        handle.truncate(MAX_BYTES + 1)  # sparse: no disk, no time
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError) as err:
+            read_bytes(str(big))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.kind == "decode" and "too large" in str(err.value)
+    assert peak < MAX_BYTES // 64, f"{peak} bytes allocated refusing a file by its size"
+    small = tmp_path / "small.png"
+    small.write_bytes(valid_variants()["gray.png"])
+    with pytest.raises(ImageError, match="too large"):
+        read_bytes(str(small), max_bytes=100)
+
+
+def test_archive_member_above_the_cap_is_an_error_row_and_the_rest_is_read(tmp_path):
+    from medai.datasets import read_unit
+
+    files = {"big.png": valid_variants()["rgb.png"], "ok.png": valid_variants()["gray.png"]}
+    archive = write_tar(tmp_path / "images_001.tar.gz", files)
+    cap = len(files["ok.png"]) + 1
+    members = {m.name: m for m in iter_members(str(archive), max_bytes=cap)}
+    assert (
+        members["images/big.png"].error.kind == "decode" and members["images/big.png"].data == b""
+    )
+    assert (
+        members["images/ok.png"].error is None and members["images/ok.png"].data == files["ok.png"]
+    )
+    loose = write_files(
+        tmp_path / "loose", {"large.png": files["big.png"], "fine.png": files["ok.png"]}
+    )
+    batch = {"archive": [str(archive), ""], "files": [[], [str(p) for p in loose]]}
+    rows = [
+        r
+        for block in read_unit(batch, max_bytes=cap)
+        for r in zip(block["image_id"], block["error"], strict=True)
+    ]
+    errors = dict(rows)
+    assert errors["big.png"].startswith("decode error: file too large") and errors["ok.png"] == ""
+    assert (
+        errors["large.png"].startswith("decode error: file too large") and errors["fine.png"] == ""
+    )
+
+
+def test_missing_source_of_a_list_is_a_read_error_row_not_a_refusal(tmp_path):
+    from medai.datasets import read_unit
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'later.png'}\n")
+    found = discover_images([str(listing)])
+    assert found.files == (str(tmp_path / "later.png"),)
+    (block,) = read_unit({"archive": [""], "files": [list(found.files)]})
+    assert block["error"][0].startswith("read error: cannot read")
+
+
+def _sixteen_bit_png(height: int, width: int) -> tuple[bytes, np.ndarray]:
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    array = (20 + 60000 * (x + y) / (height + width)).astype(np.uint16)  # smooth, full range
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue(), array
+
+
+def test_sixteen_bit_decodes_without_a_full_size_float_copy():
+    import tracemalloc
+
+    from PIL import Image
+
+    data, array = _sixteen_bit_png(2000, 1600)
+    tracemalloc.start()
+    try:
+        image = decode_image(data, 75)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # A float64 copy of this image is 4x its 16-bit bytes; even one full-size copy would show.
+    assert peak < array.nbytes // 4, f"{peak} bytes allocated decoding {array.nbytes} bytes"
+    full = array.astype(np.float64) * (255.0 / array.max())
+    reference = Image.fromarray(full.astype(np.uint8)).resize((75, 75), Image.Resampling.BILINEAR)
+    difference = np.abs(image[:, :, 0].astype(int) - np.asarray(reference, dtype=int))
+    assert image.max() >= 250 and difference.max() <= 2

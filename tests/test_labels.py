@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from medai.labels import NIH_FINDINGS, LabelError, find_split_lists, load_labels, read_split_list
@@ -97,3 +99,20 @@ def test_real_sample_labels_and_lists(sample_dir):
     assert len(table) == 113 and int(table["label"].sum()) == 3
     train_val, test = find_split_lists(sample_dir / "Data_Entry_2017.csv")
     assert len(read_split_list(train_val)) == 101 and len(read_split_list(test)) == 12
+
+
+def test_generic_csv_without_patient_id_warns_about_leaks(tmp_path, caplog):
+    path = write(tmp_path, "image,label\na.png,1\nb.png,0\n")
+    with caplog.at_level(logging.WARNING, logger="medai.labels"):
+        table = load_labels(path)
+    assert table["patient_id"].tolist() == ["a.png", "b.png"]
+    [record] = [r for r in caplog.records if r.name == "medai.labels"]
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING and str(path) in message
+    assert "each image is treated as its own patient" in message
+    assert "leak across train and validation" in message
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medai.labels"):
+        load_labels(write(tmp_path, "image,label,patient_id\na.png,1,p1\n", "with.csv"))
+    assert not [r for r in caplog.records if r.name == "medai.labels"]

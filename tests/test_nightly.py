@@ -1,4 +1,4 @@
-"""Nightly rescoring as days: new arrivals only, a new model rescoring all, lock, kill, ledger."""
+"""Nightly rescoring as days: new arrivals only, a new model rescoring all, locks, kill, ledger."""
 
 from __future__ import annotations
 
@@ -123,3 +123,35 @@ def test_killed_run_is_completed_by_the_next(ray_session, tiny_model_dir, tmp_pa
     assert result.skipped == partial and frame["image_id"].is_unique
     assert len(frame) == partial + result.scored
     assert [r["status"] for r in read_ledger(store)] == ["interrupted", "succeeded"]
+
+
+def test_scoring_lock_inside_the_store_refuses_a_nightly_run_cleanly(tiny_model_dir, tmp_path):
+    # A plain `medai score --out STORE/predictions` holds the scoring lock: the nightly run
+    # gets past its own store lock (a different file), refuses, and records the failure.
+    from medai.predictions import hold_lock
+    from medai.score import ScoreError
+
+    arrivals(tmp_path, 1, 1, 5, seed=1)
+    store = tmp_path / "store"
+    config = NightlyConfig(
+        images=(str(tmp_path / "incoming"),), model=str(tiny_model_dir), store=str(store)
+    )
+    with (
+        hold_lock(store / "predictions"),
+        pytest.raises(ScoreError, match="another run is writing predictions"),
+    ):
+        run_nightly(config)
+    assert [r["status"] for r in read_ledger(store)] == ["failed"]
+    with _store_lock(store):  # the failed run released the store's lock
+        pass
+
+
+def test_retry_errors_flag_reaches_the_config():
+    import argparse
+
+    from medai.nightly import add_nightly_arguments, config_from_args
+
+    parser = add_nightly_arguments(argparse.ArgumentParser())
+    base = ["--images", "x", "--model", "m", "--store", "s"]
+    assert config_from_args(parser.parse_args(base)).retry_errors is False
+    assert config_from_args(parser.parse_args([*base, "--retry-errors"])).retry_errors is True

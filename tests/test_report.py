@@ -26,6 +26,7 @@ from sklearn import metrics as skm
 
 from medai.report import (
     INTENDED_USE,
+    SPLITS,
     ReportConfig,
     ReportError,
     add_report_arguments,
@@ -34,6 +35,7 @@ from medai.report import (
     run_report,
 )
 from medai.score import prediction_schema
+from medai.thresholds import is_positive
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_A = "a1" * 32
@@ -71,12 +73,13 @@ def pred_table(
 ) -> pa.Table:
     """A table in the `medai score` schema; ``threshold=None`` leaves that column out."""
     n = len(ids)
-    scores = [None if s is None or np.isnan(s) else float(s) for s in scores]
+    scores = [None if s is None or np.isnan(s) else float(np.float32(s)) for s in scores]
+    cut = 0.5 if threshold is None else threshold
     columns = {
         "image_id": list(ids),
         "source": list(sources) if sources is not None else [f"/nowhere/{i}" for i in ids],
         "score": scores,
-        "predicted": [None if s is None else s >= (threshold or 0.5) for s in scores],
+        "predicted": [None if s is None else bool(is_positive(s, cut)) for s in scores],
         "threshold": [threshold] * n,
         "finding": [finding] * n,
         "model_id": [model_id] * n,
@@ -121,7 +124,22 @@ def simple_setup(tmp_path: Path, n: int = 200, seed: int = 0, **table_options):
     return preds, labels, y, scores
 
 
+def _ece_by_hand(y, scores, n_bins: int = 10) -> float:
+    """Expected calibration error over equal-width bins, written out bin by bin."""
+    y, scores = np.asarray(y, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    which = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], scores)
+    total = 0.0
+    for b in range(n_bins):
+        members = which == b
+        if members.any():
+            gap = abs(scores[members].mean() - y[members].mean())
+            total += members.sum() * gap
+    return total / len(y)
+
+
 def config(preds: Path, labels: Path, out: Path, **options) -> ReportConfig:
+    """A report config; ``split`` defaults to ``all`` (these labels have no NIH lists)."""
+    options.setdefault("split", "all")
     return ReportConfig(predictions=preds, labels=labels, out=out, **options)
 
 
@@ -237,7 +255,8 @@ def test_metrics_match_sklearn(rich) -> None:
         assert point["ppv"] == pytest.approx(skm.precision_score(y, called))
         assert point["accuracy"] == pytest.approx(skm.accuracy_score(y, called))
     assert section["operating_points"]["model_threshold"]["threshold"] == 0.5
-    assert section["operating_points"]["model_threshold"]["source"] == "predictions"
+    assert section["operating_points"]["model_threshold"]["source"] == "model card"
+    assert section["ece"] == pytest.approx(_ece_by_hand(y, scores), abs=1e-12)
     fpr, tpr, thresholds = skm.roc_curve(y, scores, drop_intermediate=False)
     assert section["operating_points"]["youden"]["threshold"] == pytest.approx(
         thresholds[np.argmax(tpr - fpr)]
@@ -263,7 +282,8 @@ def test_multi_model_sections_and_comparison_on_shared_images(rich) -> None:
     report = rich["report"]
     assert list(report["models"]) == [MODEL_A, MODEL_B]
     assert report["models"][MODEL_B]["n"] == 180
-    assert report["models"][MODEL_B]["operating_points"]["model_threshold"]["threshold"] == 0.45
+    point = report["models"][MODEL_B]["operating_points"]["model_threshold"]
+    assert point["threshold"] == float(np.float32(0.45))  # as stored (float32), no card
     [comparison] = report["comparisons"]
     shared = slice(60, 200)
     y = rich["y"][shared]
@@ -302,6 +322,7 @@ def test_html_is_self_contained_and_escaped(rich) -> None:
     assert parsed.links == []  # no stylesheets, scripts or links to fetch
     assert 'src="http' not in text and "<link" not in text and "<script" not in text
     assert INTENDED_USE in text
+    assert "ECE (10 equal-width bins)" in text and "Brier score" in text
     assert "Research &lt;em&gt;only&lt;/em&gt;" in text  # card text is escaped
     assert "1,234" in text and "321" in text  # training data counts from the card
     assert MODEL_A in text and MODEL_B in text
@@ -443,7 +464,7 @@ def test_split_filtering_with_nih_lists(tmp_path: Path) -> None:
     preds, labels, ids, findings, scores = _nih_setup(tmp_path)
     y = np.array([f == "Mass" for f in findings], dtype=int)
 
-    report = run_report(config(preds, labels, tmp_path / "default", bootstrap=0))
+    report = run_report(config(preds, labels, tmp_path / "default", split=None, bootstrap=0))
     section = report["models"][MODEL_A]
     assert report["split"] == "test"
     assert strict_json(tmp_path / "default" / "config.json")["split"] == "test"
@@ -463,7 +484,7 @@ def test_split_filtering_with_nih_lists(tmp_path: Path) -> None:
 
     # no-finding negatives: images with only other findings have no label here.
     section = run_report(
-        config(preds, labels, tmp_path / "nf", negatives="no-finding", bootstrap=0)
+        config(preds, labels, tmp_path / "nf", negatives="no-finding", split=None, bootstrap=0)
     )["models"][MODEL_A]
     other = sum(f == "Effusion" for f in findings[:16])
     assert (section["n"], section["n_unlabeled"]) == (16 - other, other)
@@ -473,7 +494,8 @@ def test_threshold_sources_and_override(tmp_path: Path) -> None:
     preds, labels, y, scores = simple_setup(tmp_path, threshold=0.3)
     section = run_report(config(preds, labels, tmp_path / "o1", bootstrap=0))["models"][MODEL_A]
     assert section["operating_points"]["model_threshold"]["source"] == "predictions"
-    assert section["operating_points"]["model_threshold"]["threshold"] == 0.3  # not 0.30000001
+    # The float32 value itself, never a rounded decimal: 0.3 and float32(0.3) split differently.
+    assert section["operating_points"]["model_threshold"]["threshold"] == float(np.float32(0.3))
 
     section = run_report(config(preds, labels, tmp_path / "o2", bootstrap=0, threshold=0.7))[
         "models"
@@ -482,6 +504,71 @@ def test_threshold_sources_and_override(tmp_path: Path) -> None:
     assert (point["source"], point["threshold"]) == ("--threshold", 0.7)
     tn, fp, fn, tp = skm.confusion_matrix(y, scores >= 0.7).ravel()
     assert (point["tp"], point["fp"], point["tn"], point["fn"]) == (tp, fp, tn, fn)
+
+
+def test_score_exactly_at_the_card_threshold_is_positive(tmp_path: Path) -> None:
+    """The report calls positives as Parquet's ``predicted`` does: float32 ``>=``, exact threshold.
+
+    float32(0.7) is just below 0.7, so a report comparing against the decimal 0.7 (or in
+    float64) would call a score of exactly the stored threshold negative.
+    """
+    threshold = 0.7
+    at = np.float32(threshold)
+    assert float(at) < threshold
+    ids = image_ids(6)
+    scores = np.array([at, np.nextafter(at, np.float32(0)), 0.9, 0.2, at, 0.1], dtype=np.float32)
+    y = [1, 0, 1, 0, 0, 1]
+    table = pa.table(
+        {
+            "image_id": ids,
+            "source": [f"/nowhere/{i}" for i in ids],
+            "score": pa.array(scores, pa.float32()),
+            "predicted": pa.array(is_positive(scores, threshold)),
+            "threshold": pa.array(np.full(len(ids), at), pa.float32()),
+            "finding": ["Mass"] * len(ids),
+            "model_id": [MODEL_A] * len(ids),
+            "scored_at": [T0] * len(ids),
+            "error": pa.nulls(len(ids), pa.string()),
+        },
+        schema=SCHEMA,
+    )
+    preds = write_preds(tmp_path / "pred", "part-0.parquet", table)
+    write_card(preds, MODEL_A, finding="Mass", threshold=threshold)
+    labels = write_labels(tmp_path / "labels.csv", ids, y)
+    predicted = pq.read_table(preds / "part-0.parquet").column("predicted").to_numpy()
+    truth = np.array(y, dtype=bool)
+    from_file = {
+        "tp": int((predicted & truth).sum()),
+        "fp": int((predicted & ~truth).sum()),
+        "tn": int((~predicted & ~truth).sum()),
+        "fn": int((~predicted & truth).sum()),
+    }
+    assert from_file == {"tp": 2, "fp": 1, "tn": 2, "fn": 1}
+
+    report = run_report(config(preds, labels, tmp_path / "card", bootstrap=0))
+    point = report["models"][MODEL_A]["operating_points"]["model_threshold"]
+    assert (point["source"], point["threshold"]) == ("model card", threshold)  # exact, as trained
+    assert {key: point[key] for key in from_file} == from_file
+
+    # Without a card the Parquet's float32 threshold is used as stored, with the same result.
+    (preds / "_model_cards" / f"{MODEL_A}.json").unlink()
+    report = run_report(config(preds, labels, tmp_path / "file", bootstrap=0))
+    point = report["models"][MODEL_A]["operating_points"]["model_threshold"]
+    assert (point["source"], point["threshold"]) == ("predictions", float(at))
+    assert {key: point[key] for key in from_file} == from_file
+
+
+def test_ece_is_written_beside_brier(tmp_path: Path) -> None:
+    preds, labels, y, scores = simple_setup(tmp_path, n=300, seed=8)
+    report = run_report(config(preds, labels, tmp_path / "out", bootstrap=0))
+    section = report["models"][MODEL_A]
+    assert section["ece"] == pytest.approx(_ece_by_hand(y, scores), abs=1e-12)
+    assert 0.0 < section["ece"] < 1.0
+    assert (
+        strict_json(tmp_path / "out" / "metrics.json")["models"][MODEL_A]["ece"] == (section["ece"])
+    )
+    html_text = (tmp_path / "out" / "report.html").read_text()
+    assert f'ECE (10 equal-width bins)</th><td class="num">{section["ece"]:.3f}<' in html_text
 
 
 def test_threshold_from_card_or_none(tmp_path: Path) -> None:
@@ -598,6 +685,86 @@ def test_models_for_another_finding_are_skipped(tmp_path: Path) -> None:
     assert report["skipped_models"] == {MODEL_B: "Nodule"}
 
 
+# ----------------------------------------------------------------------------- default split
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A private copy (hard links) of a real model directory, to add a split.csv to."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder, copy_function=os.link)
+    return folder
+
+
+def _unseen_setup(tmp_path: Path, model: Path):
+    """60 labelled images: 25 trained on, 10 validated on, 10 test, 15 the model never listed."""
+    model_id = json.loads((model / "model_card.json").read_text())["model_id"]
+    ids = image_ids(60)
+    y, scores = synthetic(60, seed=5, prevalence=0.4)
+    split = ["train"] * 25 + ["val"] * 10 + ["test"] * 10
+    pd.DataFrame(
+        {"image_id": ids[:45], "patient_id": ids[:45], "split": split, "label": y[:45]}
+    ).to_csv(model / "split.csv", index=False)
+    preds = tmp_path / "pred"
+    write_preds(preds, "a.parquet", pred_table(ids, scores, model_id))
+    write_preds(preds, "b.parquet", pred_table(ids, scores[::-1], MODEL_B))
+    labels = write_labels(tmp_path / "labels.csv", ids, y)
+    return preds, labels, model_id, y, scores
+
+
+def test_default_split_is_the_images_the_model_never_saw(tmp_path: Path, model_dir: Path) -> None:
+    preds, labels, model_id, y, scores = _unseen_setup(tmp_path, model_dir)
+    out = tmp_path / "out"
+    report = run_report(
+        ReportConfig(predictions=preds, labels=labels, out=out, model=model_dir, bootstrap=0)
+    )
+    assert report["split"] == "unseen"
+    assert list(report["models"]) == [model_id]  # only the --model's model
+    section = report["models"][model_id]
+    assert (section["n"], section["n_outside_split"]) == (25, 35)
+    assert section["auc"] == pytest.approx(skm.roc_auc_score(y[35:], scores[35:]))
+    written = strict_json(out / "config.json")
+    assert written["split"] == "unseen" and written["model"] == str(model_dir.resolve())
+
+    # Without --model nothing says what the model saw: a clear error, before any output.
+    with pytest.raises(ReportError, match=r"never saw.*--model MODEL_DIR.*--split all"):
+        run_report(ReportConfig(predictions=preds, labels=labels, out=tmp_path / "none"))
+    assert not (tmp_path / "none").exists()
+
+
+def test_model_dir_must_have_a_split_and_match_the_predictions(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    preds, labels, model_id, _, _ = _unseen_setup(tmp_path, model_dir)
+    options = {"predictions": preds, "labels": labels, "out": tmp_path / "out", "bootstrap": 0}
+    with pytest.raises(ReportError, match="--model-id 'b2b2' does not match --model"):
+        run_report(ReportConfig(**options, model=model_dir, model_id="b2b2"))
+    (model_dir / "split.csv").unlink()
+    with pytest.raises(ReportError, match=r"split\.csv does not exist"):
+        run_report(ReportConfig(**options, model=model_dir))
+    # --split all needs no split.csv; the model must still be one of the predictions'.
+    assert list(run_report(ReportConfig(**options, model=model_dir, split="all"))["models"]) == [
+        model_id
+    ]
+    for path in preds.glob("a.parquet"):
+        path.unlink()
+    with pytest.raises(ReportError, match="not in the predictions"):
+        run_report(ReportConfig(**options, model=model_dir, split="all"))
+
+
+def test_split_choices_are_documented_in_help() -> None:
+    text = " ".join(build_report_parser().format_help().split())
+    assert SPLITS == ("unseen", "test", "train_val", "all")
+    for phrase in (
+        "'unseen' = the labelled images the model neither trained nor validated on",
+        "MODEL_DIR/split.csv",
+        "'all' = every labelled image, training images included",
+        "Default: test when test_list.txt is beside the labels file, else unseen",
+        "--model MODEL_DIR",
+    ):
+        assert phrase in text, phrase
+
+
 def test_config_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     preds, labels, _, _ = simple_setup(tmp_path, n=30)
     with caplog.at_level(logging.INFO, logger="medai.report"):
@@ -624,6 +791,8 @@ def test_cli_flags_build_the_config(tmp_path: Path) -> None:
             "no-finding",
             "--split",
             "train_val",
+            "--model",
+            "m",
             "--model-id",
             "abc",
             "--threshold",
@@ -641,6 +810,7 @@ def test_cli_flags_build_the_config(tmp_path: Path) -> None:
         finding="Nodule",
         negatives="no-finding",
         split="train_val",
+        model="m",
         model_id="abc",
         threshold=0.25,
         bootstrap=2000,
@@ -650,6 +820,7 @@ def test_cli_flags_build_the_config(tmp_path: Path) -> None:
         parser.parse_args(["--predictions", "p", "--labels", "l", "--out", "o"])
     )
     assert (defaults.finding, defaults.negatives, defaults.split) == ("Mass", "all-others", None)
+    assert defaults.model is None
     assert (defaults.threshold, defaults.bootstrap, defaults.seed) == (None, 1000, 0)
 
     sub = argparse.ArgumentParser(prog="medai").add_subparsers(dest="command")
@@ -715,6 +886,8 @@ BAD_INPUTS = [
     ("bad label value", _bad_labels, "label must be 0 or 1"),
     ("unknown label columns", _unknown_columns, "unrecognised label file"),
     ("split without lists", _set(split="test"), "no test_list.txt beside"),
+    ("unseen without a model", _set(split=None), r"never saw: no --model given.*--split all"),
+    ("model is not a model dir", lambda tmp, *_: {"model": tmp}, "is not a model directory"),
     ("bad split", _set(split="val"), "--split must be one of"),
     ("bad negatives", _set(negatives="some"), "--negatives must be one of"),
     ("threshold out of range", _set(threshold=1.5), "--threshold must be"),
@@ -731,7 +904,7 @@ BAD_INPUTS = [
 )
 def test_bad_inputs_raise_before_any_output(tmp_path: Path, change, message: str) -> None:
     preds, labels, _, _ = simple_setup(tmp_path, n=12)
-    options = {"predictions": preds, "labels": labels, "out": tmp_path / "out"}
+    options = {"predictions": preds, "labels": labels, "out": tmp_path / "out", "split": "all"}
     options.update(change(tmp_path, preds, labels))
     with pytest.raises(ReportError, match=message):
         run_report(ReportConfig(**options))

@@ -1,7 +1,9 @@
-"""Scoring: one row per input, errors kept, incremental, crash-safe, URIs, bf16, predict."""
+"""Scoring: one row per key whatever happens (reruns, kills, concurrent runs, retried errors),
+errors kept with stable texts, incremental, URIs, bf16, predict and the one threshold rule."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 
@@ -146,10 +148,15 @@ def test_kill_mid_run_then_rerun_completes_exactly_once(ray_session, tiny_model_
     assert not list(out.glob("*.parquet.tmp")) or all(
         p.name.startswith(".") for p in out.glob("*.tmp")
     )
+    # A write task that Ray retried after its file was in place leaves the same rows twice.
+    first = prediction_files(out)[0]
+    shutil.copy(first, first.with_name(first.name.replace("predictions-", "predictions-retried-")))
     summary = score(tiny_model_dir, [data], out)
-    frame = read(out)
+    frame = assert_one_row_per_key(out)
     assert summary.skipped == partial and summary.scored == total - partial
-    assert len(frame) == total and frame["image_id"].is_unique
+    assert len(frame) == total
+    again = score(tiny_model_dir, [data], out)  # a third run finds everything done
+    assert (again.scored, again.skipped) == (0, total) and len(assert_one_row_per_key(out)) == total
 
 
 def test_predict_matches_batch_and_bf16_agrees(
@@ -231,3 +238,156 @@ def test_several_actors_on_a_small_node_finish(
     summary = score(tiny_model_dir, [phantom_archive], tmp_path / "out", actors=2, batch_size=8)
     assert summary.scored == n_images(phantom_archive) and summary.errors == 0
     assert len(read(tmp_path / "out")) == n_images(phantom_archive)
+
+
+def assert_one_row_per_key(out: Path) -> pd.DataFrame:
+    """pandas, pyarrow and DuckDB each see exactly one row per (model_id, image_id, finding)."""
+    import duckdb
+    import pyarrow.dataset as ds
+
+    key = ["model_id", "image_id", "finding"]
+    frame = read(out)
+    assert not frame.duplicated(key).any(), frame[frame.duplicated(key, keep=False)]
+    arrow = ds.dataset(out, format="parquet").to_table(columns=key).to_pandas()
+    assert len(arrow) == len(frame) and not arrow.duplicated(key).any()
+    rows, keys = duckdb.sql(
+        f"select count(*), count(distinct (model_id, image_id, finding)) "
+        f"from read_parquet('{out}/*.parquet')"
+    ).fetchall()[0]
+    assert rows == keys == len(frame)
+    return frame.set_index("image_id")
+
+
+def test_three_reruns_over_a_truncated_archive_keep_one_row_per_key(
+    ray_session, tiny_model_dir, mixed_inputs, tmp_path
+):
+    runs = []
+    for retry_errors in (False, False, True):
+        score(tiny_model_dir, [mixed_inputs], tmp_path, retry_errors=retry_errors)
+        runs.append(assert_one_row_per_key(tmp_path))
+    first, second, third = runs
+    assert len(first) == len(second) == len(third)
+    archive = [frame.loc["images_002.tar.gz"] for frame in runs]
+    assert all(row["error"].startswith("read error: unreadable archive") for row in archive)
+    assert archive[0]["error"] == archive[1]["error"] == archive[2]["error"]  # stable text
+    # A read error is retried every run: its row is replaced, never added.
+    assert archive[0]["scored_at"] < archive[1]["scored_at"] < archive[2]["scored_at"]
+    decode = [*broken_variants(), "member_bad.png"]
+    for name in decode:
+        assert first.loc[name, "error"].startswith("decode error: "), name
+        assert "0x" not in first.loc[name, "error"], name
+    # Decode errors are final: untouched by a plain rerun, rescored (same text) on request.
+    assert (second.loc[decode, "scored_at"] == first.loc[decode, "scored_at"]).all()
+    assert (third.loc[decode, "scored_at"] > second.loc[decode, "scored_at"]).all()
+    assert (third.loc[decode, "error"] == first.loc[decode, "error"]).all()
+    scored = first["error"].isna()
+    assert (third.loc[scored, "scored_at"] == first.loc[scored, "scored_at"]).all()
+
+
+def test_read_errors_clear_on_the_next_run(ray_session, tiny_model_dir, tmp_path):
+    from images_kit import png
+
+    rng = np.random.default_rng(1)
+    members = {f"m{i:02d}.png": png(rng.integers(0, 255, (48, 48), np.uint8)) for i in range(24)}
+    whole = write_tar(tmp_path / "whole.tar.gz", members).read_bytes()
+    archive = tmp_path / "images" / "images_003.tar.gz"
+    write_files(archive.parent, {archive.name: whole[: len(whole) // 2]})  # download in progress
+    late = tmp_path / "synced" / "late.png"  # listed, not synced yet
+    listing = tmp_path / "arrivals.txt"
+    listing.write_text(f"{late}\n")
+    out = tmp_path / "out"
+    score(tiny_model_dir, [archive.parent, listing], out)
+    first = assert_one_row_per_key(out)
+    assert first.loc["images_003.tar.gz", "error"].startswith("read error: unreadable archive")
+    assert first.loc["late.png", "error"].startswith("read error: cannot read")
+    read_before = first.index.drop(["images_003.tar.gz", "late.png"])
+    assert 0 < len(read_before) < len(members)  # the members before the fault were scored
+    archive.write_bytes(whole)
+    write_files(late.parent, {late.name: valid_variants()["gray.png"]})
+    summary = score(tiny_model_dir, [archive.parent, listing], out)
+    second = assert_one_row_per_key(out)
+    assert "images_003.tar.gz" not in second.index  # the archive now reads to its end
+    assert second["error"].isna().all() and set(second.index) == {*members, "late.png"}
+    assert summary.scored == len(members) + 1 - len(read_before)
+    assert (second.loc[read_before, "scored_at"] == first.loc[read_before, "scored_at"]).all()
+
+
+def test_second_concurrent_run_on_one_out_refuses(
+    ray_session, tiny_model_dir, phantom_archive, tmp_path
+):
+    import time
+
+    from medai.predictions import LOCK
+    from medai.score import ScoreError
+
+    out = tmp_path / "out"
+    command = MarkedCommand(
+        ["score", "--model", str(tiny_model_dir), "--images", str(phantom_archive)]
+        + ["--out", str(out), "--threads", "1", "--no-progress"]
+    )
+    process = command.start()
+    try:
+        deadline = time.time() + 120
+        while f"pid {process.pid} " not in (
+            (out / LOCK).read_text() if (out / LOCK).exists() else ""
+        ):
+            assert process.poll() is None and time.time() < deadline, "the first run never started"
+            time.sleep(0.05)
+        with pytest.raises(ScoreError, match="another run is writing predictions to .*out"):
+            score(tiny_model_dir, [phantom_archive], out)
+        assert process.wait(timeout=300) == 0
+    finally:
+        command.kill_all()
+    frame = assert_one_row_per_key(out)
+    assert len(frame) == n_images(phantom_archive)
+
+
+def with_threshold(model_dir: Path, folder: Path, threshold: float) -> Path:
+    """A copy of a model directory whose card has another threshold (same model_id)."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, folder)
+    card = json.loads((folder / "model_card.json").read_text())
+    (folder / "model_card.json").write_text(json.dumps({**card, "threshold": threshold}))
+    return folder
+
+
+def test_a_score_exactly_at_the_threshold_is_positive_everywhere(
+    ray_session, tiny_model_dir, tmp_path
+):
+    from images_kit import png
+
+    from medai import predict_image
+
+    rng = np.random.default_rng(3)
+    paths = write_files(
+        tmp_path / "images",
+        {
+            f"x{i}.png": png(rng.integers(0, 40 * i + 40, (64, 64), dtype=np.uint8))
+            for i in range(5)
+        },
+    )
+    score(tiny_model_dir, paths, tmp_path / "a")
+    first = read(tmp_path / "a").set_index("image_id").sort_values("score")
+    at = first.index[2]
+    at_score = first.loc[at, "score"]
+    assert first["score"].nunique() == len(first), "the images must score differently"
+    # A float64 threshold just above the float32 score is that same number in float32: the
+    # score is exactly at the threshold, so it is positive (a float64 comparison says no).
+    just_above = float(np.nextafter(np.float64(at_score), 2.0))
+    exact = with_threshold(tiny_model_dir, tmp_path / "exact", just_above)
+    score(exact, paths, tmp_path / "b")
+    second = read(tmp_path / "b").set_index("image_id").loc[first.index]
+    assert (second["score"] == first["score"]).all()  # the same numbers as the first run
+    assert second.loc[at, "threshold"] == at_score
+    assert second["predicted"].tolist() == [False, False, True, True, True]
+
+    single = predict_image(first.loc[at, "source"], tiny_model_dir)["score"]
+    for name, threshold, positive in [
+        ("p-exact", float(np.nextafter(np.float64(single), 2.0)), True),
+        ("p-above", float(np.nextafter(np.float32(single), np.float32(2.0))), False),
+    ]:
+        model = with_threshold(tiny_model_dir, tmp_path / name, threshold)
+        result = predict_image(first.loc[at, "source"], model)
+        assert result["score"] == single and result["predicted"] is positive, name

@@ -40,6 +40,7 @@ from medai.submit import (
     check_working_dir,
     find_auth_token,
     main,
+    plain_http_warning,
     submit_job,
     working_dir_size,
 )
@@ -68,11 +69,14 @@ def medai_on_worker():
 
 
 message, code = sys.argv[1], int(sys.argv[2])
+SECRETS = (".env", "deploy.pem", "tls.key", "id_rsa", "credentials.json", ".ssh/config")
 print("ECHO-ARG", message)
 ray.init()
 print("ECHO-DRIVER-MEDAI", list(medai.__path__)[0])
 print("ECHO-WORKER-MEDAI", ray.get(medai_on_worker.remote()))
 print("ECHO-ENV", os.environ.get("TF_CPP_MIN_LOG_LEVEL"), os.environ.get("MEDAI_TEST_VAR"))
+shipped = sorted(name for name in SECRETS if os.path.exists(name))
+print("ECHO-SECRETS", " ".join(shipped) or "none")
 sys.exit(code)
 '''
 
@@ -288,6 +292,10 @@ def echo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "jobs").mkdir()
     (root / "jobs" / "echo.py").write_text(ECHO_JOB)
     (root / "jobs" / "train.py").write_text("print('stub train')\n")
+    # Secrets beside the code: the upload must leave every one of them out.
+    for name in (".env", "deploy.pem", "tls.key", "id_rsa", "credentials.json", ".ssh/config"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("SECRET=1\n")
     return root
 
 
@@ -396,6 +404,70 @@ def test_working_dir_checks(tmp_path: Path) -> None:
         check_working_dir(root, "score")
 
 
+def test_excludes_use_gitignore_semantics_and_leave_secrets_out(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    base, _ = working_dir_size(root)
+    files = {
+        # path: (size, shipped?)
+        "README.md": (101, True),
+        "keep.bin": (103, True),  # re-included by "!keep.bin" after "*.bin"
+        "other.bin": (107, False),
+        "logs/run.txt": (109, False),
+        "docs/logs.md": (113, True),  # "logs/" only matches directories
+        ".env": (127, False),
+        ".env.production": (131, False),
+        "deploy/server.pem": (137, False),
+        "tls.key": (139, False),
+        "id_rsa": (149, False),
+        "id_ed25519.pub": (151, False),
+        "credentials.json": (157, False),
+        "gcp-credentials.json": (163, False),
+        ".ssh/config": (167, False),
+        ".aws/credentials": (173, False),
+        "keys/auth_token": (179, False),
+    }
+    for name, (size, _) in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+    (root / ".gitignore").write_text("*.bin\n!keep.bin\nlogs/\n")
+    gitignore = (root / ".gitignore").stat().st_size
+    total, _ = working_dir_size(root)
+    shipped = sum(size for size, ship in files.values() if ship)
+    assert total == base + gitignore + shipped
+
+
+@pytest.mark.parametrize(
+    ("address", "warned"),
+    [
+        ("http://10.0.0.5:8265", True),
+        ("head.example.org:8265", True),  # no scheme: Ray uses http
+        ("http://[2001:db8::1]:8265", True),
+        ("http://127.0.0.1:8265", False),
+        ("http://localhost:8265", False),
+        ("http://[::1]:8265", False),
+        ("https://head.example.org", False),
+    ],
+)
+def test_plain_http_warning(address: str, warned: bool) -> None:
+    warning = plain_http_warning(address, "~/.ray/auth_token")
+    assert (warning is not None) == warned
+    if warned:
+        assert "plain http" in warning and "~/.ray/auth_token" in warning
+
+
+def test_token_over_plain_http_is_warned_before_sending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "a-token")
+    (port,) = _free_ports(1)
+    err = io.StringIO()
+    # 0.0.0.0 is not a loopback address; nothing listens there, so the connection then fails.
+    with pytest.raises(SubmitError, match="cannot reach the Ray dashboard"):
+        submit_job("score", [], f"http://0.0.0.0:{port}", working_dir=_project(tmp_path), err=err)
+    assert "warning: sending the Ray token from $RAY_AUTH_TOKEN over plain http" in err.getvalue()
+
+
 # ------------------------------------------------------------------------------------------
 # Against the test head
 # ------------------------------------------------------------------------------------------
@@ -416,6 +488,8 @@ def test_submit_streams_logs_and_succeeds(with_token: RayHead, echo_dir: Path) -
     assert code == 0, logs + err.getvalue()
     assert "ECHO-ARG hello 'quoted' world" in logs
     assert "ECHO-ENV 2 seen" in logs
+    assert "ECHO-SECRETS none" in logs  # .env, keys and credentials were not uploaded
+    assert "plain http" not in err.getvalue()  # loopback: no warning
     # medai was imported from the shipped working dir, on the driver and on a worker.
     for tag in ("ECHO-DRIVER-MEDAI", "ECHO-WORKER-MEDAI"):
         line = next(line for line in logs.splitlines() if line.startswith(tag))

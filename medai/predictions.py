@@ -1,0 +1,244 @@
+"""The prediction store: what ``medai score`` writes, and how it keeps one row per key.
+
+A prediction folder holds Parquet files of rows in :func:`prediction_schema`. The key of a row
+is ``(model_id, image_id, finding)``, and after every run the folder holds exactly one row per
+key, so pandas, pyarrow and DuckDB read it as it is, without de-duplicating. Three things keep
+it so, whatever happens (reruns, ``kill -9``, retried Ray tasks, two runs at once):
+
+- each file is written under a temporary name and renamed into place, so a reader never sees
+  a partial file;
+- a run holds the folder's lock (:data:`LOCK`, an ``flock``) from before it reads what is done
+  until it ends, and a second run on the same folder refuses at once (:func:`hold_lock`);
+- :func:`reconcile` keeps one row per key (a score before an error, then the newest) and
+  rewrites the files that held the others, each atomically. A run calls it at its start
+  (duplicates left by a killed run or a retried write task) and at its end (a retried error
+  row replaced by its new result).
+
+Error rows say what failed: ``"read error: ..."`` (the bytes could not be had; retried by the
+next run) or ``"decode error: ..."`` (the bytes are not a usable image; final unless asked).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medai.errors import MedaiError
+from medai.images import error_kind
+
+__all__ = [
+    "PREDICTION_SCHEMA",
+    "KEY",
+    "LOCK",
+    "StoreBusyError",
+    "prediction_schema",
+    "prediction_files",
+    "hold_lock",
+    "read_index",
+    "reconcile",
+    "remove_temporaries",
+    "rows_to_retry",
+    "scored_ids",
+]
+
+logger = logging.getLogger("medai.predictions")
+KEY = ("model_id", "image_id", "finding")
+# Underscore names are ignored by pandas, pyarrow, Spark and DuckDB globs over the folder.
+LOCK = "_lock"
+_INDEX_COLUMNS = ["image_id", "finding", "model_id", "source", "error", "scored_at"]
+
+PREDICTION_SCHEMA = {
+    "image_id": "NIH Image Index (the file name)",
+    "source": "path or URI of the image, or ARCHIVE::MEMBER for a tarball member",
+    "score": "float32 probability of the finding; null on error",
+    "predicted": "bool, score >= threshold compared in float32; null on error",
+    "threshold": "float32, the model card's threshold (Youden's J on validation)",
+    "finding": "string, the model's finding",
+    "model_id": "string, sha256 of the model's model.keras",
+    "scored_at": "timestamp (UTC, microseconds)",
+    "error": "null, or 'read error: <reason>' (retried) or 'decode error: <reason>' (final)",
+}
+
+
+class StoreBusyError(MedaiError, ValueError):
+    """Another run holds the prediction folder's lock."""
+
+
+def prediction_schema():
+    """The Arrow schema of prediction files."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("source", pa.string()),
+            ("score", pa.float32()),
+            ("predicted", pa.bool_()),
+            ("threshold", pa.float32()),
+            ("finding", pa.string()),
+            ("model_id", pa.string()),
+            ("scored_at", pa.timestamp("us", tz="UTC")),
+            ("error", pa.string()),
+        ]
+    )
+
+
+def prediction_files(out: str | Path) -> list[Path]:
+    """Completed prediction files in an output folder (temporary files excluded)."""
+    folder = Path(out)
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+
+
+@contextmanager
+def hold_lock(out: str | Path) -> Iterator[None]:
+    """Hold the prediction folder's lock for a run; refuse at once if another run holds it.
+
+    Refusing rather than waiting suits schedulers: the next scheduled run picks up whatever
+    is left. ``flock`` is released by the kernel when the holder dies, so a killed run leaves
+    no stale lock.
+
+    Raises:
+        StoreBusyError: Naming the folder and the holder.
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK, "a+")  # noqa: SIM115 -- held open for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "holder unknown"
+        handle.close()
+        raise StoreBusyError(
+            f"another run is writing predictions to {folder} ({holder}); it holds "
+            f"{folder / LOCK}: wait for it to finish, or use another --out"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def remove_temporaries(out: str | Path) -> int:
+    """Delete temporary files left by killed writers (call with the lock held)."""
+    removed = 0
+    for path in Path(out).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def read_index(out: str | Path, model_id: str) -> pd.DataFrame:
+    """Every row of ``model_id`` in a folder, without scores.
+
+    Returns:
+        Columns ``image_id``, ``finding``, ``source``, ``error`` (None when scored),
+        ``scored_at``, ``file`` (the file's name) and ``position`` (the row's index in it).
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parts = []
+    for path in prediction_files(out):
+        table = pq.read_table(path, columns=_INDEX_COLUMNS)
+        frame = table.to_pandas()
+        frame["file"] = path.name
+        frame["position"] = np.arange(table.num_rows)
+        parts.append(frame[np.asarray(pc.equal(table["model_id"], model_id), dtype=bool)])
+    columns = [c for c in _INDEX_COLUMNS if c != "model_id"] + ["file", "position"]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def scored_ids(out: str | Path, model_id: str) -> frozenset[str]:
+    """Image ids already in an output folder for ``model_id`` (errors included)."""
+    return frozenset(read_index(out, model_id)["image_id"])
+
+
+def reconcile(
+    out: str | Path, model_id: str, retire: Iterable[tuple[str, str]] = ()
+) -> pd.DataFrame:
+    """Leave exactly one row per key of ``model_id`` in a folder (call with the lock held).
+
+    Of several rows with one key, a score wins over an error, then the newest ``scored_at``
+    (then the later file) wins. Winners are chosen before any file changes and no file loses
+    a winner, so a kill part-way leaves at worst duplicates for the next call, never a lost
+    row. Each affected file is rewritten under a temporary name and renamed over the original;
+    one left without rows is removed.
+
+    Args:
+        out: The prediction folder.
+        model_id: Only this model's rows are considered.
+        retire: ``(image_id, finding)`` keys whose rows are removed altogether: error rows a
+            run found obsolete (an archive that now reads to its end has no error).
+
+    Returns:
+        The rows kept, one per key (columns as :func:`read_index`, without ``position``).
+    """
+    index = read_index(out, model_id)
+    if index.empty:
+        return index.drop(columns="position")
+    ranked = index.assign(failed=index["error"].notna()).sort_values(
+        ["image_id", "finding", "failed", "scored_at", "file", "position"],
+        ascending=[True, True, True, False, False, False],
+    )
+    keys = pd.MultiIndex.from_frame(ranked[["image_id", "finding"]])
+    retired = keys.isin(list(retire)) if retire else np.zeros(len(ranked), dtype=bool)
+    losers = ranked.duplicated(["image_id", "finding"], keep="first").to_numpy() | retired
+    for name, rows in ranked[losers].groupby("file"):
+        _drop_rows(Path(out) / name, rows["position"].to_numpy())
+    if losers.any():
+        logger.info(
+            "reconciled %s: removed %d superseded rows of model %s",
+            out,
+            int(losers.sum()),
+            model_id[:12],
+        )
+    return ranked[~losers].drop(columns=["failed", "position"]).reset_index(drop=True)
+
+
+def _drop_rows(path: Path, positions: np.ndarray) -> None:
+    """Rewrite one prediction file without the rows at ``positions`` (atomically)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[positions] = False
+    if not keep.any():
+        path.unlink()
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table.filter(keep), tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def rows_to_retry(done: pd.DataFrame, retry_errors: bool = False) -> pd.DataFrame:
+    """Error rows a run scores again: read errors always, decode errors with ``retry_errors``.
+
+    Error texts without a kind (written before kinds existed) are retried once, like read
+    errors; their new row carries a kind.
+
+    Args:
+        done: One row per key, as :func:`reconcile` returns.
+        retry_errors: Retry every error row.
+    """
+    failed = done[done["error"].notna()]
+    if retry_errors:
+        return failed
+    return failed[failed["error"].map(error_kind) != "decode"]
