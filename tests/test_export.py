@@ -1,0 +1,123 @@
+"""OpenVINO export: the IR and its card block, atomic writes, and the int8 gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medai.artifact import file_sha256, read_card
+from medai.engines import load_engine
+from medai.export import (
+    DEFAULT_ATTEMPTS,
+    ExportError,
+    Int8Attempt,
+    Int8Gate,
+    export_openvino,
+    gate_verdict,
+    measure_agreement,
+)
+
+NNCF_DEFAULTS = Int8Attempt(
+    "nncf-defaults", keep_ends=False, preset="performance", fast_bias_correction=True
+)
+
+
+def _copy(model_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(model_dir, tmp_path / "model"))
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_fp32_export_writes_ir_and_card(tiny_model_dir, tmp_path):
+    folder = _copy(tiny_model_dir, tmp_path)
+    model_id = read_card(folder)["model_id"]
+    block = export_openvino(folder)
+    card = read_card(folder)
+    assert card["model_id"] == model_id == file_sha256(folder / "model.keras")
+    assert card["openvino"] == json.loads(json.dumps(block))
+    assert block["converted_from"] == model_id
+    assert block["fp32"]["agreement"]["images"] > 0
+    assert block["fp32"]["agreement"]["decision_agreement"] == 1.0
+    assert "int8" not in block
+    first_sha = block["fp32"]["sha256"]
+    assert first_sha["bin"] == file_sha256(folder / "openvino" / "model.bin")
+    # a second export replaces the folder whole and leaves no temporary folder behind
+    again = export_openvino(folder)
+    # the weights convert identically; the xml's generated node names differ between runs
+    assert again["fp32"]["sha256"]["bin"] == first_sha["bin"]
+    assert again["fp32"]["sha256"]["xml"] == file_sha256(folder / "openvino" / "model.xml")
+    assert _leftovers(folder) == []
+    assert sorted(p.name for p in (folder / "openvino").iterdir()) == ["model.bin", "model.xml"]
+
+
+def test_int8_without_split_refused_and_nothing_written(tiny_model_dir, tmp_path):
+    folder = _copy(tiny_model_dir, tmp_path)
+    before = (folder / "model_card.json").read_text()
+    with pytest.raises(ExportError, match="split.csv is missing"):
+        export_openvino(folder, int8=True)
+    assert not (folder / "openvino").exists()
+    assert (folder / "model_card.json").read_text() == before
+
+
+def test_gate_verdict():
+    gate = Int8Gate()
+    good = {"auc_change": -0.004, "decision_agreement": 0.995}
+    assert gate_verdict(good, gate) == []
+    reasons = gate_verdict({"auc_change": 0.006, "decision_agreement": 0.98}, gate)
+    assert len(reasons) == 2 and "|delta AUC| 0.0060" in reasons[0]
+    assert gate_verdict({"auc_change": None, "decision_agreement": 1.0}, gate)
+    with pytest.raises(ExportError):
+        Int8Gate(min_agreement=1.5)
+
+
+def test_measure_agreement_uses_the_decision_rule():
+    reference = np.array([0.2, 0.5, 0.7, 0.9], np.float32)
+    scores = np.array([0.2, 0.4999, 0.7, 0.95], np.float32)
+    measured = measure_agreement(reference, scores, 0.5, labels=np.array([0, 0, 1, 1]))
+    assert measured["decision_agreement"] == 0.75  # 0.5 is positive, 0.4999 is not
+    assert measured["max_abs_diff"] == pytest.approx(0.05, abs=1e-6)
+    assert measured["auc_reference"] == measured["auc"] == 1.0
+    assert measured["auc_change"] == 0.0
+
+
+@pytest.mark.slow
+def test_int8_refused_by_gate_prints_measurements(trained_model, tmp_path):
+    folder = _copy(trained_model[0], tmp_path)
+    before = (folder / "model_card.json").read_text()
+    impossible = Int8Gate(max_auc_change=0.0, min_agreement=1.0)
+    with pytest.raises(ExportError, match="int8 refused by its gate") as refused:
+        export_openvino(folder, int8=True, gate=impossible, attempts=(NNCF_DEFAULTS,))
+    assert "decision agreement" in str(refused.value)
+    assert "max |delta score|" in str(refused.value)
+    assert not (folder / "openvino").exists()
+    assert (folder / "model_card.json").read_text() == before
+    assert _leftovers(folder) == []
+
+
+@pytest.mark.slow
+def test_int8_accepted_by_gate_and_loaded(trained_model, tmp_path):
+    folder = _copy(trained_model[0], tmp_path)
+    # The phantom model's threshold sits where its sigmoid saturates (~0.997), so a handful
+    # of its ~66 validation decisions flip under int8: the default 99% gate refuses it
+    # (measured, see the report). This loosened gate exercises the accepting path.
+    gate = Int8Gate(max_auc_change=0.05, min_agreement=0.8)
+    block = export_openvino(folder, int8=True, gate=gate, attempts=(DEFAULT_ATTEMPTS[0],))
+    int8 = read_card(folder)["openvino"]["int8"]
+    assert int8 == json.loads(json.dumps(block["int8"]))
+    assert int8["gate"]["accepted"] is True
+    measured = int8["gate"]["measured"]
+    assert abs(measured["auc_change"]) <= 0.05 and measured["decision_agreement"] >= 0.8
+    assert int8["calibration"]["split"] == "train" and int8["calibration"]["images"] > 0
+    assert int8["sha256"]["bin"] == file_sha256(folder / "openvino" / "model-int8.bin")
+    engine = load_engine(folder, "auto", "int8")
+    assert (engine.name, engine.precision) == ("openvino", "int8")
+    size = read_card(folder)["image_size"]
+    images = np.random.default_rng(0).integers(0, 256, (4, size, size, 1), dtype=np.uint8)
+    fp32 = load_engine(folder, "openvino", "fp32").predict(images)
+    assert float(np.abs(engine.predict(images) - fp32).max()) < 0.5
