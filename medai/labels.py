@@ -1,29 +1,38 @@
-"""Label tables: the NIH ``Data_Entry_2017.csv`` and generic ``image,label`` CSVs.
+"""Label tables: the NIH ``Data_Entry_2017.csv`` and generic CSVs, for one finding or several.
 
-Both formats are normalised into one table with the columns of :data:`LABEL_COLUMNS`:
-``image_id`` (the NIH *Image Index* or the file name), ``patient_id`` (string), ``label``
-(0/1 for the chosen finding) and ``findings`` (the raw ``|``-separated NIH findings, or an
-empty string for generic CSVs). Every problem with a label file raises :class:`LabelError`
-with a message naming the file and the problem, before any training or scoring starts.
+Both formats are normalised into one table: ``image_id`` (the NIH *Image Index* or the file
+name), ``patient_id`` (string), ``findings`` (the raw ``|``-separated NIH findings, or an empty
+string for generic CSVs), one ``int8`` column per finding named ``label_<Finding>``
+(:func:`label_columns`) holding 1 (positive), 0 (negative) or -1 (not evaluated for this finding:
+under ``no-finding`` negatives, an image with other findings but not this one), and ``label``,
+a copy of the first finding's column for single-finding code. Optional metadata is normalised
+when the file has it: ``age`` (int), ``sex`` (``M``/``F``), ``view`` (``PA``/``AP``) and
+``follow_up`` (int). Every problem with a label file raises :class:`LabelError` with a message
+naming the file and the problem, before any training or scoring starts.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medai.errors import MedaiError
 
 __all__ = [
     "LABEL_COLUMNS",
+    "METADATA_COLUMNS",
     "NEGATIVE_POLICIES",
     "NIH_FINDINGS",
     "LabelError",
+    "label_columns",
+    "labelled_findings",
     "load_labels",
+    "parse_findings",
     "read_split_list",
     "find_split_lists",
 ]
@@ -31,6 +40,7 @@ __all__ = [
 log = logging.getLogger("medai.labels")
 
 LABEL_COLUMNS = ("image_id", "patient_id", "label", "findings")
+METADATA_COLUMNS = ("age", "sex", "view", "follow_up")
 NEGATIVE_POLICIES = ("all-others", "no-finding")
 
 # The 14 ChestX-ray14 findings plus the explicit negative label.
@@ -51,8 +61,16 @@ NIH_FINDINGS = (
     "Pneumothorax",
 )
 NO_FINDING = "No Finding"
+ALL = "all"
 
 _NIH_REQUIRED = ("Image Index", "Finding Labels", "Patient ID")
+_NIH_METADATA = {
+    "Patient Age": "age",
+    "Patient Gender": "sex",
+    "View Position": "view",
+    "Follow-up #": "follow_up",
+}
+_GENERIC_METADATA = {"age": "age", "sex": "sex", "view": "view", "follow_up": "follow_up"}
 _GENERIC_REQUIRED = ("image", "label")
 
 
@@ -60,22 +78,104 @@ class LabelError(MedaiError, ValueError):
     """A label file or label option is unusable; the message says why."""
 
 
+def _valid_names() -> str:
+    return f"valid NIH findings: {', '.join(NIH_FINDINGS)}, or {ALL!r} for all of them"
+
+
+def parse_findings(text: str | Sequence[str]) -> tuple[str, ...]:
+    """Parse a ``--finding`` value: ``Mass``, a comma list ``Mass,Nodule`` or ``all``.
+
+    Args:
+        text: The option text (whitespace around names is ignored), or a sequence of names.
+
+    Returns:
+        The findings in the order given; ``all`` gives :data:`NIH_FINDINGS` in their order.
+
+    Raises:
+        LabelError: On an empty, unknown or repeated name; the message lists the valid names.
+    """
+    names = [str(name).strip() for name in (text.split(",") if isinstance(text, str) else text)]
+    if names == [ALL]:
+        return NIH_FINDINGS
+    if not names or any(not name for name in names):
+        raise LabelError(f"--finding {text!r} holds an empty name; {_valid_names()}")
+    unknown = [name for name in names if name not in NIH_FINDINGS]
+    if unknown:
+        raise LabelError(f"unknown finding {unknown[0]!r}; {_valid_names()}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise LabelError(f"--finding names {repeated[0]!r} more than once")
+    return tuple(names)
+
+
+def label_columns(findings: Iterable[str]) -> list[str]:
+    """The label table's per-finding column names, in the order of ``findings``."""
+    return [f"label_{finding}" for finding in findings]
+
+
+def labelled_findings(path: str | Path) -> tuple[str, ...] | None:
+    """The findings a label file can label, or ``None`` for a single ``label`` column.
+
+    Returns:
+        :data:`NIH_FINDINGS` for the NIH format, the finding columns of a generic CSV, or
+        ``None`` for a generic CSV whose one ``label`` column is whatever finding is asked for.
+
+    Raises:
+        LabelError: If the file is missing, empty or in neither format.
+    """
+    path = Path(path)
+    header = _read_header(path)
+    if all(col in header for col in _NIH_REQUIRED):
+        return NIH_FINDINGS
+    if "image" in header and "label" not in header:
+        columns = tuple(name for name in NIH_FINDINGS if name in header)
+        if columns:
+            return columns
+    if all(col in header for col in _GENERIC_REQUIRED):
+        return None
+    raise _unrecognised(path, header)
+
+
+def _unrecognised(path: Path, header: list[str]) -> LabelError:
+    return LabelError(
+        f"{path}: unrecognised label file: columns {header} hold neither the NIH columns "
+        f"{list(_NIH_REQUIRED)} nor the generic columns {list(_GENERIC_REQUIRED)} (or image and "
+        "one 0/1 column per finding)"
+    )
+
+
+def _resolve(finding: str | Sequence[str], single_ok: bool) -> tuple[str, ...]:
+    """The findings asked for; a lone name is taken as is where a ``label`` column names it."""
+    if single_ok:
+        names = finding.split(",") if isinstance(finding, str) else list(finding)
+        if len(names) == 1 and names[0].strip() and names[0].strip() != ALL:
+            return (names[0].strip(),)
+    return parse_findings(finding)
+
+
 def load_labels(
-    path: str | Path, finding: str = "Mass", negatives: str = "all-others"
+    path: str | Path,
+    finding: str | Sequence[str] = "Mass",
+    negatives: str = "all-others",
 ) -> pd.DataFrame:
     """Load a label file into the normalised label table.
 
     Args:
-        path: An NIH ``Data_Entry_2017.csv`` or a generic CSV with columns ``image,label``
-            (label 0/1) and an optional ``patient_id`` column (without it each image is its own
-            patient, and a warning says so).
-        finding: The NIH finding to detect (ignored for generic CSVs, whose label is the finding).
-        negatives: ``all-others`` (every image without the finding is negative, the ChestX-ray14
-            protocol) or ``no-finding`` (only ``No Finding`` images are negative; images with
-            other findings are dropped).
+        path: An NIH ``Data_Entry_2017.csv``, or a generic CSV with an ``image`` column and
+            either a ``label`` column (0/1, for a single finding) or one 0/1 column per finding
+            named exactly as the finding; optional ``patient_id`` (without it each image is its
+            own patient, and a warning says so), ``sex``, ``age`` and ``view`` columns.
+        finding: The finding(s) to label: a name, a comma list, ``all``, or a sequence of names
+            (see :func:`parse_findings`). With a generic ``label`` column, the single name names
+            that column's finding.
+        negatives: ``all-others`` (every image without the finding is its negative, the
+            ChestX-ray14 protocol) or ``no-finding`` (only ``No Finding`` images are negatives;
+            an image with other findings is -1, not evaluated, for this finding).
 
     Returns:
-        A DataFrame with the columns of :data:`LABEL_COLUMNS`, one row per image.
+        A DataFrame with ``image_id``, ``patient_id``, ``findings``, the :func:`label_columns`,
+        ``label`` and any metadata columns, one row per image; images not evaluated for any
+        finding are dropped.
 
     Raises:
         LabelError: On a missing or empty file, missing columns, an unknown finding or negatives
@@ -88,20 +188,26 @@ def load_labels(
     path = Path(path)
     header = _read_header(path)
     if all(col in header for col in _NIH_REQUIRED):
-        table = _load_nih(path, finding, negatives)
-    elif all(col in header for col in _GENERIC_REQUIRED):
-        table = _load_generic(path)
+        findings = _resolve(finding, single_ok=False)
+        table = _load_nih(path, header, findings, negatives)
+    elif "image" in header and ("label" in header or any(f in header for f in NIH_FINDINGS)):
+        findings = _resolve(finding, single_ok="label" in header)
+        table = _load_generic(path, header, findings)
     else:
-        raise LabelError(
-            f"{path}: unrecognised label file: columns {header} hold neither the NIH columns "
-            f"{list(_NIH_REQUIRED)} nor the generic columns {list(_GENERIC_REQUIRED)}"
-        )
+        raise _unrecognised(path, header)
+    columns = label_columns(findings)
+    table["label"] = table[columns[0]]
+    table = table[(table[columns] >= 0).any(axis=1)]
     if table.empty:
-        raise LabelError(f"{path}: no labelled images left for finding {finding!r} ({negatives})")
+        raise LabelError(
+            f"{path}: no labelled images left for finding {', '.join(findings)!r} ({negatives})"
+        )
     duplicated = table["image_id"][table["image_id"].duplicated()]
     if not duplicated.empty:
         raise LabelError(f"{path}: duplicated image ids, e.g. {duplicated.iloc[0]!r}")
-    return table.reset_index(drop=True)
+    order = ["image_id", "patient_id", "findings", *columns, "label"]
+    order += [name for name in METADATA_COLUMNS if name in table]
+    return table[order].reset_index(drop=True)
 
 
 def _read_header(path: Path) -> list[str]:
@@ -117,7 +223,8 @@ def _read_header(path: Path) -> list[str]:
     return [cell.strip() for cell in header]
 
 
-def _read_csv(path: Path, columns: Iterable[str]) -> pd.DataFrame:
+def _read_csv(path: Path, required: Iterable[str], optional: Iterable[str] = ()) -> pd.DataFrame:
+    """Read the required columns (blank values refused) and whichever optional ones exist."""
     try:
         # index_col=False: the NIH header's split brackets make pandas guess an index otherwise.
         frame = pd.read_csv(
@@ -131,46 +238,86 @@ def _read_csv(path: Path, columns: Iterable[str]) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise LabelError(f"{path}: malformed CSV ({exc})") from exc
     frame.columns = [str(col).strip() for col in frame.columns]
-    frame = frame[list(columns)].apply(lambda col: col.str.strip())
-    blank = frame[(frame == "").any(axis=1)]
+    required = list(required)
+    present = [col for col in optional if col in frame.columns and col not in required]
+    frame = frame[required + present].apply(lambda col: col.str.strip())
+    blank = frame[(frame[required] == "").any(axis=1)]
     if not blank.empty:
         line = int(blank.index[0]) + 2  # header is line 1
-        raise LabelError(f"{path}: line {line} has an empty value in {list(columns)}")
+        raise LabelError(f"{path}: line {line} has an empty value in {required}")
     return frame
 
 
-def _load_nih(path: Path, finding: str, negatives: str) -> pd.DataFrame:
-    if finding not in NIH_FINDINGS:
-        raise LabelError(
-            f"unknown finding {finding!r}; valid NIH findings: {', '.join(NIH_FINDINGS)}"
-        )
-    raw = _read_csv(path, _NIH_REQUIRED)
-    findings = raw["Finding Labels"]
-    sets = findings.str.split("|")
-    unknown = sorted({f for s in sets for f in s} - set(NIH_FINDINGS) - {NO_FINDING})
-    if unknown:
+def _metadata(raw: pd.DataFrame, names: dict[str, str]) -> dict[str, pd.Series]:
+    """Normalised metadata columns (missing or malformed values become NA)."""
+    out = {}
+    for source, name in names.items():
+        if source not in raw:
+            continue
+        values = raw[source]
+        if name in ("age", "follow_up"):
+            # Old NIH releases write ages as "058Y": the number is what matters.
+            digits = values.str.extract(r"(\d+)", expand=False)
+            out[name] = pd.to_numeric(digits, errors="coerce").astype("Int64")
+        elif name == "sex":
+            first = values.str.upper().str[:1]
+            out[name] = first.where(first.isin(["M", "F"]), pd.NA)
+        else:
+            upper = values.str.upper()
+            out[name] = upper.where(upper != "", pd.NA)
+    return out
+
+
+def _load_nih(
+    path: Path, header: list[str], findings: tuple[str, ...], negatives: str
+) -> pd.DataFrame:
+    raw = _read_csv(path, _NIH_REQUIRED, _NIH_METADATA)
+    text = raw["Finding Labels"]
+    # One multi-hot matrix from the exploded labels: no per-finding pass over the strings.
+    exploded = text.str.split("|").explode()
+    names = (*NIH_FINDINGS, NO_FINDING)
+    codes = pd.Categorical(exploded, categories=names).codes
+    if (codes < 0).any():
+        unknown = sorted(set(exploded[codes < 0]))
         raise LabelError(f"{path}: unknown finding labels {unknown}")
-    positive = sets.map(lambda s: finding in s)
-    keep = positive | (sets.map(lambda s: s == [NO_FINDING]) if negatives == "no-finding" else True)
+    hot = np.zeros((len(raw), len(names)), dtype=bool)
+    hot[exploded.index.to_numpy(), codes] = True
+    only_no_finding = hot[:, -1] & (hot.sum(axis=1) == 1)
     table = pd.DataFrame(
         {
             "image_id": raw["Image Index"],
             "patient_id": raw["Patient ID"].str.lstrip("0").replace("", "0"),
-            "label": positive.astype("int8"),
-            "findings": findings,
+            "findings": text,
         }
     )
-    return table[keep]
+    for finding, column in zip(findings, label_columns(findings), strict=True):
+        positive = hot[:, names.index(finding)]
+        label = positive.astype(np.int8)
+        if negatives == "no-finding":
+            label[~positive & ~only_no_finding] = -1
+        table[column] = label
+    for name, values in _metadata(raw, _NIH_METADATA).items():
+        table[name] = values
+    return table
 
 
-def _load_generic(path: Path) -> pd.DataFrame:
-    header = _read_header(path)
-    columns = ["image", "label"] + (["patient_id"] if "patient_id" in header else [])
-    raw = _read_csv(path, columns)
-    bad = raw[~raw["label"].isin(["0", "1"])]
-    if not bad.empty:
-        value, image = bad["label"].iloc[0], bad["image"].iloc[0]
-        raise LabelError(f"{path}: label must be 0 or 1, found {value!r} for {image!r}")
+def _load_generic(path: Path, header: list[str], findings: tuple[str, ...]) -> pd.DataFrame:
+    single = "label" in header and len(findings) == 1
+    sources = ["label"] if single else list(findings)
+    missing = [name for name in sources if name not in header]
+    if missing:
+        raise LabelError(
+            f"{path}: no column for finding(s) {missing}; a generic CSV has a `label` column "
+            "for one finding, or one 0/1 column per finding named as the finding"
+        )
+    optional = ["patient_id", *_GENERIC_METADATA]
+    raw = _read_csv(path, ["image", *sources], optional)
+    for source in sources:
+        bad = raw[~raw[source].isin(["0", "1"])]
+        if not bad.empty:
+            value, image = bad[source].iloc[0], bad["image"].iloc[0]
+            name = "label" if source == "label" else f"label ({source})"
+            raise LabelError(f"{path}: {name} must be 0 or 1, found {value!r} for {image!r}")
     image_id = raw["image"].map(lambda value: Path(value).name)
     if "patient_id" not in raw:
         # The split can still not leak images, but it can leak patients, which inflates AUC.
@@ -181,14 +328,12 @@ def _load_generic(path: Path) -> pd.DataFrame:
             path,
         )
     patient = raw.get("patient_id", image_id)
-    return pd.DataFrame(
-        {
-            "image_id": image_id,
-            "patient_id": patient,
-            "label": raw["label"].astype("int8"),
-            "findings": "",
-        }
-    )
+    table = pd.DataFrame({"image_id": image_id, "patient_id": patient, "findings": ""})
+    for source, column in zip(sources, label_columns(findings), strict=True):
+        table[column] = raw[source].astype("int8")
+    for name, values in _metadata(raw, _GENERIC_METADATA).items():
+        table[name] = values
+    return table
 
 
 def read_split_list(path: str | Path) -> list[str]:

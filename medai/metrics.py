@@ -97,6 +97,22 @@ def _dense_groups(scores: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse.ravel(), int(distinct.size)
 
 
+def _class_runs(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, int]:
+    """Like :func:`_dense_groups`, but consecutive distinct scores of one class share a group.
+
+    Negatives between two neighbouring positive scores rank alike against every positive (and
+    vice versa), so merging such runs leaves every resample's AUC exact while the per-resample
+    count arrays shrink from one entry per distinct score to about two per positive run.
+    """
+    dense, size = _dense_groups(scores)
+    has_pos = np.bincount(dense[y == 1], minlength=size) > 0
+    has_neg = np.bincount(dense[y == 0], minlength=size) > 0
+    kind = has_pos.astype(np.int8) + 2 * has_neg.astype(np.int8)  # 1 pos, 2 neg, 3 tied both
+    starts = np.r_[True, (kind[1:] != kind[:-1]) | (kind[1:] == 3)]
+    run = np.cumsum(starts) - 1
+    return run[dense], int(run[-1]) + 1 if size else 0
+
+
 def _auc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """Mann-Whitney AUC from per-score-group positive and negative counts (last axis)."""
     below = np.cumsum(neg, axis=-1) - neg
@@ -236,8 +252,9 @@ def bootstrap_aucs(y, score_sets: Sequence, n_boot: int, seed: int) -> np.ndarra
 
     Positives and negatives are resampled separately (with replacement, keeping their
     counts), so every resample has both classes; all scorings share each resample, which
-    makes differences between them paired. Each resample is a per-score-group count, so the
-    cost is linear in the number of images.
+    makes differences between them paired. Each resample is a count per group of scores (runs
+    of one class merged, see :func:`_class_runs`), so the cost is linear in the number of
+    images.
 
     Args:
         y: 0/1 labels with both classes present.
@@ -254,8 +271,8 @@ def bootstrap_aucs(y, score_sets: Sequence, n_boot: int, seed: int) -> np.ndarra
     positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     groups = []
     for scores in score_sets:
-        dense, size = _dense_groups(_as_arrays(y, scores)[1])
-        groups.append((dense[positives], dense[negatives], size))
+        runs, size = _class_runs(y, _as_arrays(y, scores)[1])
+        groups.append((runs[positives], runs[negatives], size))
     widest = max(size for _, _, size in groups)
     chunk = max(1, min(n_boot, _CHUNK_ELEMENTS // max(widest, y.size)))
     rng = np.random.default_rng(seed)

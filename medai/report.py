@@ -1,17 +1,23 @@
 """The report job: score Parquet files + labels -> metrics.json, PNG plots and report.html.
 
-``medai score`` writes one row per image and model (see :data:`REQUIRED_COLUMNS` and
-:data:`OPTIONAL_COLUMNS`). The report joins those rows to the label table by ``image_id``,
-keeps the chosen split (by default the images the model never saw: the NIH test list, or the
-images outside the train and validation splits of the model's ``split.csv``), and for every
-model writes its ranking and calibration metrics (AUC with a bootstrap CI, average precision,
-Brier score, ECE), its operating points at the model threshold and at the Youden-optimal
-threshold, and plots. An image is called positive when ``score >= threshold`` in float32
+``medai score`` writes one row per image, finding and model (see :data:`REQUIRED_COLUMNS` and
+:data:`OPTIONAL_COLUMNS`). The report joins those rows to the label table by ``image_id`` (each
+finding to its own ``label_<Finding>`` column), keeps the chosen split (by default the images
+the model never saw: the NIH test list, or the images outside the train and validation splits
+of the model's ``split.csv``), and for every model and finding (those it scored, or those
+``--finding`` names) writes its ranking and calibration metrics (AUC with a bootstrap CI,
+average precision, Brier score, ECE), its operating points at the model threshold and at the
+Youden-optimal threshold, and plots, with a summary table of all findings and one ROC figure
+with a curve per finding. An image is called positive when ``score >= threshold`` in float32
 (:func:`medai.thresholds.is_positive`, the rule of Parquet's ``predicted`` column), with the
-model card's exact threshold. Models that scored the same images are compared pairwise on the
-images both scored.
+model card's exact threshold for that finding. Models that scored the same images are compared
+pairwise on the images both scored, finding by finding.
 
-Nothing is dropped silently: per model the rows are accounted for as
+A model reported for one finding keeps the ``metrics.json`` section it always had (the metrics
+at its top level); every section also has ``findings`` (one entry per finding with every
+metric) and ``summary`` (the CheXNet-style table).
+
+Nothing is dropped silently: per model and finding the rows are accounted for as
 ``n_rows = n_duplicates + n_outside_split + n_errors + n_unlabeled + n``, and every metric
 that is undefined on the data is ``null`` with an entry in ``reasons``. All input problems
 raise :class:`ReportError` before any output is written.
@@ -41,10 +47,15 @@ import pandas as pd
 from medai import metrics
 from medai.errors import MedaiError
 from medai.labels import (
+    ALL,
     NEGATIVE_POLICIES,
+    NIH_FINDINGS,
     LabelError,
     find_split_lists,
+    label_columns,
+    labelled_findings,
     load_labels,
+    parse_findings,
     read_split_list,
 )
 from medai.thresholds import is_positive
@@ -77,6 +88,12 @@ SPLIT_HELP = (
 REQUIRED_COLUMNS = ("image_id", "score", "model_id")
 OPTIONAL_COLUMNS = ("source", "predicted", "threshold", "finding", "scored_at", "error")
 INTENDED_USE = "Research use only, not for diagnosis."
+DEFAULT_FINDING = "Mass"  # the finding of rows and generic label columns that name none
+FINDING_HELP = (
+    "finding(s) to evaluate: a name, a comma list (Mass,Nodule,Effusion) or 'all' (the 14 NIH "
+    "findings). Default: every finding the models scored that the labels have (Mass for a "
+    "generic image,label CSV)"
+)
 EXAMPLES_PER_GROUP = 4
 ECE_BINS = 10  # equal-width bins of the expected calibration error
 THUMBNAIL_SIZE = 192
@@ -94,7 +111,9 @@ class ReportConfig:
         predictions: Folder of ``*.parquet`` files written by ``medai score``.
         labels: NIH ``Data_Entry_2017.csv`` or a generic ``image,label`` CSV.
         out: Output folder for ``metrics.json``, ``config.json``, ``plots/`` and ``report.html``.
-        finding: The finding the models detect; models scored for another finding are skipped.
+        finding: The finding(s) to report: a name, a comma list or ``all``; ``None`` = every
+            finding the models scored that the labels have. Models scoring none of them are
+            skipped.
         negatives: ``all-others`` or ``no-finding`` (see :func:`medai.labels.load_labels`).
         split: One of :data:`SPLITS` (see :data:`SPLIT_HELP`); ``None`` means ``test`` when
             the NIH ``test_list.txt`` is beside the labels file, else ``unseen``.
@@ -110,7 +129,7 @@ class ReportConfig:
     predictions: str | Path
     labels: str | Path
     out: str | Path
-    finding: str = "Mass"
+    finding: str | None = None
     negatives: str = "all-others"
     split: str | None = None
     model: str | Path | None = None
@@ -144,7 +163,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         metavar="CSV",
         help="NIH Data_Entry_2017.csv or a generic CSV with columns image,label",
     )
-    parser.add_argument("--finding", default="Mass", help="finding to evaluate (default: Mass)")
+    parser.add_argument("--finding", default=None, help=FINDING_HELP)
     parser.add_argument(
         "--out",
         required=True,
@@ -222,7 +241,7 @@ def check_config(config: ReportConfig) -> None:
     Raises:
         ReportError: Naming the first invalid option.
     """
-    if not str(config.finding).strip():
+    if config.finding is not None and not str(config.finding).strip():
         raise ReportError("--finding must not be empty")
     if config.negatives not in NEGATIVE_POLICIES:
         raise ReportError(
@@ -277,14 +296,82 @@ class _Split:
 
 @dataclass(frozen=True)
 class _Inputs:
-    """Everything read and checked before the report does any work."""
+    """Everything read and checked before the report does any work.
+
+    Attributes:
+        findings: The findings the labels were loaded for, i.e. the ones that can be reported.
+    """
 
     files: tuple[Path, ...]
     predictions: pd.DataFrame
     labels: pd.DataFrame
     split: _Split
     skipped_models: dict[str, str]
+    findings: tuple[str, ...]
     model_card: dict | None = None
+
+
+def _requested_findings(finding: str | None) -> tuple[str, ...] | None:
+    """The ``--finding`` value as names; ``None`` = every finding the models scored.
+
+    A lone name is kept as written so that a generic ``image,label`` CSV can name its finding
+    freely (an NIH file then refuses an unknown name, listing the valid ones).
+    """
+    if finding is None:
+        return None
+    text = str(finding).strip()
+    if "," not in text and text != ALL:
+        return (text,)
+    try:
+        return parse_findings(text)
+    except LabelError as exc:
+        raise ReportError(str(exc)) from exc
+
+
+def _findings_in_order(names, card: Mapping | None = None) -> list[str]:
+    """Findings ordered as the card's outputs, else as :data:`NIH_FINDINGS`, others after."""
+    listed = [str(name) for name in (card or {}).get("findings") or () if isinstance(name, str)]
+    rank = {name: k for k, name in enumerate(listed or NIH_FINDINGS)}
+    return sorted(set(names), key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def _label_findings(
+    config: ReportConfig, requested: tuple[str, ...] | None, scored: Sequence[str]
+) -> tuple[str, ...]:
+    """The findings to load labels for: those asked for, else those scored that have labels."""
+    try:
+        available = labelled_findings(config.labels)
+    except LabelError as exc:
+        raise ReportError(f"--labels: {exc}") from exc
+    if requested is not None:
+        return requested
+    if available is None:  # one `label` column: the finding is Mass unless --finding says
+        return (DEFAULT_FINDING,)
+    found = tuple(name for name in scored if name in available)
+    return found or (DEFAULT_FINDING,)
+
+
+def _keep_findings(
+    frame: pd.DataFrame, findings: tuple[str, ...], finding_option: str | None
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Keep the rows of the reported findings; models with none of them are skipped."""
+    scored = frame.groupby("model_id")["finding"].unique()
+    wanted = set(findings)
+    skipped = {
+        mid: ", ".join(_findings_in_order(names))
+        for mid, names in scored.items()
+        if not wanted.intersection(names)
+    }
+    if skipped and len(skipped) == len(scored):
+        everything = sorted({str(name) for names in scored for name in names})
+        option = "(default: every finding scored)" if finding_option is None else finding_option
+        raise ReportError(
+            f"--finding {option!r}: the predictions are for {everything}, the labels for "
+            f"{list(findings)}; pass the finding the models were trained for"
+        )
+    for mid, other in skipped.items():
+        log.warning("skipping model %s: it scores %r, not %r", mid, other, ", ".join(findings))
+    return frame[frame["finding"].isin(wanted)], skipped
 
 
 def _prediction_files(folder: Path) -> tuple[Path, ...]:
@@ -343,24 +430,6 @@ def _select_model(frame: pd.DataFrame, wanted: str) -> pd.DataFrame:
         problem = "matches several models" if matches else "matches no model"
         raise ReportError(f"--model-id {wanted!r} {problem}; models in the predictions: {ids}")
     return frame[frame["model_id"] == matches[0]]
-
-
-def _keep_finding(frame: pd.DataFrame, finding: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Drop models scored for another finding; they cannot be judged with these labels."""
-    named = frame.dropna(subset=["finding"]).groupby("model_id")["finding"].first()
-    skipped = {
-        mid: str(other)
-        for mid, other in named.items()
-        if str(other).casefold() != finding.casefold()
-    }
-    if skipped and len(skipped) == frame["model_id"].nunique():
-        raise ReportError(
-            f"--finding {finding!r}: the predictions are for {sorted(set(skipped.values()))}; "
-            "pass the finding the models were trained for"
-        )
-    for mid, other in skipped.items():
-        log.warning("skipping model %s: it scores %r, not %r", mid, other, finding)
-    return frame[~frame["model_id"].isin(skipped)], skipped
 
 
 def _read_model_dir(model: Path) -> tuple[dict, frozenset[str] | None]:
@@ -436,26 +505,32 @@ def _prepare(config: ReportConfig) -> _Inputs:
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out must be a folder, but {out} is a file")
     files = _prediction_files(Path(config.predictions))
-    try:
-        labels = load_labels(config.labels, config.finding, config.negatives)
-    except LabelError as exc:
-        raise ReportError(f"--labels: {exc}") from exc
+    requested = _requested_findings(config.finding)
     card, seen = None, None
     if config.model is not None:
         card, seen = _read_model_dir(Path(config.model))
         model_note = f"{Path(config.model) / 'split.csv'} does not exist"
     else:
         model_note = "no --model given"
-    split = _resolve_split(config, seen, model_note)
     predictions = _read_predictions(files)
+    # Rows written before the finding column existed are for the finding asked for.
+    default = requested[0] if requested else DEFAULT_FINDING
+    predictions["finding"] = predictions["finding"].where(predictions["finding"].notna(), default)
+    scored = _findings_in_order(predictions["finding"].unique(), card)
+    findings = _label_findings(config, requested, scored)
+    try:
+        labels = load_labels(config.labels, findings, config.negatives)
+    except LabelError as exc:
+        raise ReportError(f"--labels: {exc}") from exc
+    split = _resolve_split(config, seen, model_note)
     if card is not None:
         predictions = _only_model_of_dir(predictions, card, config)
     elif config.model_id is not None:
         predictions = _select_model(predictions, str(config.model_id))
     skipped: dict[str, str] = {}
     if not predictions.empty:
-        predictions, skipped = _keep_finding(predictions, config.finding)
-    return _Inputs(files, predictions, labels, split, skipped, card)
+        predictions, skipped = _keep_findings(predictions, findings, config.finding)
+    return _Inputs(files, predictions, labels, split, skipped, findings, card)
 
 
 def _resolved_config(config: ReportConfig, inputs: _Inputs) -> dict:
@@ -473,16 +548,20 @@ def _resolved_config(config: ReportConfig, inputs: _Inputs) -> dict:
 
 
 @dataclass
-class _Model:
-    """One model's evaluated rows and the bookkeeping of the rows left out."""
+class _Finding:
+    """One finding's evaluated rows of one model, and the bookkeeping of the rows left out.
 
-    model_id: str
+    Attributes:
+        rows: ``image_id``, ``source``, ``score`` and ``label`` (0/1), sorted by image id so
+            that the bootstrap sees the same order whatever the file order was.
+    """
+
+    name: str
     rows: pd.DataFrame
     counts: dict[str, int]
     error_messages: dict[str, int]
-    threshold: float | None
-    threshold_source: str
-    card: dict | None
+    threshold: float | None = None
+    threshold_source: str = "none"
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -494,34 +573,105 @@ class _Model:
         return self.rows["score"].to_numpy(dtype=np.float64)
 
 
-def _account_rows(rows: pd.DataFrame, labels: pd.DataFrame, split: _Split):
-    """Deduplicate, filter by split, drop errors and unlabeled rows, counting each step."""
-    counts = {"n_rows": len(rows)}
+@dataclass
+class _Model:
+    """One model: its findings (in output order), card and model-level notes."""
+
+    model_id: str
+    findings: list[_Finding]
+    card: dict | None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def single(self) -> bool:
+        """One finding reported: the section keeps the single-finding layout."""
+        return len(self.findings) == 1
+
+
+_COUNT_KEYS = ("n_rows", "n_duplicates", "n_outside_split", "n_errors", "n_unlabeled", "n")
+
+
+def _account_rows(
+    rows: pd.DataFrame, labels: pd.DataFrame, split: _Split, findings: Sequence[str]
+) -> list[_Finding]:
+    """Deduplicate, filter by split, drop errors and unlabeled rows, counting each step.
+
+    All findings of a model go through each step together (one pass over the rows, counts
+    by ``bincount`` on the finding's index), so the cost does not grow with a copy per finding.
+    """
+    k = len(findings)
+    names = pd.Index(findings)
+
+    def per_finding(codes: np.ndarray) -> np.ndarray:
+        return np.bincount(codes, minlength=k)
+
+    code = names.get_indexer(rows["finding"])
+    counts = {"n_rows": per_finding(code)}
     # A row without an image id can be neither deduplicated nor joined: it is unlabeled.
-    no_id = rows["image_id"].isna()
+    no_id = rows["image_id"].isna().to_numpy()
+    without_id = per_finding(code[no_id])
     rows = rows[~no_id]
     # The latest scoring of an image wins; rows without a timestamp count as the oldest.
     ordered = rows.sort_values("scored_at", kind="stable", na_position="first")
-    unique = ordered.drop_duplicates("image_id", keep="last")
-    counts["n_duplicates"] = len(rows) - len(unique)
-    inside = split.inside(unique["image_id"])
-    counts["n_outside_split"] = int((~inside).sum())
-    unique = unique[inside]
-    error = unique["error"].astype(object)
-    has_error = error.notna() & (error.astype(str).str.strip() != "")
+    unique = ordered.drop_duplicates(["image_id", "finding"], keep="last")
+    kept = per_finding(code[~no_id])
+    code = names.get_indexer(unique["finding"])
+    counts["n_duplicates"] = kept - per_finding(code)
+    inside = split.inside(unique["image_id"]).to_numpy()
+    counts["n_outside_split"] = per_finding(code[~inside])
+    unique, code = unique[inside], code[inside]
+    error = unique["error"]
+    present = error.notna().to_numpy()
+    has_error = present.copy()
+    has_error[present] = error[present].astype(str).str.strip().to_numpy() != ""
     failed = has_error | ~np.isfinite(unique["score"].to_numpy(dtype=np.float64))
-    counts["n_errors"] = int(failed.sum())
-    messages = error[failed].where(has_error[failed], "missing score").astype(str).str.slice(0, 200)
-    merged = unique[~failed].merge(labels[["image_id", "label"]], on="image_id", how="left")
-    unlabeled = merged["label"].isna()
-    counts["n_unlabeled"] = int(unlabeled.sum() + no_id.sum())
-    # Sorted so that the bootstrap sees the same order whatever the file order was.
-    evaluated = merged[~unlabeled].sort_values("image_id", kind="stable").reset_index(drop=True)
-    evaluated["label"] = evaluated["label"].astype(np.int8)
-    counts["n"] = len(evaluated)
-    counts["n_positive"] = int(evaluated["label"].sum())
+    counts["n_errors"] = per_finding(code[failed])
+    messages = pd.DataFrame(
+        {
+            "code": code[failed],
+            "text": error[failed].where(has_error[failed], "missing score").astype(str).str[:200],
+        }
+    )
+    unique, code = unique[~failed], code[~failed]
+    matrix = labels[label_columns(findings)].to_numpy(dtype=np.int8)
+    at = pd.Index(labels["image_id"]).get_indexer(unique["image_id"])
+    # -1 in the label table: not evaluated for this finding (no-finding negatives).
+    y = np.where(at >= 0, matrix[np.maximum(at, 0), code], -1) if len(at) else np.zeros(0)
+    labelled = y >= 0
+    counts["n_unlabeled"] = per_finding(code[~labelled]) + without_id
+    evaluated, code, y = unique[labelled], code[labelled], y[labelled].astype(np.int8)
+    # One sort for every finding: by finding, then image id.
+    rank = pd.factorize(evaluated["image_id"], sort=True)[0]
+    order = np.lexsort((rank, code))
+    code, y = code[order], y[order]
+    bounds = np.searchsorted(code, np.arange(k + 1))
+    image_ids = evaluated["image_id"].to_numpy()[order]
+    sources = evaluated["source"].to_numpy()[order]
+    scores = evaluated["score"].to_numpy(dtype=np.float64)[order]
+    counts["n"] = np.diff(bounds)
+    counts["n_positive"] = per_finding(code[y == 1])
     counts["n_negative"] = counts["n"] - counts["n_positive"]
-    return evaluated, counts, {str(k): int(v) for k, v in messages.value_counts().head(5).items()}
+    out = []
+    for index, name in enumerate(findings):
+        part = slice(bounds[index], bounds[index + 1])
+        table = pd.DataFrame(
+            {
+                "image_id": image_ids[part],
+                "source": sources[part],
+                "score": scores[part],
+                "label": y[part],
+            }
+        )
+        texts = messages.loc[messages["code"] == index, "text"].value_counts().head(5)
+        out.append(
+            _Finding(
+                name,
+                table,
+                {key: int(values[index]) for key, values in counts.items()},
+                {str(text): int(count) for text, count in texts.items()},
+            )
+        )
+    return out
 
 
 def _load_card(folder: Path, model_id: str) -> tuple[dict | None, list[str]]:
@@ -547,54 +697,79 @@ def _number(value) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _model_threshold(config: ReportConfig, rows: pd.DataFrame, card: dict | None):
-    """The model's own cut-off: ``--threshold``, else the card's, else the predictions'.
+def _card_threshold(card: dict | None, finding: str) -> float | None:
+    """The card's threshold for ``finding``: ``per_finding`` for a multi-finding card."""
+    if not card:
+        return None
+    per_finding = card.get("per_finding")
+    if isinstance(per_finding, dict) and isinstance(per_finding.get(finding), dict):
+        return _number(per_finding[finding].get("threshold"))
+    if isinstance(card.get("findings"), list) and len(card["findings"]) > 1:
+        return None  # a multi-finding card without this finding's entry
+    return _number(card.get("threshold"))
 
-    The card's value is used exactly as trained (never a rounded decimal); compared in float32
+
+def _finding_threshold(
+    config: ReportConfig, values: pd.Series, card: dict | None, finding: str
+) -> tuple[float | None, str, list[str]]:
+    """A finding's own cut-off: ``--threshold``, else the card's, else the predictions'.
+
+    ``values`` counts the finding's prediction rows per stored threshold. The card's value is
+    used exactly as trained (never a rounded decimal); compared in float32
     (:func:`medai.thresholds.is_positive`) it splits the scores exactly as Parquet's
     ``predicted`` column, which was computed from the same value.
     """
     if config.threshold is not None:
         return float(config.threshold), "--threshold", []
-    values = rows["threshold"].dropna()
-    values = values[np.isfinite(values)]
-    card_value = _number((card or {}).get("threshold"))
+    card_value = _card_threshold(card, finding)
     if card_value is not None:
-        differs = values[values.astype(np.float32) != np.float32(card_value)]
+        stored = values.index.to_numpy(dtype=np.float64).astype(np.float32)
+        differs = int(values[stored != np.float32(card_value)].sum())
         reasons = []
-        if not differs.empty:
+        if differs:
             reasons.append(
-                f"{len(differs)} prediction rows carry a threshold other than the model card's "
+                f"{differs} prediction rows carry a threshold other than the model card's "
                 f"{card_value!r}; the card's is used"
             )
         return card_value, "model card", reasons
     if not values.empty:
-        common = values.value_counts()
         reasons = []
-        if len(common) > 1:
+        if len(values) > 1:
             reasons.append(
-                f"the predictions carry {len(common)} different thresholds; "
-                f"the most common, {float(common.index[0])!r}, is used"
+                f"the predictions carry {len(values)} different thresholds; "
+                f"the most common, {float(values.index[0])!r}, is used"
             )
-        return float(common.index[0]), "predictions", reasons
+        return float(values.index[0]), "predictions", reasons
     return None, "none", ["no model threshold in the model card, the predictions or --threshold"]
+
+
+def _stored_thresholds(rows: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per finding, the prediction rows per stored threshold, most common first."""
+    stored = rows.loc[np.isfinite(rows["threshold"].to_numpy()), ["finding", "threshold"]]
+    return {
+        str(name): group.value_counts()
+        for name, group in stored.groupby("finding", sort=False)["threshold"]
+    }
 
 
 def _collect_models(config: ReportConfig, inputs: _Inputs) -> list[_Model]:
     models = []
     for model_id, rows in inputs.predictions.groupby("model_id", sort=True):
-        evaluated, counts, messages = _account_rows(rows, inputs.labels, inputs.split)
         card, reasons = _load_card(Path(config.predictions), str(model_id))
         if card is None and inputs.model_card is not None:
             card = inputs.model_card  # the --model directory's own card
-        threshold, source, why = _model_threshold(config, rows, card)
+        names = _findings_in_order(rows["finding"].unique(), card)
+        findings = _account_rows(rows, inputs.labels, inputs.split, names)
+        stored = _stored_thresholds(rows)
+        for finding in findings:
+            values = stored.get(finding.name, pd.Series(dtype=np.int64))
+            threshold, source, why = _finding_threshold(config, values, card, finding.name)
+            finding.threshold, finding.threshold_source = threshold, source
+            finding.reasons += why
+        counts = {key: sum(f.counts[key] for f in findings) for key in _COUNT_KEYS}
         if counts["n_outside_split"] == counts["n_rows"] - counts["n_duplicates"] > 0:
             reasons.append(f"all rows are outside the {inputs.split.name} split")
-        models.append(
-            _Model(
-                str(model_id), evaluated, counts, messages, threshold, source, card, reasons + why
-            )
-        )
+        models.append(_Model(str(model_id), findings, card, reasons))
     return models
 
 
@@ -603,9 +778,11 @@ def _card_summary(card: dict | None) -> dict | None:
         return None
     keys = (
         "finding",
+        "findings",
         "threshold",
         "threshold_sensitivity_90",
         "val_auc",
+        "per_finding",
         "counts",
         "head",
         "image_size",
@@ -615,8 +792,8 @@ def _card_summary(card: dict | None) -> dict | None:
     return {key: card[key] for key in keys if key in card}
 
 
-def _ranking_metrics(model: _Model, config: ReportConfig) -> tuple[dict, list[str]]:
-    y, scores = model.y, model.scores
+def _ranking_metrics(finding: _Finding, config: ReportConfig) -> tuple[dict, list[str]]:
+    y, scores = finding.y, finding.scores
     reasons = []
     why = metrics.class_reason(y)
     result = {
@@ -642,41 +819,96 @@ def _ranking_metrics(model: _Model, config: ReportConfig) -> tuple[dict, list[st
     return result, reasons
 
 
-def _operating_points(model: _Model) -> tuple[dict, list[str]]:
-    y, scores = model.y, model.scores
-    at_model, model_reasons = metrics.threshold_metrics(y, scores, model.threshold)
-    at_model["source"] = model.threshold_source
+def _operating_points(finding: _Finding) -> tuple[dict, list[str]]:
+    y, scores = finding.y, finding.scores
+    at_model, model_reasons = metrics.threshold_metrics(y, scores, finding.threshold)
+    at_model["source"] = finding.threshold_source
     youden = metrics.youden_threshold(y, scores)
     at_youden, youden_reasons = metrics.threshold_metrics(y, scores, youden)
     if youden is None:
         youden_reasons = [f"Youden threshold undefined: {metrics.class_reason(y)}"]
     reasons = [
-        f"at model threshold: {text}" for text in model_reasons if model.threshold is not None
+        f"at model threshold: {text}" for text in model_reasons if finding.threshold is not None
     ]
     reasons += [f"at Youden threshold: {text}" for text in youden_reasons]
     return {"model_threshold": at_model, "youden": at_youden}, reasons
 
 
-def _model_section(model: _Model, config: ReportConfig) -> dict:
-    ranking, ranking_reasons = _ranking_metrics(model, config)
-    points, point_reasons = _operating_points(model)
-    finding = model.rows["finding"].dropna()
+def _finding_entry(finding: _Finding, config: ReportConfig) -> dict:
+    """Every metric of one finding (the single-finding section's keys, less the model's)."""
+    ranking, ranking_reasons = _ranking_metrics(finding, config)
+    points, point_reasons = _operating_points(finding)
     return {
-        "model_id": model.model_id,
-        "finding": str(finding.iloc[0]) if not finding.empty else config.finding,
-        **model.counts,
+        "finding": finding.name,
+        **finding.counts,
         **ranking,
         "operating_points": points,
-        "error_messages": model.error_messages,
-        "model_card": _card_summary(model.card),
-        "reasons": model.reasons + ranking_reasons + point_reasons,
+        "error_messages": finding.error_messages,
+        "reasons": finding.reasons + ranking_reasons + point_reasons,
+    }
+
+
+def _summary_row(entry: Mapping) -> dict:
+    """One row of the CheXNet-style table: counts, AUC with CI, the operating point."""
+    point = entry["operating_points"]["model_threshold"]
+    return {
+        "finding": entry["finding"],
+        "n": entry["n"],
+        "n_positive": entry["n_positive"],
+        "auc": entry["auc"],
+        "auc_ci95": entry["auc_ci95"],
+        "threshold": point["threshold"],
+        "sensitivity": point["sensitivity"],
+        "specificity": point["specificity"],
+    }
+
+
+def _model_section(model: _Model, config: ReportConfig) -> dict:
+    """The model's metrics.json section.
+
+    Every section has ``findings`` (one entry of :func:`_finding_entry` per finding) and
+    ``summary`` (one :func:`_summary_row` per finding). A single-finding section also keeps
+    the keys it always had, the finding's entry spread at the top level.
+    """
+    entries = {f.name: _finding_entry(f, config) for f in model.findings}
+    summary = [_summary_row(entry) for entry in entries.values()]
+    card = _card_summary(model.card)
+    if model.single:
+        [entry] = entries.values()
+        flat = {key: value for key, value in entry.items() if key not in ("reasons",)}
+        errors = flat.pop("error_messages")
+        return {
+            "model_id": model.model_id,
+            **flat,
+            "error_messages": errors,
+            "model_card": card,
+            "reasons": model.reasons + entry["reasons"],
+            "findings": entries,
+            "summary": summary,
+        }
+    aucs = [row["auc"] for row in summary if row["auc"] is not None]
+    errors: dict[str, int] = {}
+    for entry in entries.values():
+        for text, count in entry["error_messages"].items():
+            errors[text] = errors.get(text, 0) + count
+    top = dict(sorted(errors.items(), key=lambda item: -item[1])[:5])
+    return {
+        "model_id": model.model_id,
+        "finding": None,
+        **{key: sum(entry[key] for entry in entries.values()) for key in _COUNT_KEYS},
+        "mean_auc": float(np.mean(aucs)) if aucs else None,
+        "error_messages": top,
+        "model_card": card,
+        "reasons": list(model.reasons),
+        "findings": entries,
+        "summary": summary,
     }
 
 
 # ----------------------------------------------------------------------------- comparisons
 
 
-def _compare(first: _Model, second: _Model, config: ReportConfig) -> tuple[dict, pd.DataFrame]:
+def _compare(first: _Finding, second: _Finding, config: ReportConfig) -> tuple[dict, pd.DataFrame]:
     shared = first.rows[["image_id", "label", "score"]].merge(
         second.rows[["image_id", "score"]], on="image_id", suffixes=("_a", "_b")
     )
@@ -689,8 +921,7 @@ def _compare(first: _Model, second: _Model, config: ReportConfig) -> tuple[dict,
         config.seed,
     )
     section = {
-        "model_a": first.model_id,
-        "model_b": second.model_id,
+        "finding": first.name,
         "n": len(shared),
         "n_positive": int(y.sum()),
         "n_negative": int(len(y) - y.sum()),
@@ -698,6 +929,17 @@ def _compare(first: _Model, second: _Model, config: ReportConfig) -> tuple[dict,
         "reasons": reasons,
     }
     return section, shared
+
+
+def _comparisons(models: Sequence[_Model], config: ReportConfig):
+    """Each pair of models on each finding both report, on the images both scored."""
+    for first, second in itertools.combinations(models, 2):
+        theirs = {f.name: f for f in second.findings}
+        for finding in first.findings:
+            if finding.name in theirs:
+                section, shared = _compare(finding, theirs[finding.name], config)
+                section = {"model_a": first.model_id, "model_b": second.model_id, **section}
+                yield first, second, section, shared
 
 
 # ----------------------------------------------------------------------------- plots
@@ -717,6 +959,9 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+# ----------------------------------------------------------------------------- plots
+
+
 def _auc_label(name: str, section: Mapping) -> str:
     text = f"{name} (n={section['n']:,}, AUC={_fmt(section['auc'])}"
     if section.get("auc_ci95"):
@@ -725,13 +970,32 @@ def _auc_label(name: str, section: Mapping) -> str:
     return text + ")"
 
 
-def _model_plots(model: _Model, section: dict) -> dict[str, bytes]:
+def _finding_curves(model: _Model, section: Mapping) -> list[tuple[str, metrics.Curve | None]]:
+    """The ``(legend, curve)`` pairs of the model's ROC figure: one per finding."""
+    curves = []
+    for finding in model.findings:
+        entry = section["findings"][finding.name]
+        label = (
+            f"{finding.name} (pos={entry['n_positive']:,}/{entry['n']:,}, AUC={_fmt(entry['auc'])})"
+        )
+        curves.append((label, metrics.roc_curve(finding.y, finding.scores)))
+    return curves
+
+
+def _findings_roc_arguments(model: _Model, section: Mapping) -> tuple:
+    """Arguments of :func:`medai.plots.roc_plot` for the model's ROC with a curve per finding."""
+    return (
+        f"ROC curves per finding - model {model.model_id[:12]}",
+        _finding_curves(model, section),
+        (),
+        "ROC undefined for every finding",
+    )
+
+
+def _operating_marks(points: Mapping) -> tuple[list, dict, list]:
+    """ROC marks, histogram cut-offs and confusion panels of the two operating points."""
     from medai import plots
 
-    y, scores = model.y, model.scores
-    short = model.model_id[:12]
-    why = metrics.class_reason(y)
-    points = section["operating_points"]
     names = {"model_threshold": "model threshold", "youden": "Youden threshold"}
     marks, cut_offs, confusion_panels = [], {}, []
     for key, name in names.items():
@@ -751,29 +1015,55 @@ def _model_plots(model: _Model, section: dict) -> dict[str, bytes]:
                     point["sensitivity"],
                 )
             )
-    brier, ece = _fmt(section["brier"]), _fmt(section["ece"])
-    figures = {
-        "roc": plots.roc_plot(
-            f"ROC curve - model {short}",
-            [(_auc_label(short, section), metrics.roc_curve(y, scores))],
+    return marks, cut_offs, confusion_panels
+
+
+def _finding_plots(
+    model: _Model, finding: _Finding, entry: dict, examples: bytes, with_roc: bool
+) -> dict[str, bytes]:
+    """The per-finding figures: ROC (single-finding layout only), histogram, confusion,
+    calibration and the example grid drawn beforehand."""
+    from medai import plots
+
+    y, scores = finding.y, finding.scores
+    short = model.model_id[:12]
+    what = f"model {short}" if model.single else f"{finding.name} - model {short}"
+    marks, cut_offs, confusion_panels = _operating_marks(entry["operating_points"])
+    figures = {}
+    if with_roc:
+        figures["roc"] = plots.roc_plot(
+            f"ROC curve - {what}",
+            [(_auc_label(short, entry), metrics.roc_curve(y, scores))],
             marks,
-            empty_reason=f"ROC undefined: {why}",
-        ),
-        "histogram": plots.score_histogram(
-            f"Score distribution - model {short}", y, scores, cut_offs
-        ),
-        "confusion": plots.confusion_plot(f"Confusion matrices - model {short}", confusion_panels),
-        "calibration": plots.calibration_plot(
-            f"Calibration - model {short}",
-            metrics.calibration_bins(y, scores),
-            f"{short} (n={len(y):,}, Brier={brier}, ECE={ece})",
-        ),
-        "examples": _examples_figure(model, section),
-    }
+            empty_reason=f"ROC undefined: {metrics.class_reason(y)}",
+        )
+    brier, ece = _fmt(entry["brier"]), _fmt(entry["ece"])
+    figures["histogram"] = plots.score_histogram(
+        f"Score distribution - {what}", y, scores, cut_offs
+    )
+    figures["confusion"] = plots.confusion_plot(f"Confusion matrices - {what}", confusion_panels)
+    figures["calibration"] = plots.calibration_plot(
+        f"Calibration - {what}",
+        metrics.calibration_bins(y, scores),
+        f"{short} (n={len(y):,}, Brier={brier}, ECE={ece})",
+    )
+    figures["examples"] = examples
+    return figures
+
+
+def _model_plots(model: _Model, section: dict) -> dict[str, bytes]:
+    """Model-level figures: the ROC with a curve per finding (several findings), training."""
+    from medai import plots
+
+    figures = {}
+    if not model.single:
+        figures["roc"] = plots.roc_plot(*_findings_roc_arguments(model, section))
     history = (model.card or {}).get("history")
     if isinstance(history, list) and any(isinstance(row, dict) for row in history):
         rows = [row for row in history if isinstance(row, dict)]
-        figures["training"] = plots.training_plot(f"Training history - model {short}", rows)
+        figures["training"] = plots.training_plot(
+            f"Training history - model {model.model_id[:12]}", rows
+        )
     return figures
 
 
@@ -784,14 +1074,21 @@ _EXAMPLE_GROUPS = {
 }
 
 
-def _example_rows(model: _Model, cut_off: float) -> dict[str, pd.DataFrame]:
+def _example_cut_off(entry: Mapping) -> tuple[float | None, str]:
+    points = entry["operating_points"]
+    if points["model_threshold"]["threshold"] is not None:
+        return points["model_threshold"]["threshold"], "model threshold"
+    return points["youden"]["threshold"], "Youden threshold"
+
+
+def _example_rows(finding: _Finding, cut_off: float) -> dict[str, pd.DataFrame]:
     """The images to show per group of :data:`_EXAMPLE_GROUPS` at a cut-off.
 
     Missed positives are the lowest-scoring ones: the model's most confident misses.
     """
-    rows = model.rows
+    rows = finding.rows
     called = is_positive(rows["score"].to_numpy(), cut_off)
-    positive = rows["label"] == 1
+    positive = (rows["label"] == 1).to_numpy()
     top = EXAMPLES_PER_GROUP
     return {
         "true_positives": rows[called & positive].nlargest(top, "score"),
@@ -800,27 +1097,23 @@ def _example_rows(model: _Model, cut_off: float) -> dict[str, pd.DataFrame]:
     }
 
 
-def _examples_figure(model: _Model, section: dict) -> bytes:
-    """Draw the example grid and record the chosen images in ``section["examples"]``."""
+def _examples_figure(
+    model: _Model,
+    finding: _Finding,
+    entry: dict,
+    groups: Mapping[str, pd.DataFrame] | None,
+    thumbnails: Mapping[str, tuple[np.ndarray | None, str]],
+) -> bytes:
+    """Draw the example grid and record the chosen images in ``entry["examples"]``."""
     from medai import plots
 
-    points = section["operating_points"]
-    cut_off = points["model_threshold"]["threshold"]
-    name = "model threshold"
-    if cut_off is None:
-        cut_off, name = points["youden"]["threshold"], "Youden threshold"
+    cut_off, name = _example_cut_off(entry)
     title = f"Example images - model {model.model_id[:12]}"
-    if cut_off is None or model.rows.empty:
-        section["examples"] = None
+    if not model.single:
+        title = f"Example images - {finding.name} - model {model.model_id[:12]}"
+    if groups is None:
+        entry["examples"] = None
         return plots.message_plot(title, "no examples: no labelled predictions with a threshold")
-    groups = _example_rows(model, cut_off)
-    sources = [
-        source
-        for frame in groups.values()
-        for source in frame["source"].tolist()
-        if isinstance(source, str)
-    ]
-    thumbnails = _load_thumbnails(sources)
     grid, listed, unreadable = {}, {}, 0
     for group, frame in groups.items():
         examples = []
@@ -831,8 +1124,33 @@ def _examples_figure(model: _Model, section: dict) -> bytes:
             examples.append(plots.Example(f"{image_id}\nscore {score:.3f}", pixels, problem))
         grid[_EXAMPLE_GROUPS[group]] = examples
         listed[group] = frame["image_id"].tolist()
-    section["examples"] = {"cut_off": cut_off, "images": listed, "unreadable": unreadable}
+    entry["examples"] = {"cut_off": cut_off, "images": listed, "unreadable": unreadable}
     return plots.examples_plot(f"{title} at {name} {cut_off:.3f}", grid)
+
+
+def _all_examples(models: Sequence[_Model], sections: Mapping[str, dict]):
+    """Choose every finding's examples, then decode all their images in one go.
+
+    Reading once for every model and finding means an archive is streamed once per report,
+    however many findings show one of its members.
+    """
+    chosen: dict[tuple[str, str], dict[str, pd.DataFrame] | None] = {}
+    for model in models:
+        for finding in model.findings:
+            cut_off, _ = _example_cut_off(sections[model.model_id]["findings"][finding.name])
+            empty = cut_off is None or finding.rows.empty
+            chosen[model.model_id, finding.name] = (
+                None if empty else _example_rows(finding, cut_off)
+            )
+    sources = [
+        source
+        for groups in chosen.values()
+        if groups is not None
+        for frame in groups.values()
+        for source in frame["source"].tolist()
+        if isinstance(source, str)
+    ]
+    return chosen, _load_thumbnails(sources)
 
 
 def _load_thumbnails(sources: Sequence[str]) -> dict[str, tuple[np.ndarray | None, str]]:
@@ -896,7 +1214,8 @@ def _comparison_plot(section: Mapping, shared: pd.DataFrame) -> bytes:
         curves.append((label, metrics.roc_curve(y, scores)))
     why = metrics.class_reason(y)
     return plots.roc_plot(
-        f"ROC on shared images - {section['model_a'][:12]} vs {section['model_b'][:12]}",
+        f"ROC on shared images ({section['finding']}) - {section['model_a'][:12]} vs "
+        f"{section['model_b'][:12]}",
         curves,
         empty_reason=f"ROC undefined: {why}",
     )
@@ -968,7 +1287,9 @@ def _card_html(card: Mapping | None) -> str:
         )
         if key in card and not isinstance(card[key], (dict, list))
     ]
-    parts = ["<h4>Model card</h4>", _table(rows)]
+    if isinstance(card.get("findings"), list):
+        rows.insert(0, ("findings", ", ".join(map(str, card["findings"]))))
+    parts = ["<h4>Model card</h4>", _table(rows), _per_finding_card_html(card.get("per_finding"))]
     counts = card.get("counts")
     if isinstance(counts, dict) and counts:
         header = "<tr><th>split</th><th>images</th><th>patients</th><th>positives</th></tr>"
@@ -989,6 +1310,25 @@ def _card_html(card: Mapping | None) -> str:
     return "".join(parts)
 
 
+def _per_finding_card_html(per_finding) -> str:
+    """The card's per-finding thresholds and validation AUCs (a multi-finding card)."""
+    if not isinstance(per_finding, dict) or not per_finding:
+        return ""
+    keys = ("threshold", "threshold_sensitivity_90", "val_auc")
+    header = "<tr><th>finding</th>" + "".join(f"<th>{key}</th>" for key in keys) + "</tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(str(name))}</td>"
+        + "".join(
+            _cell(values.get(key)) if not isinstance(values.get(key), (dict, list)) else "<td></td>"
+            for key in keys
+        )
+        + "</tr>"
+        for name, values in per_finding.items()
+        if isinstance(values, dict)
+    )
+    return f"<table>{header}{body}</table>"
+
+
 def _points_html(points: Mapping) -> str:
     keys = metrics.THRESHOLD_KEYS
     header = (
@@ -1004,54 +1344,122 @@ def _points_html(points: Mapping) -> str:
     return f"<table>{header}{body}</table>"
 
 
-def _model_html(section: Mapping, figures: Mapping[str, bytes]) -> str:
-    captions = {
-        "roc": "ROC curve with the operating points",
-        "histogram": "Score distributions of positives and negatives",
-        "confusion": "Confusion matrices at the model and Youden thresholds",
-        "calibration": "Calibration (reliability) curve",
-        "training": "Training curves from the model card",
-        "examples": "Example images",
-    }
-    counts = [
-        (name, section[key])
-        for name, key in (
-            ("prediction rows", "n_rows"),
-            ("duplicate rows (older dropped)", "n_duplicates"),
-            ("outside the split", "n_outside_split"),
-            ("scoring errors", "n_errors"),
-            ("without a label", "n_unlabeled"),
-            ("evaluated images", "n"),
-            ("positives", "n_positive"),
-            ("negatives", "n_negative"),
-        )
-    ]
+def _summary_html(summary: Sequence[Mapping]) -> str:
+    """The CheXNet-style table: one row per finding."""
+    header = (
+        "<tr><th>finding</th><th>images</th><th>positives</th><th>AUC</th>"
+        "<th>AUC 95% CI</th><th>threshold</th><th>sensitivity</th><th>specificity</th></tr>"
+    )
+    body = "".join(
+        f"<tr><td>{html.escape(str(row['finding']))}</td>"
+        + "".join(_cell(row[key]) for key in ("n", "n_positive", "auc"))
+        + f'<td class="num">{html.escape(_ci(row, "auc_ci95"))}</td>'
+        + "".join(_cell(row[key]) for key in ("threshold", "sensitivity", "specificity"))
+        + "</tr>"
+        for row in summary
+    )
+    return f'<h3>Summary</h3><table class="summary">{header}{body}</table>'
+
+
+_CAPTIONS = {
+    "roc": "ROC curve with the operating points",
+    "histogram": "Score distributions of positives and negatives",
+    "confusion": "Confusion matrices at the model and Youden thresholds",
+    "calibration": "Calibration (reliability) curve",
+    "training": "Training curves from the model card",
+    "examples": "Example images",
+}
+
+
+def _counts_table(section: Mapping) -> str:
+    return _table(
+        [
+            (name, section[key])
+            for name, key in (
+                ("prediction rows", "n_rows"),
+                ("duplicate rows (older dropped)", "n_duplicates"),
+                ("outside the split", "n_outside_split"),
+                ("scoring errors", "n_errors"),
+                ("without a label", "n_unlabeled"),
+                ("evaluated images", "n"),
+                ("positives", "n_positive"),
+                ("negatives", "n_negative"),
+            )
+            if key in section
+        ]
+    )
+
+
+def _errors_html(messages: Mapping[str, int]) -> str:
+    if not messages:
+        return ""
+    items = "".join(
+        f"<li>{_e(count)} x <code>{html.escape(message)}</code></li>"
+        for message, count in messages.items()
+    )
+    return f"<h4>Most common scoring errors</h4><ul>{items}</ul>"
+
+
+def _notes_html(reasons: Sequence[str]) -> str:
+    if not reasons:
+        return ""
+    notes = "".join(f"<li>{html.escape(text)}</li>" for text in reasons)
+    return f'<h4>Notes</h4><ul class="notes">{notes}</ul>'
+
+
+def _metrics_html(entry: Mapping) -> str:
     ranking = [
-        ("AUC", section["auc"]),
-        ("AUC 95% CI", _ci(section, "auc_ci95")),
-        ("average precision", section["average_precision"]),
-        ("Brier score", section["brier"]),
-        (f"ECE ({ECE_BINS} equal-width bins)", section["ece"]),
+        ("AUC", entry["auc"]),
+        ("AUC 95% CI", _ci(entry, "auc_ci95")),
+        ("average precision", entry["average_precision"]),
+        ("Brier score", entry["brier"]),
+        (f"ECE ({ECE_BINS} equal-width bins)", entry["ece"]),
     ]
+    return _table(ranking) + _points_html(entry["operating_points"])
+
+
+def _figures_html(figures: Mapping[str, bytes], finding: str = "") -> str:
+    prefix = f"{finding}: " if finding else ""
+    return "".join(
+        _figure_html(png, prefix + _CAPTIONS.get(name, name)) for name, png in figures.items()
+    )
+
+
+def _model_html(section: Mapping, figures: Mapping[str, bytes], per_finding) -> str:
+    """One model's section; ``per_finding`` maps finding -> figures (several findings only)."""
+    single = not per_finding
+    findings = ", ".join(section["findings"])
     parts = [
         f"<h2>Model <code>{html.escape(section['model_id'])}</code></h2>",
-        _table([("model id", section["model_id"]), ("finding", section["finding"])]),
+        _table(
+            [
+                ("model id", section["model_id"]),
+                (
+                    "findings" if not single else "finding",
+                    section["finding"] if single else findings,
+                ),
+            ]
+        ),
+        _summary_html(section["summary"]),
         _card_html(section.get("model_card")),
-        "<h3>Counts</h3>",
-        _table(counts),
+        "<h3>Counts</h3>" if single else "<h3>Counts (prediction rows, all findings)</h3>",
+        _counts_table(section),
+        _errors_html(section["error_messages"]),
     ]
-    if section["error_messages"]:
-        items = "".join(
-            f"<li>{_e(count)} x <code>{html.escape(message)}</code></li>"
-            for message, count in section["error_messages"].items()
-        )
-        parts.append(f"<h4>Most common scoring errors</h4><ul>{items}</ul>")
-    parts += ["<h3>Metrics</h3>", _table(ranking), _points_html(section["operating_points"])]
-    if section["reasons"]:
-        notes = "".join(f"<li>{html.escape(text)}</li>" for text in section["reasons"])
-        parts.append(f'<h4>Notes</h4><ul class="notes">{notes}</ul>')
-    parts.append("<h3>Plots</h3>")
-    parts += [_figure_html(png, captions.get(name, name)) for name, png in figures.items()]
+    if single:
+        parts += ["<h3>Metrics</h3>", _metrics_html(section), _notes_html(section["reasons"])]
+        parts += ["<h3>Plots</h3>", _figures_html(figures)]
+        return "".join(parts)
+    parts += [_notes_html(section["reasons"]), "<h3>Plots</h3>", _figures_html(figures)]
+    for name, entry in section["findings"].items():
+        parts += [
+            f"<h3>{html.escape(name)}</h3>",
+            _counts_table(entry),
+            _errors_html(entry["error_messages"]),
+            _metrics_html(entry),
+            _notes_html(entry["reasons"]),
+            _figures_html(per_finding.get(name, {}), name),
+        ]
     return "".join(parts)
 
 
@@ -1059,12 +1467,13 @@ def _comparisons_html(comparisons: Sequence[Mapping], figures: Sequence[bytes]) 
     if not comparisons:
         return ""
     header = (
-        "<tr><th>model A</th><th>model B</th><th>shared images</th><th>AUC A</th>"
+        "<tr><th>model A</th><th>model B</th><th>finding</th><th>shared images</th><th>AUC A</th>"
         "<th>AUC B</th><th>AUC A - B</th><th>95% CI (paired bootstrap)</th></tr>"
     )
     body = "".join(
         f"<tr><td><code>{html.escape(c['model_a'])}</code></td>"
-        f'<td><code>{html.escape(c["model_b"])}</code></td><td class="num">{_e(c["n"])}</td>'
+        f"<td><code>{html.escape(c['model_b'])}</code></td><td>{_e(c['finding'])}</td>"
+        f'<td class="num">{_e(c["n"])}</td>'
         f'<td class="num">{_e(c["auc_a"])}</td><td class="num">{_e(c["auc_b"])}</td>'
         f'<td class="num">{_e(c["auc_difference"])}</td>'
         f'<td class="num">{html.escape(_ci(c, "auc_difference_ci95"))}</td></tr>'
@@ -1081,9 +1490,8 @@ def _comparisons_html(comparisons: Sequence[Mapping], figures: Sequence[bytes]) 
     )
 
 
-def _render_html(
-    report: Mapping, figures: Mapping[str, Mapping[str, bytes]], comparison_figures: Sequence[bytes]
-) -> str:
+def _render_html(report: Mapping, figures: Mapping, comparison_figures: Sequence[bytes]) -> str:
+    """The self-contained page; ``figures[model_id]`` = (model figures, per-finding figures)."""
     config = report["config"]
     finding = html.escape(str(report["finding"]))
     summary = _table(
@@ -1114,7 +1522,7 @@ def _render_html(
         notes = "".join(f"<li>{html.escape(text)}</li>" for text in report["reasons"])
         parts.append(f'<ul class="notes">{notes}</ul>')
     for model_id, section in report["models"].items():
-        parts.append(_model_html(section, figures[model_id]))
+        parts.append(_model_html(section, *figures[model_id]))
     parts.append(_comparisons_html(report["comparisons"], comparison_figures))
     parts += [banner, "</body></html>"]
     return "\n".join(parts)
@@ -1159,7 +1567,8 @@ def run_report(config: ReportConfig) -> dict:
 
     Returns:
         The dict written to ``OUT/metrics.json``: run details, ``models`` (one section per
-        model id), ``comparisons`` (one per pair of models) and ``reasons``.
+        model id, see :func:`_model_section`), ``comparisons`` (one per pair of models and
+        shared finding) and ``reasons``.
 
     Raises:
         ReportError: On invalid options or unusable inputs, before anything is written.
@@ -1174,8 +1583,12 @@ def run_report(config: ReportConfig) -> dict:
     _write_json(out / "config.json", resolved)
 
     models = _collect_models(config, inputs)
+    # In the models' output order (the first model's first).
+    reported = list(dict.fromkeys(f.name for m in models for f in m.findings))
+    reported = reported or list(inputs.findings)
     report: dict = {
-        "finding": config.finding,
+        "finding": ",".join(reported),
+        "findings": reported,
         "split": inputs.split.name,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_prediction_rows": int(len(inputs.predictions)),
@@ -1189,30 +1602,54 @@ def run_report(config: ReportConfig) -> dict:
         report["reasons"].append("the prediction files hold no rows")
     for model_id, finding in inputs.skipped_models.items():
         report["reasons"].append(f"model {model_id} skipped: it scores {finding!r}")
-    figures: dict[str, dict[str, bytes]] = {}
+    sections = {model.model_id: _model_section(model, config) for model in models}
+    for model in models:
+        for row in sections[model.model_id]["summary"]:
+            log.info(
+                "model %s %s: n=%d (%d positive), AUC %s",
+                model.model_id,
+                row["finding"],
+                row["n"],
+                row["n_positive"],
+                _fmt(row["auc"]),
+            )
+    chosen, thumbnails = _all_examples(models, sections)
+    figures: dict[str, tuple[dict[str, bytes], dict[str, dict[str, bytes]]]] = {}
     for index, model in enumerate(models):
-        section = _model_section(model, config)
-        figures[model.model_id] = _model_plots(model, section)
+        section = sections[model.model_id]
         slug = _slug(index, model.model_id)
+        model_figures, per_finding = _model_plots(model, section), {}
+        for finding in model.findings:
+            entry = section["findings"][finding.name]
+            groups = chosen[model.model_id, finding.name]
+            examples = _examples_figure(model, finding, entry, groups, thumbnails)
+            drawn = _finding_plots(model, finding, entry, examples, with_roc=model.single)
+            if model.single:
+                section["examples"] = entry["examples"]
+                model_figures = {**drawn, **model_figures}
+                entry["plots"] = {}
+                continue
+            name = re.sub(r"[^A-Za-z0-9_]", "", finding.name) or "finding"
+            entry["plots"] = {
+                kind: _write_png(plots_dir, f"{slug}_{name}_{kind}.png", png)
+                for kind, png in drawn.items()
+            }
+            per_finding[finding.name] = drawn
         section["plots"] = {
-            name: _write_png(plots_dir, f"{slug}_{name}.png", png)
-            for name, png in figures[model.model_id].items()
+            kind: _write_png(plots_dir, f"{slug}_{kind}.png", png)
+            for kind, png in model_figures.items()
         }
+        if model.single:
+            entry["plots"] = {k: v for k, v in section["plots"].items() if k != "training"}
+        figures[model.model_id] = (model_figures, per_finding)
         report["models"][model.model_id] = section
-        log.info(
-            "model %s: n=%d (%d positive), AUC %s",
-            model.model_id,
-            section["n"],
-            section["n_positive"],
-            _fmt(section["auc"]),
-        )
     comparison_figures = []
-    for first, second in itertools.combinations(models, 2):
-        section, shared = _compare(first, second, config)
+    for first, second, section, shared in _comparisons(models, config):
         png = _comparison_plot(section, shared)
+        suffix = "" if first.single and second.single else f"_{section['finding']}"
         name = (
             f"compare_{_slug(models.index(first), first.model_id)}"
-            f"_{_slug(models.index(second), second.model_id)}.png"
+            f"_{_slug(models.index(second), second.model_id)}{suffix}.png"
         )
         section["plot"] = _write_png(plots_dir, name, png)
         report["comparisons"].append(section)

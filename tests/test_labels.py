@@ -6,7 +6,16 @@ import logging
 
 import pytest
 
-from medai.labels import NIH_FINDINGS, LabelError, find_split_lists, load_labels, read_split_list
+from medai.labels import (
+    NIH_FINDINGS,
+    LabelError,
+    find_split_lists,
+    label_columns,
+    labelled_findings,
+    load_labels,
+    parse_findings,
+    read_split_list,
+)
 from medai.phantoms import NIH_HEADER
 
 
@@ -30,7 +39,18 @@ ROWS = [
 
 def test_nih_header_quirks_and_multi_label(tmp_path):
     table = load_labels(nih(tmp_path, ROWS), "Mass")
-    assert list(table.columns) == ["image_id", "patient_id", "label", "findings"]
+    assert list(table.columns) == [
+        "image_id",
+        "patient_id",
+        "findings",
+        "label_Mass",
+        "label",
+        "age",
+        "sex",
+        "view",
+        "follow_up",
+    ]
+    assert table["label"].equals(table["label_Mass"])
     assert table.set_index("image_id")["label"].to_dict() == {
         "00000001_000.png": 1,
         "00000001_001.png": 1,
@@ -116,3 +136,100 @@ def test_generic_csv_without_patient_id_warns_about_leaks(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="medai.labels"):
         load_labels(write(tmp_path, "image,label,patient_id\na.png,1,p1\n", "with.csv"))
     assert not [r for r in caplog.records if r.name == "medai.labels"]
+
+
+# ----------------------------------------------------------------------------- several findings
+
+
+def test_parse_findings_lists_all_and_errors():
+    assert parse_findings("Mass") == ("Mass",)
+    assert parse_findings(" Mass , Nodule,Effusion ") == ("Mass", "Nodule", "Effusion")
+    assert parse_findings("all") == NIH_FINDINGS and len(NIH_FINDINGS) == 14
+    with pytest.raises(LabelError, match="more than once"):
+        parse_findings("Mass,Nodule,Mass")
+    with pytest.raises(LabelError) as err:
+        parse_findings("Mass,Tumour")
+    assert "Tumour" in str(err.value) and all(f in str(err.value) for f in NIH_FINDINGS)
+    with pytest.raises(LabelError, match="empty name"):
+        parse_findings("Mass,,Nodule")
+
+
+MULTI_ROWS = [
+    "00000001_000.png,Mass,0,1,58,M,PA,2682,2749,0.143,0.143",
+    "00000001_001.png,Effusion|Mass,1,1,058Y,M,AP,2894,2729,0.143,0.143",
+    "00000002_000.png,No Finding,0,2,81,F,PA,2500,2048,0.168,0.168",
+    "00000003_000.png,Cardiomegaly,0,3,74,F,PA,2500,2048,0.168,0.168",
+    "00000004_000.png,Nodule|Effusion,2,4,40,M,PA,2500,2048,0.168,0.168",
+]
+
+
+def test_multi_label_table_all_others(tmp_path):
+    table = load_labels(nih(tmp_path, MULTI_ROWS), "Mass,Nodule,Effusion").set_index("image_id")
+    assert label_columns(("Mass", "Nodule", "Effusion")) == [
+        "label_Mass",
+        "label_Nodule",
+        "label_Effusion",
+    ]
+    assert table[["label_Mass", "label_Nodule", "label_Effusion"]].to_numpy().tolist() == [
+        [1, 0, 0],
+        [1, 0, 1],
+        [0, 0, 0],
+        [0, 0, 0],
+        [0, 1, 1],
+    ]
+    assert (table["label"] == table["label_Mass"]).all()  # the first finding's column
+    assert table["label_Mass"].dtype == "int8"
+
+
+def test_multi_label_no_finding_marks_other_findings_not_evaluated(tmp_path):
+    path = nih(tmp_path, MULTI_ROWS)
+    table = load_labels(path, ("Mass", "Nodule"), negatives="no-finding").set_index("image_id")
+    # Cardiomegaly-only is -1 for both findings, so it is dropped altogether.
+    assert "00000003_000.png" not in table.index
+    assert table[["label_Mass", "label_Nodule"]].to_dict("index") == {
+        "00000001_000.png": {"label_Mass": 1, "label_Nodule": -1},
+        "00000001_001.png": {"label_Mass": 1, "label_Nodule": -1},
+        "00000002_000.png": {"label_Mass": 0, "label_Nodule": 0},
+        "00000004_000.png": {"label_Mass": -1, "label_Nodule": 1},
+    }
+    # One finding: the same images as the single-finding no-finding policy always kept.
+    single = load_labels(path, "Mass", negatives="no-finding")
+    assert set(single["image_id"]) == {"00000001_000.png", "00000001_001.png", "00000002_000.png"}
+    assert set(single["label"]) == {0, 1}
+
+
+def test_all_findings_and_metadata(tmp_path):
+    table = load_labels(nih(tmp_path, MULTI_ROWS), "all")
+    assert [c for c in table.columns if c.startswith("label_")] == label_columns(NIH_FINDINGS)
+    assert table["age"].tolist() == [58, 58, 81, 74, 40]  # "058Y" normalised
+    assert table["sex"].tolist() == ["M", "M", "F", "F", "M"]
+    assert table["view"].tolist() == ["PA", "AP", "PA", "PA", "PA"]
+    assert table["follow_up"].tolist() == [0, 1, 0, 0, 2]
+
+
+def test_generic_csv_with_one_column_per_finding(tmp_path):
+    path = write(
+        tmp_path,
+        "image,Mass,Nodule,patient_id,sex,age,view\n"
+        "a.png,1,0,p1,f,33,pa\nb.png,0,1,p2,M,50,AP\nc.png,0,0,p2,,,\n",
+    )
+    assert labelled_findings(path) == ("Mass", "Nodule")
+    table = load_labels(path, "Nodule,Mass")
+    assert table["label_Nodule"].tolist() == [0, 1, 0]
+    assert table["label_Mass"].tolist() == [1, 0, 0]
+    assert table["label"].tolist() == [0, 1, 0]  # the first finding asked for: Nodule
+    assert table["sex"].tolist()[:2] == ["F", "M"] and table["sex"].isna().tolist()[2]
+    assert table["age"].tolist()[:2] == [33, 50] and table["view"].tolist()[:2] == ["PA", "AP"]
+    with pytest.raises(LabelError, match=r"no column for finding\(s\) \['Effusion'\]"):
+        load_labels(path, "Mass,Effusion")
+    bad = write(tmp_path, "image,Mass\na.png,2\n", "bad.csv")
+    with pytest.raises(LabelError, match=r"label \(Mass\) must be 0 or 1"):
+        load_labels(bad, "Mass")
+
+
+def test_generic_label_column_holds_one_finding(tmp_path):
+    path = write(tmp_path, "image,label,patient_id\na.png,1,p1\nb.png,0,p2\n")
+    assert labelled_findings(path) is None
+    assert load_labels(path, "Nodule")["label_Nodule"].tolist() == [1, 0]
+    with pytest.raises(LabelError, match="no column for finding"):
+        load_labels(path, "Mass,Nodule")

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
+from medai.predictions import prediction_schema
 from medai.report import (
     INTENDED_USE,
     SPLITS,
@@ -34,7 +35,6 @@ from medai.report import (
     config_from_args,
     run_report,
 )
-from medai.score import prediction_schema
 from medai.thresholds import is_positive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,8 @@ def pred_table(
         "scored_at": list(scored_at) if scored_at is not None else [T0] * n,
         "error": list(errors) if errors is not None else [None] * n,
     }
-    table = pa.table(columns, schema=SCHEMA)
+    # Columns these tests do not set (e.g. the engine that ran) are null.
+    table = pa.table([columns.get(f.name, pa.nulls(n, f.type)) for f in SCHEMA], schema=SCHEMA)
     return table.drop_columns(["threshold"]) if threshold is None else table
 
 
@@ -518,20 +519,8 @@ def test_score_exactly_at_the_card_threshold_is_positive(tmp_path: Path) -> None
     ids = image_ids(6)
     scores = np.array([at, np.nextafter(at, np.float32(0)), 0.9, 0.2, at, 0.1], dtype=np.float32)
     y = [1, 0, 1, 0, 0, 1]
-    table = pa.table(
-        {
-            "image_id": ids,
-            "source": [f"/nowhere/{i}" for i in ids],
-            "score": pa.array(scores, pa.float32()),
-            "predicted": pa.array(is_positive(scores, threshold)),
-            "threshold": pa.array(np.full(len(ids), at), pa.float32()),
-            "finding": ["Mass"] * len(ids),
-            "model_id": [MODEL_A] * len(ids),
-            "scored_at": [T0] * len(ids),
-            "error": pa.nulls(len(ids), pa.string()),
-        },
-        schema=SCHEMA,
-    )
+    table = pred_table(ids, scores, threshold=threshold)
+    assert table.column("threshold").to_pylist() == [float(at)] * len(ids)
     preds = write_preds(tmp_path / "pred", "part-0.parquet", table)
     write_card(preds, MODEL_A, finding="Mass", threshold=threshold)
     labels = write_labels(tmp_path / "labels.csv", ids, y)
@@ -819,7 +808,8 @@ def test_cli_flags_build_the_config(tmp_path: Path) -> None:
     defaults = config_from_args(
         parser.parse_args(["--predictions", "p", "--labels", "l", "--out", "o"])
     )
-    assert (defaults.finding, defaults.negatives, defaults.split) == ("Mass", "all-others", None)
+    # No --finding: every finding the models scored (Mass for a generic image,label CSV).
+    assert (defaults.finding, defaults.negatives, defaults.split) == (None, "all-others", None)
     assert defaults.model is None
     assert (defaults.threshold, defaults.bootstrap, defaults.seed) == (None, 1000, 0)
 
@@ -924,3 +914,154 @@ def test_benchmark_script_runs_small(capsys: pytest.CaptureFixture) -> None:
     seconds = module.main(["--rows", "3000", "--models", "2"])
     assert seconds > 0
     assert re.search(r"^report over 3000 rows: \d+\.\d s$", capsys.readouterr().out, re.M)
+
+
+# ----------------------------------------------------------------------------- several findings
+
+MULTI = ("Mass", "Nodule", "Effusion")  # the card's output order, not the NIH order
+SINGLE_KEYS = {  # a single-finding model's section before findings were added, plus the two
+    "model_id", "finding", "n_rows", "n_duplicates", "n_outside_split", "n_errors",
+    "n_unlabeled", "n", "n_positive", "n_negative", "auc", "auc_ci95", "average_precision",
+    "brier", "ece", "operating_points", "error_messages", "model_card", "reasons", "examples",
+    "plots",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+    """One 3-finding model over NIH-style labels: one row per (image, finding)."""
+    root = tmp_path_factory.mktemp("multi")
+    n = 150
+    ids = image_ids(n)
+    rng = np.random.default_rng(7)
+    hot = rng.random((n, len(MULTI))) < np.array([0.3, 0.2, 0.4])
+    hot[:6] = False  # a few No Finding images
+    text = ["|".join(np.array(MULTI)[row]) or "No Finding" for row in hot]
+    labels = root / "Data_Entry_2017.csv"
+    pd.DataFrame(
+        {"Image Index": ids, "Finding Labels": text, "Patient ID": [i[:8] for i in ids]}
+    ).to_csv(labels, index=False)
+    scores = np.clip(0.3 + 0.35 * hot + rng.normal(0, 0.2, hot.shape), 0, 1).astype(np.float32)
+    thresholds = {"Mass": 0.5, "Nodule": 0.45, "Effusion": 0.55}
+    preds = root / "pred"
+    for k, finding in enumerate(MULTI):
+        table = pred_table(ids, scores[:, k], threshold=thresholds[finding], finding=finding)
+        write_preds(preds, f"{finding}.parquet", table)
+    write_card(
+        preds,
+        MODEL_A,
+        findings=list(MULTI),
+        per_finding={f: {"threshold": t, "val_auc": 0.8} for f, t in thresholds.items()},
+    )
+    out = root / "out"
+    report = run_report(config(preds, labels, out, bootstrap=200))
+    return {"report": report, "out": out, "hot": hot, "scores": scores, "labels": labels,
+            "preds": preds, "thresholds": thresholds}  # fmt: skip
+
+
+def test_multi_finding_metrics_per_finding_match_sklearn(multi) -> None:
+    report = multi["report"]
+    section = report["models"][MODEL_A]
+    assert report["findings"] == list(MULTI) and report["finding"] == "Mass,Nodule,Effusion"
+    assert list(section["findings"]) == list(MULTI)  # ordered as the card's outputs
+    for k, finding in enumerate(MULTI):
+        entry = section["findings"][finding]
+        y, scores = multi["hot"][:, k].astype(int), multi["scores"][:, k]
+        assert (entry["n"], entry["n_positive"]) == (150, int(y.sum()))
+        assert entry["auc"] == pytest.approx(skm.roc_auc_score(y, scores), abs=1e-12)
+        assert entry["average_precision"] == pytest.approx(skm.average_precision_score(y, scores))
+        low, high = entry["auc_ci95"]
+        assert low < entry["auc"] < high
+        point = entry["operating_points"]["model_threshold"]
+        assert (point["source"], point["threshold"]) == ("model card", multi["thresholds"][finding])
+        called = scores >= np.float32(point["threshold"])
+        assert point["sensitivity"] == pytest.approx(skm.recall_score(y, called))
+        assert set(entry["plots"]) == {"histogram", "confusion", "calibration", "examples"}
+    assert section["mean_auc"] == pytest.approx(
+        np.mean([section["findings"][f]["auc"] for f in MULTI])
+    )
+    assert set(section["plots"]) == {"roc"}  # one ROC figure for all findings
+
+
+def test_multi_finding_summary_in_json_and_html(multi) -> None:
+    out, report = multi["out"], multi["report"]
+    assert strict_json(out / "metrics.json") == report
+    summary = report["models"][MODEL_A]["summary"]
+    assert [row["finding"] for row in summary] == list(MULTI)
+    for row in summary:
+        entry = report["models"][MODEL_A]["findings"][row["finding"]]
+        assert set(row) == {"finding", "n", "n_positive", "auc", "auc_ci95", "threshold",
+                            "sensitivity", "specificity"}  # fmt: skip
+        assert (row["auc"], row["auc_ci95"]) == (entry["auc"], entry["auc_ci95"])
+        point = entry["operating_points"]["model_threshold"]
+        assert (row["sensitivity"], row["specificity"]) == (
+            point["sensitivity"],
+            point["specificity"],
+        )
+    text = (out / "report.html").read_text(encoding="utf-8")
+    table = text[text.index('<table class="summary">') :]
+    table = table[: table.index("</table>")]
+    for row in summary:
+        assert f"<td>{row['finding']}</td>" in table
+        assert f"{row['auc']:.3f}" in table
+    # Near the top: before the first finding's own section.
+    assert text.index('<table class="summary">') < text.index("<h3>Mass</h3>")
+    plots = [p for e in report["models"][MODEL_A]["findings"].values() for p in e["plots"].values()]
+    assert len(html_images(text).images) == len(plots) + 1  # + the ROC with all findings
+
+
+def test_multi_finding_roc_has_one_curve_per_finding(multi) -> None:
+    from medai import plots
+    from medai import report as report_module
+
+    cfg = config(multi["preds"], multi["labels"], multi["out"] / "unused", bootstrap=0)
+    [model] = report_module._collect_models(cfg, report_module._prepare(cfg))
+    section = report_module._model_section(model, cfg)
+    figure = plots.roc_figure(*report_module._findings_roc_arguments(model, section))
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert legend[0].startswith("chance")
+    assert [label.split(" ")[0] for label in legend[1:]] == list(MULTI)
+    assert len(figure.axes[0].lines) == 1 + len(MULTI)
+
+
+def test_finding_option_picks_findings_and_no_finding_negatives(multi, tmp_path) -> None:
+    hot = multi["hot"]
+    report = run_report(
+        config(
+            multi["preds"],
+            multi["labels"],
+            tmp_path / "two",
+            finding="Nodule,Mass",
+            negatives="no-finding",
+            bootstrap=0,
+        )  # fmt: skip
+    )
+    section = report["models"][MODEL_A]
+    assert list(section["findings"]) == ["Mass", "Nodule"]  # the model's order
+    for k, finding in ((0, "Mass"), (1, "Nodule")):
+        entry = section["findings"][finding]
+        others = hot.any(axis=1) & ~hot[:, k]  # other findings only: not evaluated here
+        assert (entry["n_unlabeled"], entry["n"]) == (int(others.sum()), int((~others).sum()))
+        keep = ~others
+        assert entry["auc"] == pytest.approx(
+            skm.roc_auc_score(hot[keep, k], multi["scores"][keep, k])
+        )
+    # One finding of a multi-finding model: today's single-finding section.
+    one = run_report(
+        config(multi["preds"], multi["labels"], tmp_path / "one", finding="Effusion", bootstrap=0)
+    )["models"][MODEL_A]
+    assert set(one) == SINGLE_KEYS | {"findings", "summary"}
+    assert one["finding"] == "Effusion"
+    assert one["operating_points"]["model_threshold"]["threshold"] == 0.55
+
+
+def test_single_finding_section_keeps_its_keys(rich) -> None:
+    for section in rich["report"]["models"].values():
+        assert set(section) == SINGLE_KEYS | {"findings", "summary"}
+        [entry] = section["findings"].values()
+        for key in ("n", "auc", "auc_ci95", "brier", "ece", "operating_points", "examples"):
+            assert entry[key] == section[key]
+        [row] = section["summary"]
+        assert (row["finding"], row["auc"]) == ("Mass", section["auc"])
+    [comparison] = rich["report"]["comparisons"]
+    assert comparison["finding"] == "Mass"
