@@ -1,8 +1,11 @@
 """The model directory: model.keras, model_card.json, split.csv, training_curves.png.
 
-``model.keras`` holds the inference model only (no optimizer state). The card carries
-everything a scorer or reviewer needs: the finding, input size and preprocessing, the
-thresholds chosen on validation, the training history and counts, versions and intended use.
+``model.keras`` holds the inference model only (no optimizer state), with the calibration
+fitted on validation folded into its output layer, so its scores are probabilities. The card
+carries everything a scorer or reviewer needs: the finding, input size and preprocessing, the
+thresholds chosen on validation and the calibration (method, validation ECE and Brier before and
+after), the training history and counts (unreadable images per split), versions and intended
+use.
 ``model_id`` is the sha256 of ``model.keras``, so predictions name the exact weights they came from.
 """
 

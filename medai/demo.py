@@ -2,7 +2,9 @@
 
 Generates a phantom archive in the NIH layout, trains on a local Ray with two workers
 (``--weights none``: no ImageNet download, said on screen), scores the archive, builds the
-report on the phantom test split and returns the path of ``report.html``.
+report on the phantom test split and returns the path of ``report.html``. It ends by printing
+the test split's AUC, ECE and Brier score and the card's threshold, so a first-time user sees
+that the scores are calibrated probabilities, not only a ranking.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoConfig", "run_demo", "phantom_test_calibration"]
 
 logger = logging.getLogger("medai.demo")
 
@@ -83,4 +85,46 @@ def run_demo(config: DemoConfig) -> Path:
     low, high = section.get("auc_ci95") or (None, None)
     ci = f" (95% CI {low:.3f}-{high:.3f})" if low is not None else ""
     logger.info("test AUC %.3f%s on %d images", section["auc"], ci, section["n"])
+    calibration = phantom_test_calibration(out / "predictions", labels, card)
+    logger.info(
+        "test calibration on %d images: ECE %.3f (10 bins), Brier %.3f; card threshold %.3f "
+        "(validation ECE %.3f -> %.3f after %s scaling)",
+        calibration["n"],
+        calibration["ece"],
+        calibration["brier"],
+        card["threshold"],
+        card["calibration"]["val_ece_before"],
+        card["calibration"]["val_ece_after"],
+        card["calibration"]["method"],
+    )
     return report_dir / "report.html"
+
+
+def phantom_test_calibration(predictions: Path, labels: Path, card: dict) -> dict:
+    """ECE and Brier score of the model's scores on the phantom test list.
+
+    Args:
+        predictions: The folder ``medai score`` wrote.
+        labels: The phantom ``Data_Entry_2017.csv`` (its ``test_list.txt`` lies beside it).
+        card: The model card (model id, finding, negatives policy).
+
+    Returns:
+        ``{"n", "ece", "brier"}``.
+    """
+    import pandas as pd
+
+    from medai.labels import load_labels, read_split_list
+    from medai.metrics import brier_score, expected_calibration_error
+
+    rows = pd.read_parquet(predictions, columns=["model_id", "image_id", "score", "error"])
+    # Error rows carry no score (their error is text; a scored row's is empty or null).
+    rows = rows[(rows["model_id"] == card["model_id"]) & (rows["error"].fillna("") == "")]
+    test = set(read_split_list(Path(labels).parent / "test_list.txt"))
+    truth = load_labels(labels, card["finding"], card.get("negatives", "all-others"))
+    scored = rows[rows["image_id"].isin(test)].merge(truth[["image_id", "label"]], on="image_id")
+    y, scores = scored["label"].to_numpy(), scored["score"].to_numpy()
+    return {
+        "n": len(scored),
+        "ece": expected_calibration_error(y, scores, n_bins=10),
+        "brier": brier_score(y, scores),
+    }

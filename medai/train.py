@@ -2,6 +2,14 @@
 
 Everything that can be wrong with the inputs (flags, label file, split, images, weights) is
 checked by :func:`prepare_training` before a single image is decoded or a worker started.
+
+Images that cannot be read or decoded never reach training or validation: they are counted per
+split in the card (``unreadable``), the first few are named in the log, and a truncated or
+corrupt archive contributes the members read before the fault and is named. When more than
+``--max-unreadable`` of the labelled train/val images are unreadable the job stops before any
+worker starts, naming the worst sources. Images lost behind the fault of a broken archive are
+not counted as unreadable (a tarball has no index, so nothing can name them): they are
+``missing``, like any labelled image absent from ``--images``, and the archive is named.
 """
 
 from __future__ import annotations
@@ -22,7 +30,16 @@ from medai.labels import NEGATIVE_POLICIES, find_split_lists, load_labels, read_
 from medai.model import HEADS, MIN_IMAGE_SIZE, ModelSpec, ensure_imagenet_weights, resolve_weights
 from medai.splits import split_by_patient
 
-__all__ = ["TrainConfig", "TrainPlan", "TrainError", "prepare_training", "run_training"]
+__all__ = [
+    "TrainConfig",
+    "TrainPlan",
+    "TrainError",
+    "Inventory",
+    "prepare_training",
+    "take_inventory",
+    "check_unreadable",
+    "run_training",
+]
 
 logger = logging.getLogger("medai.train")
 PRECISIONS = ("fp32", "bf16")
@@ -54,6 +71,7 @@ class TrainConfig:
     learning_rate: float | None = None
     val_fraction: float = 0.2
     max_failures: int = 2
+    max_unreadable: float = 0.01
 
     def check(self) -> None:
         """Raise :class:`TrainError` on any option that cannot work."""
@@ -76,6 +94,8 @@ class TrainConfig:
             problems.append("--val-fraction must be between 0 and 1")
         if self.learning_rate is not None and self.learning_rate <= 0:
             problems.append("--learning-rate must be positive")
+        if not 0.0 <= self.max_unreadable <= 1.0:
+            problems.append("--max-unreadable must be between 0 and 1")
         if not self.images:
             problems.append("--images is required")
         if problems:
@@ -113,13 +133,7 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
     test_ids = read_split_list(test_path) if test_path else []
     train_val_ids = read_split_list(train_val_path) if train_val_path else None
     split = split_by_patient(labels, test_ids, train_val_ids, config.val_fraction, config.seed)
-    for name in ("train", "val"):
-        part = split[split["split"] == name]
-        if part.empty or part["label"].nunique() < 2:
-            raise TrainError(
-                f"the {name} split needs positive and negative images of {config.finding!r}; "
-                f"it has {int(part['label'].sum())} positives among {len(part)} images"
-            )
+    _require_both_classes(split, config.finding)
     inputs = discover_images(config.images)
     if inputs.empty:
         raise TrainError(f"--images: no images or archives found in {list(config.images)}")
@@ -128,9 +142,21 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
     return TrainPlan(config, split, inputs, frozenset(test_ids))
 
 
+def _require_both_classes(split: pd.DataFrame, finding: str, usable: str = "") -> None:
+    """Raise :class:`TrainError` unless train and val each hold positives and negatives."""
+    for name in ("train", "val"):
+        part = split[split["split"] == name]
+        if part.empty or part["label"].nunique() < 2:
+            raise TrainError(
+                f"the {name} split needs {usable}positive and negative images of {finding!r}; "
+                f"it has {int(part['label'].sum())} positives among {len(part)} images"
+            )
+
+
 def _attach_labels(batch: dict, label_of: dict, split_of: dict) -> dict:
-    batch["label"] = [label_of[i] for i in batch["image_id"]]
-    batch["split"] = [split_of[i] for i in batch["image_id"]]
+    # A broken archive's error row is named after the archive, not a labelled image.
+    batch["label"] = [label_of.get(i, -1) for i in batch["image_id"]]
+    batch["split"] = [split_of.get(i, "") for i in batch["image_id"]]
     return batch
 
 
@@ -148,23 +174,123 @@ def _load_images(plan: TrainPlan):
     return dataset.materialize()
 
 
-def _found(dataset, split: pd.DataFrame) -> pd.DataFrame:
-    """Mark which labelled images were read; log errors and missing images."""
-    seen = dataset.select_columns(["image_id", "error"]).to_pandas()
-    bad = seen[seen["error"] != ""]
-    for row in bad.head(10).itertuples():
-        logger.warning("unusable image %s: %s", row.image_id, row.error)
-    ok = set(seen.loc[seen["error"] == "", "image_id"])
-    split = split.copy()
-    split["found"] = split["image_id"].isin(ok) | (split["split"] == "test")
-    missing = split[~split["found"]]
-    logger.info(
-        "images: %d labelled train/val found, %d missing from the archive, %d unreadable",
-        int(split["found"].sum() - (split["split"] == "test").sum()),
-        len(missing) - len(bad),
-        len(bad),
+@dataclass(frozen=True)
+class Inventory:
+    """What reading the labelled train/val images found.
+
+    Attributes:
+        split: The split table with ``found`` (read and decoded) and ``unreadable`` columns;
+            test rows count as found (training does not read them).
+        unreadable: One row per unreadable labelled image: ``image_id``, ``split``,
+            ``source``, ``error``.
+        broken: One row per source that failed as a whole (a truncated or corrupt archive):
+            ``source``, ``error``, ``read`` (images read from it before the fault).
+    """
+
+    split: pd.DataFrame
+    unreadable: pd.DataFrame
+    broken: pd.DataFrame
+
+
+def _container(source: str) -> str:
+    """The archive of an archive member, else the folder of a file."""
+    from medai.images import ARCHIVE_SEP
+
+    if ARCHIVE_SEP in source:
+        return source.split(ARCHIVE_SEP, 1)[0]
+    return str(Path(source).parent)
+
+
+def take_inventory(seen: pd.DataFrame, split: pd.DataFrame) -> Inventory:
+    """Sort the rows read for the labelled train/val images into found, unreadable and broken.
+
+    Args:
+        seen: ``image_id``, ``source`` and ``error`` of every row the image dataset produced.
+        split: The split table (``image_id``, ``patient_id``, ``label``, ``split``).
+    """
+    wanted = split["split"].isin(["train", "val"])
+    labelled = set(split.loc[wanted, "image_id"])
+    ok = seen["error"] == ""
+    found = set(seen.loc[ok, "image_id"])
+    failed = seen[~ok & seen["image_id"].isin(labelled) & ~seen["image_id"].isin(found)]
+    failed = failed.drop_duplicates("image_id")
+    broken = seen[~ok & ~seen["image_id"].isin(labelled)][["source", "error"]].copy()
+    containers = seen.loc[ok, "source"].map(_container)
+    broken["read"] = [int((containers == source).sum()) for source in broken["source"]]
+    table = split.copy()
+    table["found"] = table["image_id"].isin(found) | ~wanted
+    table["unreadable"] = table["image_id"].isin(set(failed["image_id"])) & wanted
+    split_of = dict(zip(split["image_id"], split["split"], strict=True))
+    unreadable = failed.assign(split=failed["image_id"].map(split_of))
+    return Inventory(
+        split=table,
+        unreadable=unreadable[["image_id", "split", "source", "error"]].reset_index(drop=True),
+        broken=broken.reset_index(drop=True),
     )
-    return split
+
+
+def _worst_sources(inventory: Inventory, limit: int = 3) -> list[str]:
+    """The sources with the most unreadable images (broken archives first), as phrases."""
+    phrases = [
+        f"{row.source} (broken after {row.read} images: {row.error})"
+        for row in inventory.broken.itertuples()
+    ]
+    per_source = inventory.unreadable["source"].map(_container).value_counts()
+    phrases += [f"{source} ({count} unreadable)" for source, count in per_source.items()]
+    return phrases[:limit]
+
+
+def check_unreadable(inventory: Inventory, max_unreadable: float) -> None:
+    """Log what could not be read; stop when too many labelled images are unreadable.
+
+    Raises:
+        TrainError: If the unreadable fraction of the labelled train/val images is above
+            ``max_unreadable``; the message names the worst sources and the flag.
+    """
+    table = inventory.split
+    labelled = int(table["split"].isin(["train", "val"]).sum())
+    bad = len(inventory.unreadable)
+    for row in inventory.unreadable.head(10).itertuples():
+        logger.warning(
+            "unreadable %s image %s (%s): %s", row.split, row.image_id, row.source, row.error
+        )
+    if bad > 10:
+        logger.warning("... and %d more unreadable images", bad - 10)
+    missing = int((~table["found"] & ~table["unreadable"]).sum())
+    for row in inventory.broken.itertuples():
+        logger.warning(
+            "broken archive %s: %d images read before the fault (%s); labelled images after it "
+            "are missing",
+            row.source,
+            row.read,
+            row.error,
+        )
+    logger.info(
+        "images: %d labelled train/val found, %d missing from --images, %d unreadable "
+        "(excluded from training and validation)",
+        int((table["found"] & table["split"].isin(["train", "val"])).sum()),
+        missing,
+        bad,
+    )
+    fraction = bad / labelled if labelled else 0.0
+    if fraction > max_unreadable:
+        raise TrainError(
+            f"{bad} of {labelled} labelled train/val images ({fraction:.1%}) are unreadable, "
+            f"more than --max-unreadable {max_unreadable:g}; worst sources: "
+            f"{'; '.join(_worst_sources(inventory))}. Repair or replace them, or pass "
+            f"--max-unreadable {math.ceil(fraction * 100) / 100:g} to train without them"
+        )
+    if bad or len(inventory.broken):
+        logger.warning(
+            "training without %d unreadable images (%.1f%% of the labelled train/val images, "
+            "--max-unreadable %g)%s",
+            bad,
+            100 * fraction,
+            max_unreadable,
+            f"; broken archives: {', '.join(inventory.broken['source'])}"
+            if len(inventory.broken)
+            else "",
+        )
 
 
 def _workers(config: TrainConfig) -> tuple[int, float, bool]:
@@ -202,6 +328,28 @@ def _latest_checkpoint(storage: Path) -> str | None:
     return str(candidates[-1]) if candidates else None
 
 
+def _training_datasets(dataset, seed: int) -> dict:
+    """The usable train and val rows, materialised; the train blocks reshuffled every epoch.
+
+    Everything runs before workers start: with as many workers as CPUs no CPU would be left
+    for Ray Data tasks during training and the run would hang. Randomising the block order
+    needs no task (it reorders references) and draws a new order at every execution, i.e.
+    every epoch; the workers' shard-sized shuffle buffers mix the rows within and across
+    blocks (see :func:`medai.train_loop.shuffle_buffer_rows`).
+    """
+    from ray.data import RandomSeedConfig
+    from ray.data.expressions import col
+
+    usable = {
+        name: dataset.filter(expr=(col("split") == name) & (col("error") == "")).materialize()
+        for name in ("train", "val")
+    }
+    usable["train"] = usable["train"].randomize_block_order(
+        seed=RandomSeedConfig(seed=seed, reseed_after_execution=True)
+    )
+    return usable
+
+
 def run_training(config: TrainConfig) -> dict:
     """Train a model and write the model directory.
 
@@ -210,12 +358,13 @@ def run_training(config: TrainConfig) -> dict:
 
     Returns:
         The model card.
-    """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
 
+    Raises:
+        TrainError: (besides the checks of :func:`prepare_training`) when no labelled image is
+            readable or more than ``config.max_unreadable`` of them are unreadable.
+    """
     from medai.runtime import init_ray
-    from medai.train_loop import BEST_MODEL, CHECKPOINT_STATE, train_loop_per_worker
+    from medai.train_loop import shuffle_buffer_rows
 
     plan = prepare_training(config)
     out = Path(config.out).resolve()
@@ -224,9 +373,13 @@ def run_training(config: TrainConfig) -> dict:
     logger.info("training config: %s", asdict(config))
     init_ray(config.address)
     dataset = _load_images(plan)
-    split = _found(dataset, plan.split)
-    if not split.loc[split["split"].isin(["train", "val"]), "found"].any():
+    seen = dataset.select_columns(["image_id", "source", "error"]).to_pandas()
+    inventory = take_inventory(seen, plan.split)
+    check_unreadable(inventory, config.max_unreadable)
+    split = inventory.split
+    if not split.loc[split["split"].isin(["train", "val"]) & split["found"]].shape[0]:
         raise TrainError("none of the labelled train/val images was found in --images")
+    _require_both_classes(split[split["found"]], config.finding, "readable ")
     train = split[(split["split"] == "train") & split["found"]]
     workers, per_worker, use_gpu = _workers(config)
     learning_rate = config.learning_rate or (1e-4 if config.spec.pretrained else 1e-3)
@@ -239,23 +392,48 @@ def run_training(config: TrainConfig) -> dict:
         "precision": config.precision,
         "seed": config.seed,
         "cpus_per_worker": per_worker,
+        "shuffle_rows": shuffle_buffer_rows(
+            len(train), workers, config.image_size, config.batch_size
+        ),
     }
     logger.info(
         "Ray Train: %d workers x %.2f CPUs%s", workers, per_worker, " + 1 GPU" if use_gpu else ""
     )
+    datasets = _training_datasets(dataset, config.seed)
+    state, model = _fit(config, out, datasets, loop_config, (workers, per_worker, use_gpu))
+    card = save_model_dir(
+        model, out, _card_fields(config, plan, inventory, state, loop_config, workers)
+    )
+    split[["image_id", "patient_id", "split", "label"]].to_csv(out / SPLIT_FILE, index=False)
+    plot_training_curves(state["history"], out / CURVES_FILE, config.finding)
+    logger.info(
+        "model %s written to %s (best epoch %d, calibrated val AUC %s, threshold %s)",
+        card["model_id"][:12],
+        out,
+        state["best"]["epoch"],
+        card["val_auc"],
+        card["threshold"],
+    )
+    return card
+
+
+def _fit(config: TrainConfig, out: Path, datasets: dict, loop_config: dict, sizing: tuple):
+    """Run Ray Train; returns the final loop state and the calibrated best model."""
+    import keras
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from medai.train_loop import CALIBRATED_MODEL, CHECKPOINT_STATE, train_loop_per_worker
+
+    workers, per_worker, use_gpu = sizing
     storage = out / "checkpoints"
     resume_from = _latest_checkpoint(storage) if config.resume else None
     if config.resume and resume_from is None:
         logger.warning("--resume: no checkpoint under %s; starting from epoch 1", storage)
     elif not config.resume and storage.exists():
         shutil.rmtree(storage)
-    # Split and materialise before workers start: with as many workers as CPUs, no CPU would be
-    # left for Ray Data tasks during training and the run would hang.
-    datasets = {
-        name: dataset.filter(expr=f"split == '{name}'").materialize() for name in ("train", "val")
-    }
     # Ray Train V2 dropped resume_from_checkpoint: the loop falls back to this path itself.
-    loop_config["resume_from"] = resume_from
+    loop_config = {**loop_config, "resume_from": resume_from}
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -275,29 +453,16 @@ def run_training(config: TrainConfig) -> dict:
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         state = _read_state(Path(folder) / CHECKPOINT_STATE)
-        import keras
-
-        model = keras.saving.load_model(Path(folder) / BEST_MODEL, compile=False)
-    card = save_model_dir(
-        model, out, _card_fields(config, plan, split, state, loop_config, workers)
-    )
-    split[["image_id", "patient_id", "split", "label"]].to_csv(out / SPLIT_FILE, index=False)
-    plot_training_curves(state["history"], out / CURVES_FILE, config.finding)
-    logger.info(
-        "model %s written to %s (best epoch %d, val AUC %s)",
-        card["model_id"][:12],
-        out,
-        state["best"]["epoch"],
-        state["best"]["val_auc"],
-    )
-    return card
+        model = keras.saving.load_model(Path(folder) / CALIBRATED_MODEL, compile=False)
+    return state, model
 
 
 def _read_state(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _counts(split: pd.DataFrame) -> dict:
+def _counts(inventory: Inventory) -> dict:
+    split = inventory.split
     counts = {}
     for name in ("train", "val", "test"):
         part = split[(split["split"] == name) & split["found"]]
@@ -306,19 +471,25 @@ def _counts(split: pd.DataFrame) -> dict:
             "patients": int(part["patient_id"].nunique()),
             "positives": int(part["label"].sum()),
         }
-    counts["missing"] = int((~split["found"]).sum())
+        if name != "test":  # training never reads the test images
+            counts[name]["unreadable"] = int(((split["split"] == name) & split["unreadable"]).sum())
+    counts["missing"] = int((~split["found"] & ~split["unreadable"]).sum())
+    counts["broken_archives"] = [
+        {"source": row.source, "images_read": row.read, "error": row.error}
+        for row in inventory.broken.itertuples()
+    ]
     return counts
 
 
 def _card_fields(
     config: TrainConfig,
     plan: TrainPlan,
-    split: pd.DataFrame,
+    inventory: Inventory,
     state: dict,
     loop_config: dict,
     workers: int,
 ) -> dict:
-    best = state["best"]
+    best, final = state["best"], state["final"]
     return {
         "finding": config.finding,
         "negatives": config.negatives,
@@ -326,16 +497,29 @@ def _card_fields(
         "head": config.head,
         "weights": config.weights,
         "precision": config.precision,
-        "threshold": best["threshold"],
-        "threshold_method": "Youden's J on the validation split",
-        "threshold_sensitivity_90": best["threshold_sensitivity_90"],
-        "val_auc": best["val_auc"],
+        "threshold": final["threshold"],
+        "threshold_method": (
+            "Youden's J on the calibrated validation probabilities of the saved (fp32) model"
+        ),
+        "threshold_sensitivity_90": final["threshold_sensitivity_90"],
+        "val_auc": final["val_auc"],
+        "calibration": final["calibration"],
         "best_epoch": best["epoch"],
         "history": state["history"],
-        "counts": _counts(split),
+        "counts": _counts(inventory),
+        "max_unreadable": config.max_unreadable,
         "class_weights": loop_config["class_weights"],
         "class_imbalance": "per-image loss weights n/(2*n_class) from the train split",
-        "augmentation": "rotation 0.03 turn, shift 5%, zoom 10%, shear 0.05 (training only)",
+        "augmentation": "rotation 0.03 turn, shift 5%, zoom 10%, shear 0.05 (training only, "
+        "seeded per worker)",
+        "batchnorm": (
+            "frozen (pretrained base)"
+            if config.spec.pretrained
+            else "moving statistics re-estimated over the last training batches before each "
+            "validation (mean batch statistics), averaged across workers"
+        ),
+        "shuffle": "block order randomised every epoch + per-worker shuffle buffer of "
+        f"{loop_config['shuffle_rows']} images",
         "optimizer": {
             "name": "adam",
             "learning_rate": loop_config["learning_rate"],

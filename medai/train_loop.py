@@ -5,31 +5,62 @@ Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy with two or more
 gradients the strategy all-reduces, and whose statistics (loss, correct count, score
 histograms) are summed across replicas so that the epoch's train metrics cover every shard.
 
-BatchNorm moving statistics are averaged across workers after each epoch, so all ranks hold
-the same model; every worker then evaluates the full validation set (reading mirrored
-variables may need collectives, so all ranks do the same work) and only rank 0 writes files.
+Each epoch reads the worker's shard through a shuffle buffer as large as the shard (capped at
+:data:`SHUFFLE_BYTES`) after the driver randomised the block order, so every epoch shuffles the
+whole training set; each rank draws its own augmentation (seed + rank). Before each validation
+the BatchNorm moving statistics are re-estimated over recent training batches with the current
+weights and averaged across workers (:mod:`medai.batchnorm`: only those statistics), so all
+ranks hold the same model and validation loss and accuracy describe the model as saved. Every
+worker evaluates the full validation set (reading mirrored variables may need collectives, so
+all ranks do the same work) and only rank 0 writes files.
+
+After the last epoch rank 0 reloads the best model exactly as it will be saved (fp32, also
+after bf16 training), measures it on validation, fits Platt scaling, folds it into the output
+layer (:mod:`medai.calibration`) and takes the card's threshold, AUC and calibration from the
+calibrated model's validation predictions; the result travels in a last checkpoint. The other
+ranks wait at that report: no TensorFlow collective runs in this phase, so it cannot hang.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 from medai.thresholds import auc_from_histograms, safe_auc, sensitivity_threshold, youden_threshold
 
-__all__ = ["train_loop_per_worker", "make_replica_step", "CHECKPOINT_STATE", "BEST_MODEL"]
+__all__ = [
+    "train_loop_per_worker",
+    "make_replica_step",
+    "augmenter_for",
+    "shuffle_buffer_rows",
+    "validation_summary",
+    "CHECKPOINT_STATE",
+    "BEST_MODEL",
+    "CALIBRATED_MODEL",
+    "BN_BATCHES",
+    "SHUFFLE_BYTES",
+]
 
 CHECKPOINT_STATE = "state.json"
-BEST_MODEL = "best.keras"
+BEST_MODEL = "best.keras"  # fp32 copy of the best epoch, uncalibrated (resume continues from it)
+CALIBRATED_MODEL = "calibrated.keras"  # the best model with Platt scaling folded in: saved as is
 _LAST_WEIGHTS = "last.weights.h5"
 _OPTIMIZER = "optimizer.npz"
 _BINS = 1000
+# Training batches per worker whose statistics re-estimate BatchNorm before validation: at
+# batch 16 and 256 px, 50 cached batches are ~52 MiB per worker.
+BN_BATCHES = 50
+# Memory cap of a worker's shuffle buffer (uint8 images): 4096 images at 256 px. Ray's
+# shuffling batcher may hold up to about twice this while it compacts.
+SHUFFLE_BYTES = 256 * 1024 * 1024
 logger = logging.getLogger("medai.train")
 
 
@@ -57,8 +88,9 @@ def _save_checkpoint(model, optimizer, state: dict, workdir: Path, rank: int):
     model.save_weights(folder / _LAST_WEIGHTS)
     np.savez(folder / _OPTIMIZER, **{f"v{i}": w for i, w in enumerate(weights)})
     (folder / CHECKPOINT_STATE).write_text(json.dumps(state, indent=2))
-    if (workdir / BEST_MODEL).exists():
-        shutil.copy(workdir / BEST_MODEL, folder / BEST_MODEL)
+    for name in (BEST_MODEL, CALIBRATED_MODEL):
+        if (workdir / name).exists():
+            shutil.copy(workdir / name, folder / name)
     return ray.train.Checkpoint.from_directory(str(folder))
 
 
@@ -96,6 +128,20 @@ def make_replica_step(model, optimizer, augment, global_batch: int):
     return replica_step
 
 
+def augmenter_for(seed: int, rank: int):
+    """The augmentation of one rank: seeded by ``seed + rank`` so that ranks draw differently."""
+    from medai.model import build_augmenter
+
+    return build_augmenter(seed + rank)
+
+
+def shuffle_buffer_rows(train_rows: int, world: int, image_size: int, batch_size: int) -> int:
+    """Rows of a worker's shuffle buffer: its whole shard, capped at :data:`SHUFFLE_BYTES`."""
+    shard = math.ceil(train_rows / max(world, 1))
+    cap = SHUFFLE_BYTES // (image_size * image_size)
+    return max(batch_size, min(shard, cap))
+
+
 def _make_steps(model, optimizer, augment, strategy, global_batch: int):
     import tensorflow as tf
 
@@ -106,20 +152,11 @@ def _make_steps(model, optimizer, augment, strategy, global_batch: int):
         stats = strategy.run(replica_step, args=(images, labels, weights))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, stats, axis=None)
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def predict_step(images):
         return model(images, training=False)
 
-    @tf.function
-    def sync_statistics():
-        # BatchNorm moving statistics update per replica; averaging them keeps every worker's
-        # model identical, so validation and checkpoint decisions agree across ranks.
-        variables = model.non_trainable_variables
-        local = strategy.run(lambda: [tf.identity(v) for v in variables])
-        for variable, value in zip(variables, local, strict=True):
-            variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
-
-    return train_step, predict_step, sync_statistics
+    return train_step, predict_step
 
 
 def _batch_stats(labels, scores, per_image):
@@ -144,46 +181,105 @@ def _batch_stats(labels, scores, per_image):
     return tf.concat([head, histogram(labels > 0.5), histogram(labels <= 0.5)], axis=0)
 
 
-def _evaluate(predict_step, dataset, batch_size: int) -> dict:
-    """Loss, accuracy, AUC, thresholds and raw arrays over the whole validation set."""
-    labels, scores = [], []
-    for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        scores.append(np.asarray(predict_step(batch["image"])).reshape(-1))
-        labels.append(batch["label"].astype(np.float32))
-    y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
-    p = np.clip(np.concatenate(scores) if scores else np.zeros(0, np.float32), 1e-7, 1 - 1e-7)
+def validation_summary(labels, scores) -> dict:
+    """Loss, accuracy at 0.5, AUC and both operating thresholds of validation scores.
+
+    Thresholds and AUC use the scores as they are: clipping would merge every score above
+    ``1 - 1e-7`` into one and move Youden's threshold off the model's own outputs. Only the
+    log loss clips, to stay finite.
+    """
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.asarray(scores, dtype=np.float64).ravel()
     if y.size == 0:
-        return {"val_loss": None, "val_accuracy": None, "val_auc": None}
-    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+        return {"val_loss": None, "val_accuracy": None, "val_auc": None, "val_images": 0}
+    clipped = np.clip(p, 1e-7, 1 - 1e-7)
+    loss = float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)))
     return {
         "val_loss": loss,
         "val_accuracy": float(np.mean((p >= 0.5) == (y > 0.5))),
         "val_auc": safe_auc(y, p),
+        "val_images": int(y.size),
         "threshold": youden_threshold(y, p),
         "threshold_sensitivity_90": sensitivity_threshold(y, p, 0.9),
     }
 
 
-def _train_epoch(train_step, shard, batch_size: int, class_weights: dict, seed: int) -> dict:
+def _evaluate(predict_step, dataset, batch_size: int) -> dict:
+    """:func:`validation_summary` over the whole validation set."""
+    labels, scores = [], []
+    for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        scores.append(np.asarray(predict_step(batch["image"])).reshape(-1))
+        labels.append(batch["label"].astype(np.float32))
+    y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
+    p = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    return validation_summary(y, p)
+
+
+def _train_epoch(train_step, shard, config: dict, seed: int) -> tuple[dict, list]:
+    """One pass over the shard; returns the epoch's train metrics and its last few batches.
+
+    The last :data:`BN_BATCHES` batches (unaugmented, as inference sees images) are kept for
+    re-estimating the BatchNorm statistics: reading the shard a second time would start a new
+    epoch of the streaming split on every rank.
+    """
+    batch_size = config["batch_size"]
     totals = np.zeros(3 + 2 * _BINS, dtype=np.float64)
-    weights_of = np.array([class_weights["0"], class_weights["1"]], dtype=np.float32)
+    weights_of = np.array(
+        [config["class_weights"]["0"], config["class_weights"]["1"]], dtype=np.float32
+    )
+    recent: deque = deque(maxlen=BN_BATCHES)
     batches = shard.iter_batches(
         batch_size=batch_size,
         batch_format="numpy",
         drop_last=True,
-        local_shuffle_buffer_size=batch_size * 8,
+        local_shuffle_buffer_size=config["shuffle_rows"],
         local_shuffle_seed=seed,
     )
     for batch in batches:
         labels = batch["label"].astype(np.float32).reshape(-1, 1)
         weights = weights_of[batch["label"].astype(np.int64)]
         totals += np.asarray(train_step(batch["image"], labels, weights))
+        recent.append(np.array(batch["image"], copy=True))
     count = max(totals[2], 1.0)
-    return {
+    row = {
         "loss": float(totals[0] / count),
         "accuracy": float(totals[1] / count),
         "auc": auc_from_histograms(totals[3 : 3 + _BINS], totals[3 + _BINS :]),
         "train_images": int(totals[2]),
+    }
+    return row, list(recent)
+
+
+def _calibrate_best(val, workdir: Path, batch_size: int) -> dict:
+    """Rank 0, after the last epoch: calibrate the best model as saved and measure it.
+
+    Loads the fp32 copy of the best epoch (what ``model.keras`` will hold, whatever the
+    training precision), computes its output layer's inputs on the validation set once, fits
+    Platt scaling on the logits and folds it into the output layer
+    (:func:`medai.calibration.calibrate_output`), and measures threshold, AUC and calibration
+    on the calibrated model's own validation probabilities.
+    """
+    import keras
+    import tensorflow as tf
+
+    from medai.calibration import calibrate_output, head_inputs_model
+
+    keras.config.set_dtype_policy("float32")  # training is over; the saved model is fp32
+    model = keras.saving.load_model(workdir / BEST_MODEL, compile=False)
+    head_inputs = head_inputs_model(model)
+    features_of = tf.function(lambda x: head_inputs(x, training=False), reduce_retracing=True)
+    features, labels = [], []
+    for batch in val.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        features.append(np.asarray(features_of(batch["image"])))
+        labels.append(batch["label"].astype(np.int64))
+    y = np.concatenate(labels)
+    _, after, block = calibrate_output(model, np.concatenate(features), y)
+    model.save(workdir / CALIBRATED_MODEL, include_optimizer=False)
+    summary = validation_summary(y, after)
+    return {
+        **{k: summary[k] for k in ("val_auc", "val_images", "threshold")},
+        "threshold_sensitivity_90": summary["threshold_sensitivity_90"],
+        "calibration": block,
     }
 
 
@@ -193,19 +289,23 @@ def train_loop_per_worker(config: dict) -> None:
     Args:
         config: ``spec`` (a :class:`medai.model.ModelSpec` as dict), ``epochs``,
             ``batch_size`` (per worker), ``learning_rate``, ``class_weights``, ``precision``,
-            ``seed``, ``cpus_per_worker``.
+            ``seed``, ``cpus_per_worker``, ``shuffle_rows`` (see :func:`shuffle_buffer_rows`)
+            and ``resume_from``.
     """
-    from medai.runtime import configure_tensorflow, setup_logging
+    from medai.runtime import assigned_cpus, configure_tensorflow, setup_logging
 
     setup_logging()
     _quiet_ray_loggers()
-    configure_tensorflow(config["cpus_per_worker"])
+    # Ray's assignment to this worker, not the host's cores (a pod may see 64 cores of which
+    # it was given 8).
+    configure_tensorflow(assigned_cpus(config["cpus_per_worker"]))
     import keras
     import ray.data
     import ray.train
     import tensorflow as tf
 
-    from medai.model import ModelSpec, build_augmenter, build_model
+    from medai.batchnorm import make_bn_reestimation, make_bn_sync
+    from medai.model import ModelSpec, build_model
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     context = ray.train.get_context()
@@ -219,10 +319,13 @@ def train_loop_per_worker(config: dict) -> None:
         model = build_model(spec)
         optimizer = keras.optimizers.Adam(config["learning_rate"])
         optimizer.build(model.trainable_variables)
-    augment = build_augmenter(config["seed"])
-    train_step, predict_step, sync_statistics = _make_steps(
+    augment = augmenter_for(config["seed"], rank)
+    train_step, predict_step = _make_steps(
         model, optimizer, augment, strategy, config["batch_size"] * world
     )
+    # A pretrained base runs its BatchNorm in inference mode: its statistics never change.
+    reestimate = None if spec.pretrained else make_bn_reestimation(model, strategy)
+    sync_statistics = make_bn_sync(model, strategy) if reestimate and world > 1 else None
     workdir = Path(tempfile.mkdtemp(prefix="medai-train-"))
     state = {"epoch": 0, "history": [], "best": None}
     checkpoint = ray.train.get_checkpoint()  # set when Ray restarts failed workers
@@ -236,21 +339,19 @@ def train_loop_per_worker(config: dict) -> None:
     val = ray.train.get_dataset_shard("val")
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         started = time.perf_counter()
-        row = {
-            "epoch": epoch,
-            **_train_epoch(
-                train_step,
-                shard,
-                config["batch_size"],
-                config["class_weights"],
-                config["seed"] + epoch,
-            ),
-        }
+        seed = (config["seed"] * 1009 + epoch) * 1013 + rank
+        metrics, recent = _train_epoch(train_step, shard, config, seed)
+        row = {"epoch": epoch, **metrics}
         row["train_seconds"] = round(time.perf_counter() - started, 2)
-        if world > 1 and model.non_trainable_variables:
+        if reestimate is not None:
+            reestimate(recent)
+        if sync_statistics is not None:
             sync_statistics()
+        del recent
         evaluation = _evaluate(predict_step, val, config["batch_size"] * 2)
-        row.update({k: evaluation[k] for k in ("val_loss", "val_accuracy", "val_auc")})
+        row.update(
+            {k: evaluation[k] for k in ("val_loss", "val_accuracy", "val_auc", "val_images")}
+        )
         row["seconds"] = round(time.perf_counter() - started, 2)
         row["images_per_second"] = round(row["train_images"] / max(row["seconds"], 1e-9), 2)
         improved = state["best"] is None or (row["val_auc"] or 0.0) > (
@@ -270,12 +371,41 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             logger.info(_epoch_line(row, config["epochs"], improved) + resumed)
         resumed = ""
-        checkpoint = _save_checkpoint(model, optimizer, state, workdir, rank)
-        ray.train.report(row, checkpoint=checkpoint)
-        if checkpoint is not None:
-            # report() has persisted it to the run storage; the local copy would pile up in /tmp.
-            shutil.rmtree(checkpoint.path, ignore_errors=True)
+        _report(row, _save_checkpoint(model, optimizer, state, workdir, rank))
+    _finish(val, model, optimizer, state, workdir, rank, config["batch_size"] * 2)
+
+
+def _finish(val, model, optimizer, state: dict, workdir: Path, rank: int, batch_size: int) -> None:
+    """The last phase: rank 0 calibrates the best model; a last checkpoint carries it."""
+    # Rank 0 alone: the other ranks wait in the report below, where no TensorFlow collective
+    # runs, so the unequal work cannot deadlock MultiWorkerMirroredStrategy.
+    state["final"] = _calibrate_best(val, workdir, batch_size) if rank == 0 else None
+    if rank == 0:
+        logger.info(_calibration_line(state["final"], state["best"]["epoch"]))
+    checkpoint = _save_checkpoint(model, optimizer, state, workdir, rank)
+    _report({"epoch": state["epoch"], "phase": "calibration"}, checkpoint)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _calibration_line(final: dict, best_epoch: int) -> str:
+    block = final["calibration"]
+    method = block["method"] if block["method"] != "none" else f"none ({block['reason']})"
+    return (
+        f"calibrated the best model (epoch {best_epoch}) on {final['val_images']} validation "
+        f"images: {method}, a={block['a']:.4g} b={block['b']:.4g}, ECE "
+        f"{block['val_ece_before']:.4f} -> {block['val_ece_after']:.4f}, Brier "
+        f"{block['val_brier_before']:.4f} -> {block['val_brier_after']:.4f}, "
+        f"threshold {final['threshold']}"
+    )
+
+
+def _report(metrics: dict, checkpoint) -> None:
+    import ray.train
+
+    ray.train.report(metrics, checkpoint=checkpoint)
+    if checkpoint is not None:
+        # report() has persisted it to the run storage; the local copy would pile up in /tmp.
+        shutil.rmtree(checkpoint.path, ignore_errors=True)
 
 
 def _quiet_ray_loggers() -> None:

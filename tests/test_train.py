@@ -1,10 +1,17 @@
-"""Training: it learns the phantoms, data parallel is real, failures recover, cards hold."""
+"""Training: it learns the phantoms, data parallel is real, failures recover, cards hold.
+
+Also: unreadable inputs never reach training or validation, BatchNorm inference statistics
+match the weights, and the card's threshold, AUC and calibration describe the saved model.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
+import tarfile
 import time
 from pathlib import Path
 
@@ -16,7 +23,7 @@ from processes import MarkedCommand
 
 from medai.artifact import file_sha256, load_model_dir
 from medai.labels import read_split_list
-from medai.train import TrainConfig, run_training
+from medai.train import TrainConfig, TrainError, run_training
 
 
 def train_argv(archive: Path, out: Path, *flags: str) -> list[str]:
@@ -46,11 +53,19 @@ def check_model_dir(model_dir: Path, labels_dir: Path, epochs: int) -> dict:
         "created_at",
         "intended_use",
         "class_weights",
+        "calibration",
     ):
         assert key in card, key
     assert "not for diagnosis" in card["intended_use"]
     assert [row["epoch"] for row in card["history"]] == list(range(1, epochs + 1))
     assert 0.0 <= card["threshold"] <= 1.0
+    calibration = card["calibration"]
+    assert calibration["fitted_on"] == "validation" and calibration["method"] in ("platt", "none")
+    assert calibration["n"] == card["counts"]["val"]["images"]
+    for key in ("a", "b", "val_ece_before", "val_ece_after", "val_brier_before", "val_brier_after"):
+        assert isinstance(calibration[key], float), key
+    # Validation saw exactly the images the card counts (no unreadable ones).
+    assert all(row["val_images"] == card["counts"]["val"]["images"] for row in card["history"])
     assert (model_dir / "training_curves.png").stat().st_size > 1000
     assert json.loads((model_dir / "train_config.json").read_text())["epochs"] == epochs
     split = pd.read_csv(model_dir / "split.csv", dtype=str)
@@ -59,7 +74,8 @@ def check_model_dir(model_dir: Path, labels_dir: Path, epochs: int) -> dict:
     test_ids = set(read_split_list(labels_dir / "test_list.txt"))
     assert not split.loc[split["split"].isin(["train", "val"]), "image_id"].isin(test_ids).any()
     for name in ("train", "val"):
-        assert card["counts"][name]["images"] == int((split["split"] == name).sum())
+        counted = card["counts"][name]
+        assert counted["images"] + counted["unreadable"] <= int((split["split"] == name).sum())
     size = card["image_size"]
     scores = np.asarray(loaded.model(np.zeros((2, size, size, 1), np.uint8)))
     assert scores.shape == (2, 1) and np.all((scores >= 0) & (scores <= 1))
@@ -69,9 +85,31 @@ def check_model_dir(model_dir: Path, labels_dir: Path, epochs: int) -> dict:
 def test_two_workers_learn_the_phantoms(trained_model, phantom_archive):
     model_dir, card = trained_model
     check_model_dir(model_dir, phantom_archive, epochs=4)
+    split = pd.read_csv(model_dir / "split.csv", dtype=str)
+    for name in ("train", "val"):  # a clean archive: every labelled image used
+        assert card["counts"][name]["images"] == int((split["split"] == name).sum())
+        assert card["counts"][name]["unreadable"] == 0
     assert card["optimizer"]["workers"] == 2
     assert card["val_auc"] >= 0.9, card["history"]
-    assert card["val_auc"] == max(row["val_auc"] for row in card["history"])  # best kept
+    best = max(row["val_auc"] for row in card["history"])
+    assert card["history"][card["best_epoch"] - 1]["val_auc"] == best  # best kept
+    # Platt scaling is monotone: the calibrated model ranks as the best epoch did.
+    assert card["val_auc"] == pytest.approx(best, abs=1e-3)
+
+
+def test_calibrated_card_of_the_trained_model(trained_model):
+    _, card = trained_model
+    calibration = card["calibration"]
+    print(f"validation calibration: {calibration}, threshold {card['threshold']:.4f}")
+    # Applied only when it lowers neither number; otherwise the card says why it was not.
+    assert calibration["method"] == "platt" or "would raise" in calibration["reason"]
+    assert calibration["val_ece_after"] <= calibration["val_ece_before"]
+    assert calibration["val_brier_after"] <= calibration["val_brier_before"]
+    assert 0.05 <= card["threshold"] <= 0.95
+    # BatchNorm statistics re-estimated before each validation: validation accuracy at 0.5
+    # follows the model instead of sticking at one class (it was 0.50 at every epoch).
+    best = card["history"][card["best_epoch"] - 1]
+    assert best["val_accuracy"] >= 0.75, card["history"]
 
 
 def test_one_worker_from_the_same_seed_is_comparable(trained_model, phantom_archive, tmp_path):
@@ -209,3 +247,303 @@ def test_flatten_head_is_the_larger_original_design():
     flatten = build_model(ModelSpec(256, "flatten", "none")).count_params()
     print(f"parameters at 256 px: gap {gap:,}, flatten {flatten:,}")
     assert flatten > 3 * gap
+
+
+# --- unreadable inputs -------------------------------------------------------------------------
+
+MESSY_SIZE = 75
+
+
+def _rewrite_members(archive: Path, replace: dict[str, bytes]) -> None:
+    """Rewrite a tarball with some members' bytes replaced (corrupt images)."""
+    with tarfile.open(archive) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    with tarfile.open(archive, "w:gz") as tar:
+        for member, data in members:
+            data = replace.get(Path(member.name).name, data)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def _readable_members(archive: Path) -> list[str]:
+    """Image ids a streaming reader gets from an archive before any fault."""
+    names = []
+    try:
+        with tarfile.open(archive, "r|*") as tar:
+            for member in tar:
+                if member.isfile():
+                    tar.extractfile(member).read()
+                    names.append(Path(member.name).name)
+    except (tarfile.TarError, EOFError, OSError):
+        pass
+    return names
+
+
+@pytest.fixture(scope="module")
+def messy_archive(tmp_path_factory) -> dict:
+    """Phantoms in three tarballs: three corrupt train/val members in the first, the second
+    truncated to 60% of its bytes (a broken download)."""
+    from medai.phantoms import PhantomSpec, write_phantom_archive
+
+    folder = tmp_path_factory.mktemp("messy")
+    spec = PhantomSpec(n_patients=44, size=96, seed=5, images_per_archive=32)
+    labels = write_phantom_archive(folder, spec)
+    first, second, *_ = sorted(folder.glob("images_*.tar.gz"))
+    train_val = set(read_split_list(folder / "train_val_list.txt"))
+    in_first = [name for name in _readable_members(first) if name in train_val]
+    corrupt = in_first[:3]
+    _rewrite_members(
+        first,
+        {
+            corrupt[0]: b"not an image",
+            corrupt[1]: b"\x89PNG\r\n\x1a\n" + b"\0" * 30,
+            corrupt[2]: b"",
+        },
+    )
+    in_second = [name for name in _readable_members(second) if name in train_val]
+    data = second.read_bytes()
+    second.write_bytes(data[: int(len(data) * 0.6)])
+    survived = [name for name in _readable_members(second) if name in train_val]
+    assert 0 < len(survived) < len(in_second)
+    return {
+        "folder": folder,
+        "labels": labels,
+        "corrupt": corrupt,
+        "truncated": second,
+        "lost": sorted(set(in_second) - set(survived)),
+    }
+
+
+def _messy_config(messy: dict, out: Path, **options) -> TrainConfig:
+    return TrainConfig(
+        labels=str(messy["labels"]),
+        images=(str(messy["folder"]),),
+        out=str(out),
+        image_size=MESSY_SIZE,
+        weights="none",
+        batch_size=8,
+        seed=0,
+        **options,
+    )
+
+
+def test_too_many_unreadable_images_stop_before_training(
+    ray_session, messy_archive, tmp_path, caplog
+):
+    out = tmp_path / "model"
+    config = _messy_config(messy_archive, out, epochs=1, num_workers=1)
+    with (
+        caplog.at_level(logging.WARNING, logger="medai.train"),
+        pytest.raises(TrainError) as raised,
+    ):
+        run_training(config)
+    message = str(raised.value)
+    print(message)
+    assert "3 of " in message and "unreadable" in message and "--max-unreadable" in message
+    assert "images_001.tar.gz (3 unreadable)" in message  # the worst sources are named
+    assert messy_archive["truncated"].name in message
+    logged = caplog.text
+    assert all(image_id in logged for image_id in messy_archive["corrupt"])
+    assert f"broken archive {messy_archive['truncated']}" in logged
+    assert not (out / "checkpoints").exists() and not (out / "model.keras").exists()
+
+
+def test_messy_archive_trains_without_its_unreadable_images_bf16(
+    ray_session, messy_archive, tmp_path
+):
+    """Corrupt members and a truncated tarball: excluded, counted per split, named; and with
+    bf16 training the card's numbers are those of the saved fp32 model."""
+    from medai.calibration import head_inputs_model
+    from medai.images import decode_image
+    from medai.thresholds import safe_auc, sensitivity_threshold, youden_threshold
+
+    out = tmp_path / "model"
+    card = run_training(
+        _messy_config(
+            messy_archive, out, epochs=1, num_workers=1, max_unreadable=0.1, precision="bf16"
+        )
+    )
+    check_model_dir(out, messy_archive["folder"], epochs=1)
+    split = pd.read_csv(out / "split.csv", dtype={"label": int, "image_id": str})
+    split_of = dict(zip(split["image_id"], split["split"], strict=True))
+    counts = card["counts"]
+    for name in ("train", "val"):
+        expected = sum(split_of[i] == name for i in messy_archive["corrupt"])
+        assert counts[name]["unreadable"] == expected
+    assert [b["source"] for b in counts["broken_archives"]] == [str(messy_archive["truncated"])]
+    assert counts["missing"] == len(messy_archive["lost"])  # lost behind the fault
+    # Nothing unreadable was trained or validated on.
+    used = counts["train"]["images"] + counts["val"]["images"]
+    labelled = int(split["split"].isin(["train", "val"]).sum())
+    assert used == labelled - 3 - len(messy_archive["lost"])
+    assert card["history"][0]["train_images"] <= counts["train"]["images"]
+    assert card["history"][0]["val_images"] == counts["val"]["images"]
+
+    # bf16: threshold, AUC and calibration are measured on the saved fp32 model.
+    assert card["precision"] == "bf16"
+    loaded = load_model_dir(out)
+    val_ids = set(split.loc[split["split"] == "val", "image_id"])
+    images, labels = [], []
+    for archive in sorted(messy_archive["folder"].glob("images_*.tar.gz")):
+        try:
+            with tarfile.open(archive, "r|*") as tar:
+                for member in tar:
+                    name = Path(member.name).name
+                    if member.isfile() and name in val_ids:
+                        data = tar.extractfile(member).read()
+                        try:
+                            images.append(decode_image(data, MESSY_SIZE))
+                        except ValueError:
+                            continue
+                        labels.append(int(split.loc[split["image_id"] == name, "label"].iloc[0]))
+        except (tarfile.TarError, EOFError, OSError):
+            pass
+    x, y = np.stack(images), np.array(labels)
+    assert len(y) == card["calibration"]["n"]
+    scores = np.asarray(loaded.model.predict(x, batch_size=16, verbose=0), np.float64).ravel()
+    assert card["val_auc"] == pytest.approx(safe_auc(y, scores), abs=1e-6)
+    assert card["threshold"] == pytest.approx(youden_threshold(y, scores), abs=1e-5)
+    assert card["threshold_sensitivity_90"] == pytest.approx(
+        sensitivity_threshold(y, scores, 0.9), abs=1e-5
+    )
+    from medai.metrics import brier_score
+
+    assert card["calibration"]["val_brier_after"] == pytest.approx(brier_score(y, scores), abs=1e-5)
+    assert head_inputs_model(loaded.model).output.dtype == "float32"
+
+
+def test_inventory_counts_unreadable_images_per_split():
+    from medai.train import check_unreadable, take_inventory
+
+    split = pd.DataFrame(
+        {
+            "image_id": ["a.png", "b.png", "c.png", "d.png", "t.png"],
+            "patient_id": ["1", "2", "3", "4", "5"],
+            "label": [1, 0, 1, 0, 1],
+            "split": ["train", "train", "val", "val", "test"],
+        }
+    )
+    seen = pd.DataFrame(
+        {
+            "image_id": ["a.png", "b.png", "c.png", "images_002.tar.gz"],
+            "source": [
+                "/x/images_001.tar.gz::images/a.png",
+                "/x/images_001.tar.gz::images/b.png",
+                "/y/c.png",
+                "/x/images_002.tar.gz",
+            ],
+            "error": ["", "decode error: not a PNG", "", "read error: truncated archive"],
+        }
+    )
+    inventory = take_inventory(seen, split)
+    table = inventory.split.set_index("image_id")
+    assert table["found"].to_dict() == {
+        "a.png": True,
+        "b.png": False,
+        "c.png": True,
+        "d.png": False,
+        "t.png": True,
+    }
+    assert inventory.unreadable[["image_id", "split"]].values.tolist() == [["b.png", "train"]]
+    assert inventory.broken[["source", "read"]].values.tolist() == [["/x/images_002.tar.gz", 0]]
+    check_unreadable(inventory, max_unreadable=0.25)  # 1 of 4: at the limit, goes on
+    with pytest.raises(TrainError, match=r"1 of 4 .*--max-unreadable 0\.2.*images_002\.tar\.gz"):
+        check_unreadable(inventory, max_unreadable=0.2)
+
+
+# --- the loop's parts ----------------------------------------------------------------------------
+
+
+def test_youden_threshold_and_auc_use_unclipped_scores():
+    from medai.train_loop import validation_summary
+
+    # Scores above 1 - 1e-7 that a clip would merge into one value.
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.3, 1 - 1e-8, 1 - 1e-9, 1 - 1e-10])
+    summary = validation_summary(labels, scores)
+    assert summary["val_auc"] == 1.0
+    assert summary["threshold"] == 1 - 1e-9
+    assert np.isfinite(summary["val_loss"])
+
+
+def test_batchnorm_reestimation_averages_the_batch_statistics():
+    import keras
+    import tensorflow as tf
+
+    from medai.batchnorm import batchnorm_layers, make_bn_reestimation
+    from medai.model import ModelSpec, build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelSpec(75, "gap", "none"))
+    layers = batchnorm_layers(model)
+    assert len(layers) == 94  # InceptionV3's BatchNorm layers, found inside the nested base
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (4, 75, 75, 1), dtype=np.uint8) for _ in range(3)]
+    base = model.get_layer("inception_v3")
+    to_base = keras.Model(model.inputs, model.get_layer("gray_to_rgb").output)
+    probe = keras.Model(base.inputs, [layers[0].input, layers[-1].input])
+    expected = {0: [], -1: []}
+    for images in batches:  # training mode: every layer normalises with batch statistics
+        first, last = probe(to_base([images]), training=True)
+        for index, x in ((0, first), (-1, last)):
+            x = np.asarray(x, np.float64)
+            expected[index].append((x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))))
+    reestimate = make_bn_reestimation(model, tf.distribute.get_strategy())
+    assert reestimate(batches) == 3
+    for index in (0, -1):
+        mean = np.mean([m for m, _ in expected[index]], axis=0)
+        variance = np.mean([v for _, v in expected[index]], axis=0)
+        np.testing.assert_allclose(layers[index].moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            layers[index].moving_variance.numpy(), variance, rtol=1e-4, atol=1e-5
+        )
+
+
+def test_worker_sync_touches_only_batchnorm_statistics():
+    from medai.batchnorm import batchnorm_layers, batchnorm_statistics
+    from medai.model import ModelSpec, build_model
+
+    model = build_model(ModelSpec(75, "gap", "none"))
+    synced = {id(v) for v in batchnorm_statistics(model)}
+    expected = {
+        id(v)
+        for layer in batchnorm_layers(model)
+        for v in (layer.moving_mean, layer.moving_variance)
+    }
+    assert synced == expected
+    others = [v for v in model.non_trainable_variables if id(v) not in synced]
+    assert others, "the model has non-BatchNorm state (Dropout's seed) that must not be averaged"
+    assert all("seed" in v.path for v in others), [v.path for v in others]
+
+
+def test_each_rank_draws_its_own_augmentation():
+    from medai.train_loop import augmenter_for
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 75, 75, 1)).astype(np.float32)
+    rank0 = np.asarray(augmenter_for(0, 0)(images, training=True))
+    rank1 = np.asarray(augmenter_for(0, 1)(images, training=True))
+    again = np.asarray(augmenter_for(0, 0)(images, training=True))
+    assert not np.allclose(rank0, rank1)
+    np.testing.assert_array_equal(rank0, again)  # still reproducible per rank
+
+
+def test_every_epoch_shuffles_the_whole_training_set(ray_session):
+    import ray
+
+    from medai.train import _training_datasets
+    from medai.train_loop import SHUFFLE_BYTES, shuffle_buffer_rows
+
+    rows = [
+        {"image_id": f"{i:04d}", "split": "train" if i % 5 else "val", "error": ""}
+        for i in range(400)
+    ]
+    rows[7]["error"] = "decode error: not a PNG"
+    dataset = ray.data.from_items(rows, override_num_blocks=20)
+    datasets = _training_datasets(dataset, seed=0)
+    assert "0007" not in {r["image_id"] for r in datasets["train"].iter_rows()}
+    orders = [[r["image_id"] for r in datasets["train"].iter_rows()] for _ in range(2)]
+    assert sorted(orders[0]) == sorted(orders[1]) and len(orders[0]) == 319
+    assert orders[0] != orders[1]  # a new block order every epoch (execution)
+    # A worker's buffer holds its whole shard, up to the memory cap.
+    assert shuffle_buffer_rows(300, 2, 96, 16) == 150
+    assert shuffle_buffer_rows(80_000, 2, 256, 16) == SHUFFLE_BYTES // (256 * 256)

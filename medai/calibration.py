@@ -1,0 +1,215 @@
+"""Platt scaling of the model's logit, fitted on validation and folded into the output layer.
+
+The network ends in ``Dense(1, sigmoid)`` (the layer named ``score``): ``p = sigmoid(w.x + c)``.
+Platt scaling replaces the logit ``z = w.x + c`` by ``a * z + b`` with ``a`` and ``b`` fitted by
+logistic regression on the validation split. Because ``a * (w.x + c) + b = (a w).x + (a c + b)``
+the calibrated model is the same architecture with a rescaled last layer: ``model.keras`` stays
+plain Keras and every scorer (Keras, OpenVINO, ``medai predict``) gets calibrated probabilities
+without knowing calibration exists.
+
+``a`` and ``b`` are the maximum-likelihood fit, so the validation log loss can only go down
+(``a = 1, b = 0`` is among the candidates). When the logit separates the validation classes
+perfectly the maximum does not exist (``a`` grows without bound); Platt's smoothed targets
+(positives ``(N+ + 1) / (N+ + 2)``, negatives ``1 / (N- + 2)``) then keep the fit finite.
+
+The card also reports ECE and Brier score, which the fit does not minimise: on a small
+validation split (ten-bin ECE over ~60 images) a fit can lower the log loss yet raise one of
+them. :func:`rejection_reason` then keeps the model's own scores, so the card never shows a
+calibration that made its own validation numbers worse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "OUTPUT_LAYER",
+    "METHOD",
+    "Platt",
+    "fit_platt",
+    "fold_platt",
+    "head_inputs_model",
+    "output_logits",
+    "calibration_block",
+    "rejection_reason",
+    "calibrate_output",
+    "IDENTITY",
+]
+
+OUTPUT_LAYER = "score"
+METHOD = "platt"
+ECE_BINS = 10
+
+
+@dataclass(frozen=True)
+class Platt:
+    """A fitted Platt scaling ``sigmoid(a * logit + b)``.
+
+    Attributes:
+        a: Slope on the logit (positive for a model that ranks positives higher).
+        b: Offset on the logit.
+    """
+
+    a: float
+    b: float
+
+    def apply(self, logits) -> np.ndarray:
+        """Calibrated probabilities of the given logits (float64)."""
+        from scipy.special import expit
+
+        return expit(self.a * np.asarray(logits, dtype=np.float64) + self.b)
+
+
+IDENTITY = Platt(a=1.0, b=0.0)
+
+
+def fit_platt(logits, labels) -> Platt:
+    """Fit Platt scaling by unregularised logistic regression of the labels on the logit.
+
+    Smoothed targets replace the labels only when the logit separates the classes.
+
+    Args:
+        logits: The model's pre-sigmoid outputs on the validation split.
+        labels: 0/1 labels of the same images; both classes must be present.
+
+    Raises:
+        ValueError: With only one class or no rows.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    z = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
+    y = np.asarray(labels).astype(bool).ravel()
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError(
+            f"Platt scaling needs both classes ({positives} positive, {negatives} negative)"
+        )
+    separable = z[y].min() > z[~y].max() or z[y].max() < z[~y].min()
+    if separable:
+        target = np.where(y, (positives + 1.0) / (positives + 2.0), 1.0 / (negatives + 2.0))
+    else:
+        target = y.astype(np.float64)
+    # Targets as two weighted copies of every row: the weighted cross-entropy is exactly the
+    # (soft-target) likelihood, and C=inf turns off sklearn's regularisation.
+    x = np.vstack([z, z])
+    classes = np.r_[np.ones(len(z)), np.zeros(len(z))]
+    weights = np.r_[target, 1.0 - target]
+    fitted = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(
+        x, classes, sample_weight=weights
+    )
+    return Platt(a=float(fitted.coef_[0, 0]), b=float(fitted.intercept_[0]))
+
+
+def fold_platt(model, platt: Platt, layer: str = OUTPUT_LAYER) -> None:
+    """Rescale the output layer in place so that the model outputs ``sigmoid(a * logit + b)``.
+
+    Args:
+        model: A Keras model whose ``layer`` is ``Dense(1, sigmoid)``.
+        platt: The fitted scaling.
+        layer: Name of the output layer.
+    """
+    dense = model.get_layer(layer)
+    kernel, bias = dense.get_weights()
+    dense.set_weights(
+        [
+            (np.asarray(kernel, np.float64) * platt.a).astype(kernel.dtype),
+            (np.asarray(bias, np.float64) * platt.a + platt.b).astype(bias.dtype),
+        ]
+    )
+
+
+def head_inputs_model(model, layer: str = OUTPUT_LAYER):
+    """A model sharing ``model``'s layers that outputs the input of the output layer."""
+    import keras
+
+    return keras.Model(model.inputs, model.get_layer(layer).input, name="head_inputs")
+
+
+def output_logits(model, features, layer: str = OUTPUT_LAYER) -> np.ndarray:
+    """The output layer's logit ``w.x + c`` of the given head inputs, in float64."""
+    kernel, bias = model.get_layer(layer).get_weights()
+    features = np.asarray(features, dtype=np.float64)
+    return (features @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)).ravel()
+
+
+def calibration_block(platt: Platt, labels, before, after) -> dict:
+    """The model card's ``calibration`` entry: method, parameters, ECE and Brier before/after.
+
+    Args:
+        platt: The fitted scaling.
+        labels: Validation labels.
+        before: Validation probabilities of the uncalibrated model.
+        after: Validation probabilities of the calibrated model.
+    """
+    from medai.metrics import brier_score, expected_calibration_error
+
+    return {
+        "method": METHOD,
+        "a": platt.a,
+        "b": platt.b,
+        "fitted_on": "validation",
+        "n": int(np.asarray(labels).size),
+        "ece_bins": ECE_BINS,
+        "val_ece_before": expected_calibration_error(labels, before, n_bins=ECE_BINS),
+        "val_ece_after": expected_calibration_error(labels, after, n_bins=ECE_BINS),
+        "val_brier_before": brier_score(labels, before),
+        "val_brier_after": brier_score(labels, after),
+    }
+
+
+def rejection_reason(platt: Platt, block: dict) -> str | None:
+    """Why a fitted scaling must not be applied, or ``None`` to apply it.
+
+    Args:
+        platt: The fitted scaling.
+        block: Its :func:`calibration_block` on validation.
+    """
+    if platt.a <= 0:
+        return (
+            f"Platt slope {platt.a:.3g} <= 0: the model does not rank validation positives "
+            "above negatives, and scaling would reverse its ranking"
+        )
+    worse = [
+        f"{name} {block[f'val_{key}_before']:.4f} -> {block[f'val_{key}_after']:.4f}"
+        for name, key in (("ECE", "ece"), ("Brier", "brier"))
+        if block[f"val_{key}_after"] > block[f"val_{key}_before"]
+    ]
+    if worse:
+        return (
+            f"Platt scaling (a={platt.a:.4g}, b={platt.b:.4g}) would raise validation "
+            f"{', '.join(worse)}; the model's own scores are kept"
+        )
+    return None
+
+
+def calibrate_output(model, features, labels, layer: str = OUTPUT_LAYER) -> tuple:
+    """Fit Platt scaling on validation and fold it into ``model`` unless it must be rejected.
+
+    Args:
+        model: The Keras model; its output layer is changed in place when the fit is applied.
+        features: The output layer's inputs on the validation images
+            (see :func:`head_inputs_model`).
+        labels: The validation labels.
+        layer: Name of the output layer.
+
+    Returns:
+        ``(before, after, block)``: validation probabilities of the model before and after
+        (computed by the output layer itself, in its own float32 arithmetic) and the card's
+        ``calibration`` entry (``method`` ``"none"`` with a ``reason`` when rejected).
+    """
+    output = model.get_layer(layer)
+    original = output.get_weights()
+    before = np.asarray(output(features)).ravel()
+    platt = fit_platt(output_logits(model, features, layer), labels)
+    fold_platt(model, platt, layer)
+    after = np.asarray(output(features)).ravel()
+    block = calibration_block(platt, labels, before, after)
+    reason = rejection_reason(platt, block)
+    if reason is None:
+        return before, after, block
+    output.set_weights(original)
+    rejected = {k: block[k] for k in ("a", "b", "val_ece_after", "val_brier_after")}
+    block = calibration_block(IDENTITY, labels, before, before)
+    return before, before, {**block, "method": "none", "reason": reason, "rejected": rejected}
