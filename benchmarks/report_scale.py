@@ -2,9 +2,10 @@
 
 Writes ``--rows`` images' prediction rows per model (Parquet, the ``medai score`` schema from
 :func:`medai.predictions.prediction_schema`; one row per image and finding with ``--findings``)
-and an NIH-style label CSV into a temporary folder, runs :func:`medai.report.run_report` with the
-full bootstrap, and prints the wall time, e.g. ``report over 112120 rows: 12.3 s``. Labels are
-drawn per finding at about the ChestX-ray14 prevalence and scores are correlated with them.
+and an NIH-style label CSV (with age, sex, view and follow-up, so the subgroups are computed)
+into a temporary folder, runs :func:`medai.report.run_report` with the full bootstrap, and
+prints the wall time, e.g. ``report over 112120 rows: 12.3 s``. Labels are drawn per finding
+at about the ChestX-ray14 prevalence and scores are correlated with them.
 Example thumbnails are read from a few small generated PNG files that every row points at.
 
     python benchmarks/report_scale.py --rows 112120
@@ -73,8 +74,13 @@ def write_inputs(
         {
             "Image Index": image_ids,
             "Finding Labels": text,
-            "Follow-up #": 0,
+            # Eight images per patient: the first is follow-up 0.
+            "Follow-up #": np.arange(rows) % 8,
             "Patient ID": [name[:8] for name in image_ids],
+            # Subgroup metadata at about ChestX-ray14's mix (56% male, 60% PA).
+            "Patient Age": rng.choice([30, 50, 70, 85], rows, p=[0.25, 0.4, 0.3, 0.05]),
+            "Patient Gender": np.where(rng.random(rows) < 0.56, "M", "F"),
+            "View Position": np.where(rng.random(rows) < 0.6, "PA", "AP"),
         }
     ).to_csv(label_csv, index=False)
 

@@ -7,6 +7,11 @@ thresholds chosen on validation and the calibration (method, validation ECE and 
 after), the training history and counts (unreadable images per split), versions and intended
 use.
 ``model_id`` is the sha256 of ``model.keras``, so predictions name the exact weights they came from.
+
+A multi-finding card adds ``findings`` (ordered as the model's outputs) and ``per_finding``
+(each finding's threshold, threshold_sensitivity_90, val_auc, calibration, counts and class
+weights); its top-level ``finding``, ``threshold`` and the like describe the first finding and
+``val_auc`` is the mean, so a reader of single-finding cards still runs (on the first finding).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ __all__ = [
     "write_json",
     "save_model_dir",
     "read_card",
+    "card_findings",
+    "card_thresholds",
     "load_model_dir",
 ]
 
@@ -147,7 +154,40 @@ def read_card(model_dir: str | Path) -> dict:
     missing = [key for key in ("model_id", "finding", "image_size", "threshold") if key not in card]
     if missing:
         raise ModelDirError(f"{model_dir / CARD_FILE}: missing fields {missing}")
+    if "findings" in card:
+        _check_findings(card, model_dir / CARD_FILE)
     return card
+
+
+def _check_findings(card: dict, path: Path) -> None:
+    """A multi-finding card: a non-empty list of distinct names, each with its threshold."""
+    findings = card["findings"]
+    if not isinstance(findings, list) or not findings or len(set(findings)) != len(findings):
+        raise ModelDirError(f"{path}: 'findings' must be a non-empty list of distinct names")
+    if findings[0] != card["finding"]:
+        raise ModelDirError(f"{path}: 'finding' {card['finding']!r} is not findings[0]")
+    per_finding = card.get("per_finding") or {}
+    without = [f for f in findings if "threshold" not in per_finding.get(f, {})]
+    if len(findings) > 1 and without:
+        raise ModelDirError(f"{path}: per_finding has no threshold for {without}")
+
+
+def card_findings(card: dict) -> list[str]:
+    """A model's findings, ordered as its outputs (a card without ``findings`` has one)."""
+    return list(card.get("findings") or [card["finding"]])
+
+
+def card_thresholds(card: dict) -> list[float]:
+    """Each finding's decision threshold, in :func:`card_findings` order.
+
+    A finding's own ``per_finding[f]["threshold"]`` when the card has it, else the card's
+    ``threshold`` (single-finding cards).
+    """
+    per_finding = card.get("per_finding") or {}
+    return [
+        float(per_finding.get(f, {}).get("threshold", card["threshold"]))
+        for f in card_findings(card)
+    ]
 
 
 def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:

@@ -1,9 +1,12 @@
-"""Platt scaling of the model's logit, fitted on validation and folded into the output layer.
+"""Platt scaling of the model's logits, fitted on validation and folded into the output layer.
 
-The network ends in ``Dense(1, sigmoid)`` (the layer named ``score``): ``p = sigmoid(w.x + c)``.
+The network ends in ``Dense(K, sigmoid)`` (the layer named ``score``, one unit per finding):
+output ``k`` is ``p = sigmoid(w.x + c)`` with ``w`` the kernel's column ``k``.
 Platt scaling replaces the logit ``z = w.x + c`` by ``a * z + b`` with ``a`` and ``b`` fitted by
 logistic regression on the validation split. Because ``a * (w.x + c) + b = (a w).x + (a c + b)``
-the calibrated model is the same architecture with a rescaled last layer: ``model.keras`` stays
+the calibrated model is the same architecture with a rescaled last layer (each finding's column
+with its own ``a`` and ``b``, fitted on the validation images evaluated for that finding):
+``model.keras`` stays
 plain Keras and every scorer (Keras, OpenVINO, ``medai predict``) gets calibrated probabilities
 without knowing calibration exists.
 
@@ -102,22 +105,25 @@ def fit_platt(logits, labels) -> Platt:
     return Platt(a=float(fitted.coef_[0, 0]), b=float(fitted.intercept_[0]))
 
 
-def fold_platt(model, platt: Platt, layer: str = OUTPUT_LAYER) -> None:
-    """Rescale the output layer in place so that the model outputs ``sigmoid(a * logit + b)``.
+def fold_platt(model, platt: Platt, layer: str = OUTPUT_LAYER, column: int = 0) -> None:
+    """Rescale one output unit in place so that it outputs ``sigmoid(a * logit + b)``.
 
     Args:
-        model: A Keras model whose ``layer`` is ``Dense(1, sigmoid)``.
+        model: A Keras model whose ``layer`` is ``Dense(K, sigmoid)``.
         platt: The fitted scaling.
         layer: Name of the output layer.
+        column: The output unit (finding) to rescale; the others are untouched.
     """
     dense = model.get_layer(layer)
     kernel, bias = dense.get_weights()
-    dense.set_weights(
-        [
-            (np.asarray(kernel, np.float64) * platt.a).astype(kernel.dtype),
-            (np.asarray(bias, np.float64) * platt.a + platt.b).astype(bias.dtype),
-        ]
-    )
+    kernel64, bias64 = np.asarray(kernel, np.float64), np.asarray(bias, np.float64)
+    kernel64[:, column] *= platt.a
+    bias64[column] = bias64[column] * platt.a + platt.b
+    # Only the rescaled column changes, bit for bit: the others are copied back as they were.
+    new_kernel, new_bias = kernel.copy(), bias.copy()
+    new_kernel[:, column] = kernel64[:, column].astype(kernel.dtype)
+    new_bias[column] = bias64[column].astype(bias.dtype)
+    dense.set_weights([new_kernel, new_bias])
 
 
 def head_inputs_model(model, layer: str = OUTPUT_LAYER):
@@ -127,11 +133,12 @@ def head_inputs_model(model, layer: str = OUTPUT_LAYER):
     return keras.Model(model.inputs, model.get_layer(layer).input, name="head_inputs")
 
 
-def output_logits(model, features, layer: str = OUTPUT_LAYER) -> np.ndarray:
-    """The output layer's logit ``w.x + c`` of the given head inputs, in float64."""
+def output_logits(model, features, layer: str = OUTPUT_LAYER, column: int = 0) -> np.ndarray:
+    """One output unit's logit ``w.x + c`` of the given head inputs, in float64 (1-D)."""
     kernel, bias = model.get_layer(layer).get_weights()
     features = np.asarray(features, dtype=np.float64)
-    return (features @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)).ravel()
+    kernel = np.asarray(kernel, np.float64)[:, column]
+    return features @ kernel + float(np.asarray(bias, np.float64)[column])
 
 
 def calibration_block(platt: Platt, labels, before, after) -> dict:
@@ -184,15 +191,17 @@ def rejection_reason(platt: Platt, block: dict) -> str | None:
     return None
 
 
-def calibrate_output(model, features, labels, layer: str = OUTPUT_LAYER) -> tuple:
+def calibrate_output(model, features, labels, layer: str = OUTPUT_LAYER, column: int = 0) -> tuple:
     """Fit Platt scaling on validation and fold it into ``model`` unless it must be rejected.
 
     Args:
-        model: The Keras model; its output layer is changed in place when the fit is applied.
-        features: The output layer's inputs on the validation images
-            (see :func:`head_inputs_model`).
-        labels: The validation labels.
+        model: The Keras model; its output unit ``column`` is changed in place when the fit is
+            applied.
+        features: The output layer's inputs on the validation images evaluated for this
+            finding (see :func:`head_inputs_model`).
+        labels: Their 0/1 labels for this finding.
         layer: Name of the output layer.
+        column: The output unit (finding) to calibrate.
 
     Returns:
         ``(before, after, block)``: validation probabilities of the model before and after
@@ -201,10 +210,10 @@ def calibrate_output(model, features, labels, layer: str = OUTPUT_LAYER) -> tupl
     """
     output = model.get_layer(layer)
     original = output.get_weights()
-    before = np.asarray(output(features)).ravel()
-    platt = fit_platt(output_logits(model, features, layer), labels)
-    fold_platt(model, platt, layer)
-    after = np.asarray(output(features)).ravel()
+    before = np.asarray(output(features))[:, column]
+    platt = fit_platt(output_logits(model, features, layer, column), labels)
+    fold_platt(model, platt, layer, column)
+    after = np.asarray(output(features))[:, column]
     block = calibration_block(platt, labels, before, after)
     reason = rejection_reason(platt, block)
     if reason is None:

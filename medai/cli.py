@@ -6,6 +6,7 @@ Examples::
     medai train --labels Data_Entry_2017.csv --images /data/nih --finding Mass --out models/mass
     medai score --model models/mass --images /data/nih --out predictions/
     medai predict --model models/mass 00000013_005.png
+    medai export models/mass --int8
     medai report --predictions predictions/ --labels Data_Entry_2017.csv --out report/
     medai nightly --images /data/nih --model models/mass --store /data/store --labels ...
     medai submit score --address http://head:8265 -- --model ... --images ... --out ...
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from medai.errors import MedaiError
 from medai.flags import (
+    add_engine_flags,
     add_images_flag,
     add_max_unreadable_flag,
     add_model_flag,
@@ -47,7 +49,18 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, help="Data_Entry_2017.csv or a CSV image,label")
     add_images_flag(parser)
     parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--finding", default="Mass", help="NIH finding to detect (default Mass)")
+    parser.add_argument(
+        "--finding",
+        default="Mass",
+        help="finding(s) to detect: a name, a comma list (Mass,Nodule,Effusion) or 'all' "
+        "(the 14 NIH findings); default Mass",
+    )
+    parser.add_argument(
+        "--openvino",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the OpenVINO IR beside model.keras (default: on; the CPU scoring engine)",
+    )
     parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
     parser.add_argument("--epochs", type=int, default=20)
     add_run_flags(parser, 16, "images per worker per step")
@@ -87,7 +100,7 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
     add_model_flag(parser)
     add_images_flag(parser)
     parser.add_argument("--out", required=True, help="predictions folder (Parquet)")
-    add_run_flags(parser, 32, "images per inference batch")
+    add_run_flags(parser, 32, "images per inference batch", inference=True)
     parser.add_argument("--limit", type=int, default=None, help="only the first N input images")
     parser.add_argument(
         "--actors",
@@ -99,17 +112,47 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="TensorFlow threads per scorer actor (default: its Ray CPU assignment, rounded up)",
+        help="inference threads per scorer actor, OpenVINO or TensorFlow (default: its Ray CPU "
+        "assignment, rounded up)",
     )
     parser.add_argument("--rows-per-file", type=int, default=4096)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars (medai's and Ray Data's; they show only on a terminal anyway)",
+    )
     add_retry_errors_flag(parser)
 
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:
     add_model_flag(parser)
     parser.add_argument("image", nargs="+", help="image files (or ARCHIVE::MEMBER)")
-    parser.add_argument("--json", action="store_true", help="print JSON lines")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON lines (one per image and finding)"
+    )
+    add_engine_flags(parser)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="inference threads (default: the engine's)"
+    )
+
+
+def _add_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model directory from medai train")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also quantize to int8 (NNCF: pip install 'medai[int8]'), calibrated on the "
+        "training split and kept only if its gate on the validation split accepts it",
+    )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="PATH",
+        help="where the split's images are (default: the card's training images)",
+    )
 
 
 def _add_demo(parser: argparse.ArgumentParser) -> None:
@@ -192,6 +235,7 @@ def _run_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         max_failures=args.max_failures,
         max_unreadable=args.max_unreadable,
+        export_openvino=args.openvino,
     )
     card = run_training(config)
     print(
@@ -210,6 +254,7 @@ def _score_config(args: argparse.Namespace):
         out=args.out,
         batch_size=args.batch_size,
         precision=args.precision,
+        engine=args.engine,
         address=args.address,
         limit=args.limit,
         actors=args.actors,
@@ -232,15 +277,30 @@ def _run_predict(args: argparse.Namespace) -> int:
     from medai.predict import predict_images
 
     status = 0
-    for result in predict_images(args.image, args.model):
+    results = predict_images(
+        args.image, args.model, engine=args.engine, precision=args.precision, threads=args.threads
+    )
+    for result in results:
         if args.json:
             print(json.dumps(result))
         elif result["error"]:
-            print(f"{result['image']}\terror\t{result['error']}")
+            print(f"{result['image']}\t{result['finding']}\terror\t{result['error']}")
         else:
-            print(f"{result['image']}\t{result['score']:.6f}\t{result['predicted']}")
+            print(
+                f"{result['image']}\t{result['finding']}\t{result['score']:.6f}\t"
+                f"{result['predicted']}"
+            )
         status = status or (1 if result["error"] else 0)
     return status
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from medai.export import export_openvino
+
+    images = tuple(args.images) if args.images else None
+    block = export_openvino(args.model_dir, int8=args.int8, images=images)
+    print(json.dumps(block, indent=2))
+    return 0
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -298,6 +358,11 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
         "train": ("fine-tune InceptionV3 with Ray Train", _add_train, _run_train),
         "score": ("score image archives into Parquet with Ray Data", _add_score, _run_score),
         "predict": ("score single images in process", _add_predict, _run_predict),
+        "export": (
+            "write a model directory's OpenVINO IR (fp32, and int8 behind a gate)",
+            _add_export,
+            _run_export,
+        ),
         "report": (
             "ROC/AUC, plots and report.html from predictions",
             add_report_arguments,

@@ -35,6 +35,7 @@ __all__ = [
     "Engine",
     "IrFiles",
     "ir_files",
+    "check_ir",
     "read_ir",
     "gpu_visible",
     "resolve_engine",
@@ -105,20 +106,16 @@ def _ir_entry(card: dict, stored: str) -> dict | None:
     return block.get(stored)
 
 
-def read_ir(model_dir: str | Path, precision: str, card: dict | None = None) -> IrFiles:
-    """Read an IR and check it against the model card.
+def check_ir(model_dir: str | Path, precision: str, card: dict) -> tuple[Path, Path, dict]:
+    """Check what the card says of an IR, without reading it: for a clear error before work.
 
-    Args:
-        model_dir: The model directory.
-        precision: ``fp32``, ``bf16`` (both read the fp32 IR) or ``int8``.
-        card: The parsed card (read from ``model_dir`` if not given).
+    Returns:
+        The IR's ``.xml`` and ``.bin`` paths and the card's record of it.
 
     Raises:
         EngineError: If the card has no such IR, the IR was converted from another
-            ``model.keras``, an int8 IR was not accepted by the export gate, a file is
-            missing, or a file's sha256 differs from the card's.
+            ``model.keras``, an int8 IR was not accepted by the export gate, or a file is missing.
     """
-    card = read_card(model_dir) if card is None else card
     stored = "int8" if precision == "int8" else "fp32"
     entry = _ir_entry(card, stored)
     if entry is None:
@@ -134,10 +131,27 @@ def read_ir(model_dir: str | Path, precision: str, card: dict | None = None) -> 
     if stored == "int8" and not entry.get("gate", {}).get("accepted"):
         raise EngineError(f"{model_dir}: the int8 IR was not accepted by the export gate")
     xml, weights = ir_files(model_dir, stored)
-    contents = []
-    for path, key in ((xml, "xml"), (weights, "bin")):
+    for path in (xml, weights):
         if not path.is_file():
             raise EngineError(f"{path} is missing; run medai export again")
+    return xml, weights, entry
+
+
+def read_ir(model_dir: str | Path, precision: str, card: dict | None = None) -> IrFiles:
+    """Read an IR and check it against the model card.
+
+    Args:
+        model_dir: The model directory.
+        precision: ``fp32``, ``bf16`` (both read the fp32 IR) or ``int8``.
+        card: The parsed card (read from ``model_dir`` if not given).
+
+    Raises:
+        EngineError: As :func:`check_ir`, or if a file's sha256 differs from the card's.
+    """
+    card = read_card(model_dir) if card is None else card
+    xml, weights, entry = check_ir(model_dir, precision, card)
+    contents = []
+    for path, key in ((xml, "xml"), (weights, "bin")):
         data = path.read_bytes()
         if _sha256(data) != entry["sha256"][key]:
             raise EngineError(f"{path} does not match the sha256 in the model card; refusing it")
@@ -301,16 +315,15 @@ class TensorFlowEngine:
         import tensorflow as tf
 
         from medai.artifact import load_model_dir
-        from medai.model import ModelSpec, rebuild_with_policy
+        from medai.model import rebuild_with_policy
 
         loaded = load_model_dir(model_dir)
         model = loaded.model
+        self.n_outputs = int(model.outputs[0].shape[-1])
         if precision == "bf16":
-            spec = ModelSpec(loaded.card["image_size"], loaded.card.get("head", "gap"), "none")
-            model = rebuild_with_policy(model, spec, "mixed_bfloat16")
+            model = rebuild_with_policy(model, _spec(loaded.card, self.n_outputs), "mixed_bfloat16")
         self.precision = precision
         self.size = int(loaded.card["image_size"])
-        self.n_outputs = int(model.outputs[0].shape[-1])
         # One graph for every batch length: Ray Data hands over short batches wherever input
         # blocks end, and padding them to the full batch size wasted up to a third of the
         # model's time on the NIH-layout benchmark.
@@ -324,3 +337,19 @@ class TensorFlowEngine:
         if len(images) == 0:
             return np.zeros((0, self.n_outputs), np.float32)
         return np.asarray(self._predict(images), dtype=np.float32).reshape(len(images), -1)
+
+
+def _spec(card: dict, n_outputs: int):
+    """The architecture of a card's model, for rebuilding it under another dtype policy."""
+    from medai.model import ModelSpec
+
+    spec = ModelSpec(int(card["image_size"]), card.get("head", "gap"), "none")
+    if n_outputs == 1:
+        return spec
+    if "n_outputs" not in ModelSpec.__dataclass_fields__:
+        raise EngineError(
+            "bf16 on TensorFlow cannot rebuild a multi-output model yet; use --engine openvino"
+        )
+    from dataclasses import replace
+
+    return replace(spec, n_outputs=n_outputs)

@@ -29,7 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medai.artifact import CARD_FILE, SPLIT_FILE, file_sha256, write_json
+from medai.artifact import (
+    CARD_FILE,
+    SPLIT_FILE,
+    card_findings,
+    card_thresholds,
+    file_sha256,
+    write_json,
+)
 from medai.engines import CARD_KEY, IR_DIR, IR_FILES
 from medai.errors import MedaiError
 
@@ -106,7 +113,7 @@ class LabelledImages:
 
     Attributes:
         images: ``uint8 (N, size, size, 1)``.
-        labels: ``0/1 (N,)``.
+        labels: ``(N, K)``: 1/0 per finding, -1 where the image is not evaluated for it.
         image_ids: The images' ids.
         unreadable: Images of the split that could not be found or decoded.
     """
@@ -173,7 +180,10 @@ def load_split_images(
     for source in inputs.files:
         if image_id_of(source) in every and image_id_of(source) not in decoded:
             _decode_into(decoded, image_id_of(source), read_bytes(source), size, decode_image)
-    label_of = dict(zip(table["image_id"], table["label"], strict=True))
+    per_finding = [f"label_{name}" for name in card_findings(card)]
+    # A multi-finding split.csv has a label_<Finding> column per output; one finding, `label`.
+    columns = per_finding if all(c in table for c in per_finding) else ["label"]
+    label_of = dict(zip(table["image_id"], table[columns].to_numpy(dtype=np.int64), strict=True))
     found = {}
     for name, ids in wanted.items():
         usable = [i for i in ids if i in decoded]
@@ -181,7 +191,7 @@ def load_split_images(
             raise ExportError(f"no image of the {name} split was found in {list(sources)}")
         found[name] = LabelledImages(
             images=np.stack([decoded[i] for i in usable]),
-            labels=np.array([int(label_of[i]) for i in usable]),
+            labels=np.stack([label_of[i] for i in usable]),
             image_ids=usable,
             unreadable=len(ids) - len(usable),
         )
@@ -199,7 +209,8 @@ def _decode_into(decoded: dict, image_id: str, data: bytes, size: int, decode) -
 
 def _batched(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
     parts = [predict(images[i : i + BATCH]) for i in range(0, len(images), BATCH)]
-    return np.concatenate(parts).reshape(-1).astype(np.float32)
+    # (N, K): one column per finding.
+    return np.concatenate(parts).reshape(len(images), -1).astype(np.float32)
 
 
 def _keras_scores(model, images: np.ndarray) -> np.ndarray:
@@ -220,31 +231,57 @@ def _ov_scores(compiled, images: np.ndarray) -> np.ndarray:
 def measure_agreement(
     reference: np.ndarray,
     scores: np.ndarray,
-    threshold: float,
+    thresholds,
     labels: np.ndarray | None = None,
 ) -> dict:
     """How far ``scores`` are from ``reference`` (``model.keras``'s scores of the same images).
 
+    Args:
+        reference: ``(N, K)`` (or ``(N,)``) scores of ``model.keras``.
+        scores: The same images' scores from the engine under test.
+        thresholds: One threshold per finding (a float for one finding).
+        labels: ``(N, K)`` labels (1/0, -1 = not evaluated), or ``None``.
+
     Returns:
         ``images``, ``max_abs_diff``, ``decision_agreement`` (fraction of equal
-        :func:`medai.thresholds.is_positive` decisions) and, with labels of both classes,
-        ``auc_reference``, ``auc`` and ``auc_change``.
+        :func:`medai.thresholds.is_positive` decisions over every image and finding) and, with
+        labels of both classes, ``auc_reference``, ``auc`` (means over findings) and
+        ``auc_change`` (the largest change of any finding, signed); with several findings
+        also ``auc_change_per_finding``.
     """
     from medai.metrics import roc_auc
     from medai.thresholds import is_positive
 
-    reference = np.asarray(reference, np.float32)
-    scores = np.asarray(scores, np.float32)
-    same = is_positive(reference, threshold) == is_positive(scores, threshold)
+    cut = np.atleast_1d(np.asarray(thresholds, np.float64))
+    reference = np.asarray(reference, np.float32).reshape(len(reference), -1)
+    scores = np.asarray(scores, np.float32).reshape(len(scores), -1)
+    same = is_positive(reference, cut) == is_positive(scores, cut)
     measured = {
         "images": int(len(scores)),
         "max_abs_diff": float(np.max(np.abs(reference - scores))),
         "decision_agreement": float(same.mean()),
     }
-    if labels is not None:
-        auc_ref, auc = roc_auc(labels, reference), roc_auc(labels, scores)
-        measured["auc_reference"], measured["auc"] = auc_ref, auc
-        measured["auc_change"] = None if auc is None or auc_ref is None else auc - auc_ref
+    if labels is None:
+        return measured
+    labels = np.asarray(labels).reshape(len(scores), -1)
+    pairs = []
+    for k in range(labels.shape[1]):
+        known = labels[:, k] >= 0
+        pairs.append(
+            (
+                roc_auc(labels[known, k], reference[known, k]),
+                roc_auc(labels[known, k], scores[known, k]),
+            )
+        )
+    if any(a is None or b is None for a, b in pairs):
+        measured["auc_reference"] = measured["auc"] = measured["auc_change"] = None
+        return measured
+    changes = [b - a for a, b in pairs]
+    measured["auc_reference"] = float(np.mean([a for a, _ in pairs]))
+    measured["auc"] = float(np.mean([b for _, b in pairs]))
+    measured["auc_change"] = float(changes[int(np.argmax(np.abs(changes)))])
+    if len(pairs) > 1:
+        measured["auc_change_per_finding"] = changes
     return measured
 
 
@@ -273,7 +310,7 @@ def _import_nncf():
     return nncf
 
 
-def _quantize(ov_model, attempt: Int8Attempt, calibration: np.ndarray, threshold: float):
+def _quantize(ov_model, attempt: Int8Attempt, calibration: np.ndarray, threshold):
     """Quantize an fp32 OpenVINO model with one NNCF configuration."""
     from medai.thresholds import is_positive
 
@@ -291,7 +328,7 @@ def _quantize(ov_model, attempt: Int8Attempt, calibration: np.ndarray, threshold
     reference = is_positive(_ov_scores(_compile(ov_model), calibration), threshold)
 
     def agreement(compiled, items) -> tuple[float, list[float]]:
-        scores = np.concatenate([np.asarray(compiled(item)[0]).reshape(-1) for item in items])
+        scores = np.concatenate([np.asarray(compiled(item)[0]) for item in items])
         same = (is_positive(scores, threshold) == reference).astype(float)
         return float(same.mean()), same.tolist()
 
@@ -391,7 +428,8 @@ def export_openvino(
     quiet_tensorflow()
     model_dir = Path(model_dir)
     loaded = load_model_dir(model_dir)
-    card, threshold = loaded.card, float(loaded.card["threshold"])
+    card = loaded.card
+    threshold = np.asarray(card_thresholds(card), np.float64)
     split = _agreement_images(
         model_dir, card, images, int8, calibration_size, validation_size, seed
     )

@@ -10,6 +10,7 @@ __all__ = [
     "add_run_flags",
     "add_model_flag",
     "add_max_unreadable_flag",
+    "add_engine_flags",
 ]
 
 
@@ -34,19 +35,52 @@ def add_model_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory from medai train")
 
 
-def add_run_flags(parser: argparse.ArgumentParser, batch_size: int, batch_help: str) -> None:
-    """``--batch-size``, ``--precision`` and ``--address``: how and where a Ray job runs."""
+def add_run_flags(
+    parser: argparse.ArgumentParser, batch_size: int, batch_help: str, inference: bool = False
+) -> None:
+    """``--batch-size``, ``--precision`` and ``--address``: how and where a Ray job runs.
+
+    Args:
+        parser: The sub-command's parser.
+        batch_size: Default ``--batch-size``.
+        batch_help: Help of ``--batch-size``.
+        inference: Also offer ``--precision int8`` and ``--engine`` (scoring jobs).
+    """
     parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
-    parser.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["fp32", "bf16"],
-        help="fp32, or bf16 (mixed_bfloat16; ~1.3-1.5x on CPUs with bf16 units)",
-    )
+    if inference:
+        add_engine_flags(parser)
+    else:
+        parser.add_argument(
+            "--precision",
+            default="fp32",
+            choices=["fp32", "bf16"],
+            help="fp32, or bf16 (mixed_bfloat16; ~1.3-1.5x on CPUs with bf16 units)",
+        )
     parser.add_argument(
         "--address",
         default=None,
         help="Ray address (default: RAY_ADDRESS, else a local Ray in-process)",
+    )
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """``--engine`` and ``--precision`` of inference (score, predict, nightly)."""
+    from medai.engines import ENGINES, PRECISIONS
+
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        choices=list(ENGINES),
+        help="auto (default): OpenVINO on CPU when the model directory has an IR (medai "
+        "export), TensorFlow on GPUs or without one; or force openvino / tensorflow",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=list(PRECISIONS),
+        help="fp32 (default); bf16 (OpenVINO's bf16 hint, or TensorFlow's mixed_bfloat16; "
+        "fp32 with a warning on CPUs without bf16); int8 (OpenVINO only, from an IR that "
+        "medai export --int8 wrote and its gate accepted)",
     )
 
 

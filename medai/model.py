@@ -8,7 +8,7 @@ The model's first layers finish preprocessing (one channel repeated to RGB, Ince
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medai.errors import MedaiError
@@ -41,13 +41,15 @@ class ModelSpec:
         image_size: Input width and height in pixels.
         head: ``gap`` (global average pooling) or ``flatten`` (the original design).
         weights: ``imagenet``, ``none`` or a path to a Keras InceptionV3 ``notop`` weights file.
-        dropout: Dropout rate before the output unit.
+        dropout: Dropout rate before the output units.
+        n_outputs: Sigmoid outputs, one per finding (ordered as the card's ``findings``).
     """
 
     image_size: int = 256
     head: str = "gap"
     weights: str = "imagenet"
     dropout: float = 0.2
+    n_outputs: int = 1
 
     @property
     def pretrained(self) -> bool:
@@ -125,7 +127,10 @@ def _load_base(spec: ModelSpec):
 
 
 def build_model(spec: ModelSpec):
-    """Build the classifier: ``uint8 (size, size, 1)`` image in, probability of the finding out.
+    """Build the classifier: ``uint8 (size, size, 1)`` image in, one probability per finding out.
+
+    The output layer ``score`` is ``Dense(spec.n_outputs, sigmoid)``: output shape ``(N, K)``,
+    ``(N, 1)`` for a single finding.
 
     Args:
         spec: The architecture.
@@ -135,10 +140,12 @@ def build_model(spec: ModelSpec):
 
     Raises:
         WeightsError: If the requested initial weights cannot be loaded.
-        ValueError: On an unknown head or too small an image size.
+        ValueError: On an unknown head, too small an image size or fewer than one output.
     """
     import keras
 
+    if spec.n_outputs < 1:
+        raise ValueError(f"a model needs at least one output, not {spec.n_outputs}")
     if spec.head not in HEADS:
         raise ValueError(f"--head must be one of {', '.join(HEADS)}, not {spec.head!r}")
     if spec.image_size < MIN_IMAGE_SIZE:
@@ -162,7 +169,9 @@ def build_model(spec: ModelSpec):
     x = keras.layers.Dense(1024, activation="relu", name="fc")(x)
     x = keras.layers.Dropout(spec.dropout, name="dropout")(x)
     # float32 output keeps probabilities exact under a mixed precision policy.
-    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="score")(x)
+    outputs = keras.layers.Dense(
+        spec.n_outputs, activation="sigmoid", dtype="float32", name="score"
+    )(x)
     return keras.Model(inputs, outputs, name=f"inceptionv3_{spec.head}")
 
 
@@ -177,7 +186,7 @@ def rebuild_with_policy(model, spec: ModelSpec, policy: str):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
-        fresh = build_model(ModelSpec(spec.image_size, spec.head, "none", spec.dropout))
+        fresh = build_model(replace(spec, weights="none"))
     finally:
         keras.config.set_dtype_policy(previous)
     fresh.set_weights(model.get_weights())

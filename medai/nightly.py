@@ -16,21 +16,19 @@ is marked ``interrupted`` by the next run, which scores what is left.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from medai.artifact import write_json
+from medai.artifact import card_findings, write_json
 from medai.errors import MedaiError
 from medai.flags import add_images_flag, add_model_flag, add_retry_errors_flag, add_run_flags
+from medai.locks import exclusive_lock
 
 __all__ = [
     "NightlyConfig",
@@ -65,6 +63,7 @@ class NightlyConfig:
     split: str | None = None
     batch_size: int = 32
     precision: str = "fp32"
+    engine: str = "auto"
     address: str | None = None
     rows_per_file: int = 4096
     retry_errors: bool = False
@@ -103,7 +102,7 @@ def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     from medai.report import SPLIT_HELP, SPLITS
 
     parser.add_argument("--split", default=None, choices=SPLITS, help=SPLIT_HELP)
-    add_run_flags(parser, 32, "images per inference batch")
+    add_run_flags(parser, 32, "images per inference batch", inference=True)
     parser.add_argument("--rows-per-file", type=int, default=4096)
     add_retry_errors_flag(parser)
     return parser
@@ -126,40 +125,23 @@ def config_from_args(args: argparse.Namespace) -> NightlyConfig:
         split=args.split,
         batch_size=args.batch_size,
         precision=args.precision,
+        engine=args.engine,
         address=args.address,
         rows_per_file=args.rows_per_file,
         retry_errors=args.retry_errors,
     )
 
 
-@contextmanager
-def _store_lock(root: Path) -> Iterator[None]:
-    """Hold the store's lock; refuse at once if another run holds it.
+def _store_lock(root: Path):
+    """Hold the store's lock; refuse at once if another nightly run holds it."""
 
-    ``flock`` is released by the kernel when its holder dies, so a killed run never leaves
-    a stale lock behind.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    handle = open(root / LOCK, "a+")  # noqa: SIM115 -- held open for the whole run
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise NightlyError(
+    def refuse(holder: str) -> NightlyError:
+        return NightlyError(
             f"another nightly run is in progress on {root} ({holder}); "
             "it holds the store's lock — wait for it to finish"
-        ) from None
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} since {_now()}")
-        handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        )
+
+    return exclusive_lock(root / LOCK, refuse)
 
 
 def _now() -> str:
@@ -213,6 +195,7 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
         out=str(store / "predictions"),
         batch_size=config.batch_size,
         precision=config.precision,
+        engine=config.engine,
         address=config.address,
         rows_per_file=config.rows_per_file,
         progress=False,
@@ -265,7 +248,7 @@ def _refresh_report(config: NightlyConfig, store: Path, card: dict) -> str:
         ReportConfig(
             predictions=str(store / "predictions"),
             labels=config.labels,
-            finding=card["finding"],
+            finding=",".join(card_findings(card)),
             out=str(out),
             negatives=config.negatives,
             split=config.split,

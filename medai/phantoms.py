@@ -6,6 +6,13 @@ archive mirrors NIH: ``images_NNN.tar.gz`` with members ``images/<Image Index>``
 ``Data_Entry_2017.csv`` with the real header quirks, and patient-level ``train_val_list.txt`` /
 ``test_list.txt``. A model can only separate the classes by finding the lesion, so a learnt
 AUC proves that labels, shards, gradients and preprocessing line up.
+
+With ``PhantomSpec(findings=("Mass", "Effusion", "Cardiomegaly"))`` each patient carries each
+finding independently (probability ``positive_fraction``), every image gets a heart shadow, and
+each finding has its own sign: Mass the round lesion, Effusion a haze rising from the base of
+one or both lung fields, Cardiomegaly a heart shadow about 1.9 times as wide as a normal one.
+Labels are written NIH-style (``Mass|Effusion``, ``No Finding`` when none). Without
+``findings`` the generator is the single-finding one, byte for byte.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PhantomSpec", "render_phantom", "write_phantom_archive", "NIH_HEADER"]
+__all__ = ["PhantomSpec", "SIGNS", "render_phantom", "write_phantom_archive", "NIH_HEADER"]
+
+# The findings a multi-finding phantom can carry, each with a sign of its own.
+SIGNS = ("Mass", "Effusion", "Cardiomegaly")
 
 NIH_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -39,7 +49,8 @@ class PhantomSpec:
 
     Attributes:
         n_patients: Number of patients; each has 1-3 images.
-        positive_fraction: Fraction of patients whose images all carry the finding.
+        positive_fraction: Fraction of patients whose images all carry the finding (with
+            ``findings``: each patient's probability of carrying each finding).
         size: Width and height of the PNGs in pixels.
         lesion_radius: Lesion radius as a fraction of ``size``.
         lesion_contrast: Lesion brightness above the lung, in 0-255 grey levels.
@@ -50,6 +61,8 @@ class PhantomSpec:
         first_patient: Patient id of the first patient (distinct ranges make distinct archives,
             e.g. a later day's arrivals).
         archive_number: Number of the first ``images_NNN.tar.gz``.
+        findings: Several findings drawn independently per patient, each from :data:`SIGNS`;
+            empty for the single-finding phantoms (``finding``, the lesion).
     """
 
     n_patients: int = 200
@@ -63,6 +76,14 @@ class PhantomSpec:
     seed: int = 0
     first_patient: int = 1
     archive_number: int = 1
+    findings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.findings if f not in SIGNS]
+        if unknown or len(set(self.findings)) != len(self.findings):
+            raise ValueError(
+                f"phantom findings must be distinct names from {SIGNS}, not {self.findings}"
+            )
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
@@ -78,15 +99,22 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray
 
 
 def render_phantom(
-    rng: np.random.Generator, size: int, lesion: bool, spec: PhantomSpec
+    rng: np.random.Generator,
+    size: int,
+    lesion: bool,
+    spec: PhantomSpec,
+    signs: frozenset[str] | None = None,
 ) -> np.ndarray:
     """Render one phantom radiograph as a ``uint8`` array of shape ``(size, size)``.
 
     Args:
         rng: Random generator (position, texture and noise come from it).
         size: Width and height in pixels.
-        lesion: Whether to draw the lesion.
+        lesion: Whether to draw the lesion (the Mass sign).
         spec: Lesion radius and contrast.
+        signs: Multi-finding phantoms only: the findings this image carries; a heart shadow
+            is drawn (enlarged for Cardiomegaly) and an effusion haze for Effusion. ``None``
+            draws the single-finding phantom exactly as before.
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     image = 170.0 - 60.0 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)  # bright soft-tissue surround
@@ -100,6 +128,10 @@ def render_phantom(
     ribs = 12.0 * np.maximum(0.0, np.sin(yy * np.pi * rng.uniform(16, 20) + rng.uniform(0, np.pi)))
     image += ribs
     image += 10.0 * _smooth_noise(rng, size, 40)
+    if signs is not None:
+        image = _heart_shadow(rng, image, xx, yy, enlarged="Cardiomegaly" in signs)
+        if "Effusion" in signs:
+            image = _effusion(rng, image, xx, yy, lungs)
     if lesion:
         cx, cy, rx, ry = lungs[rng.integers(2)]
         angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.45)
@@ -109,6 +141,32 @@ def render_phantom(
         image += spec.lesion_contrast * np.exp(-(d2**2))  # flat-topped, soft edge
     image += rng.normal(0, 4.0, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _heart_shadow(rng, image: np.ndarray, xx, yy, enlarged: bool) -> np.ndarray:
+    """A bright, soft-edged heart shadow low in the mediastinum, spilling into the left lung.
+
+    A normal heart is about 0.22 of the image wide and stays mostly between the lung fields;
+    an enlarged one (cardiomegaly: cardiothoracic ratio above one half) is about 0.42 wide,
+    taller, and covers the inner part of both lungs.
+    """
+    half_width = rng.uniform(0.20, 0.22) if enlarged else rng.uniform(0.10, 0.12)
+    cx, cy = 0.53 + rng.uniform(-0.015, 0.015), 0.68 + rng.uniform(-0.02, 0.02)
+    half_height = (0.16 if enlarged else 0.14) + rng.uniform(-0.01, 0.01)
+    d = ((xx - cx) / half_width) ** 2 + ((yy - cy) / half_height) ** 2
+    weight = np.clip((1.0 - d) / 0.2, 0.0, 1.0)
+    return image * (1.0 - weight) + rng.uniform(135.0, 150.0) * weight
+
+
+def _effusion(rng, image: np.ndarray, xx, yy, lungs: list) -> np.ndarray:
+    """A haze filling the base of one or both lung fields, brightest at the bottom."""
+    sides = [lungs[int(rng.integers(2))]] if rng.random() < 0.6 else lungs
+    for cx, cy, rx, ry in sides:
+        inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1.0
+        level = cy + ry * rng.uniform(0.25, 0.45)  # where the fluid's upper edge lies
+        rise = np.clip((yy - level) / 0.06, 0.0, 1.0)
+        image = image + np.where(inside, rng.uniform(50.0, 65.0) * rise, 0.0)
+    return image
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -133,33 +191,45 @@ def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) ->
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.seed)
     rows, train_val, test = [], [], []
-    n_positive = int(round(spec.n_patients * spec.positive_fraction))
-    positive_patients = set(rng.permutation(spec.n_patients)[:n_positive].tolist())
+    if spec.findings:
+        carried = rng.random((spec.n_patients, len(spec.findings))) < spec.positive_fraction
+        positive_patients = set()
+    else:  # the single-finding draws, unchanged so that old seeds give the same archive
+        n_positive = int(round(spec.n_patients * spec.positive_fraction))
+        positive_patients = set(rng.permutation(spec.n_patients)[:n_positive].tolist())
     test_patients = set(
         rng.permutation(spec.n_patients)[
             : int(round(spec.n_patients * spec.test_fraction))
         ].tolist()
     )
-    images: list[tuple[str, bool]] = []
+    images: list[tuple[str, bool, frozenset[str] | None]] = []
     for patient in range(spec.n_patients):
         patient_id = patient + spec.first_patient
         for follow_up in range(int(rng.integers(1, 4))):
             image_id = f"{patient_id:08d}_{follow_up:03d}.png"
-            positive = patient in positive_patients
-            labels = spec.finding if positive else str(rng.choice(_OTHER_FINDINGS))
-            if positive and rng.random() < 0.2:
-                labels = f"Effusion|{spec.finding}"
+            signs = None
+            if spec.findings:
+                signs = frozenset(
+                    f for f, c in zip(spec.findings, carried[patient], strict=True) if c
+                )
+                labels = "|".join(f for f in spec.findings if f in signs) or "No Finding"
+                positive = "Mass" in signs
+            else:
+                positive = patient in positive_patients
+                labels = spec.finding if positive else str(rng.choice(_OTHER_FINDINGS))
+                if positive and rng.random() < 0.2:
+                    labels = f"Effusion|{spec.finding}"
             age, sex = int(rng.integers(20, 80)), "MF"[int(rng.integers(2))]
             rows.append(
                 f"{image_id},{labels},{follow_up},{patient_id},{age},{sex},PA,2500,2048,0.168,0.168"
             )
             (test if patient in test_patients else train_val).append(image_id)
-            images.append((image_id, positive))
+            images.append((image_id, positive, signs))
     for start in range(0, len(images), spec.images_per_archive):
         number = start // spec.images_per_archive + spec.archive_number
         with tarfile.open(out / f"images_{number:03d}.tar.gz", "w:gz", compresslevel=1) as tar:
-            for image_id, positive in images[start : start + spec.images_per_archive]:
-                data = _png_bytes(render_phantom(rng, spec.size, positive, spec))
+            for image_id, positive, signs in images[start : start + spec.images_per_archive]:
+                data = _png_bytes(render_phantom(rng, spec.size, positive, spec, signs))
                 info = tarfile.TarInfo(f"images/{image_id}")
                 info.size, info.mtime = len(data), 1504999999
                 tar.addfile(info, io.BytesIO(data))

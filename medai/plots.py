@@ -310,7 +310,8 @@ def confusion_plot(title: str, panels: Sequence[tuple[str, Mapping[str, int] | N
 
 @_plain_text
 def calibration_plot(title: str, bins: Mapping[str, Sequence], label: str) -> bytes:
-    """Reliability curve (observed positive fraction per predicted-probability bin).
+    """Reliability curve (observed positive fraction per predicted-probability bin), with the
+    number of images in each bin as labelled bars below it.
 
     Args:
         title: Figure title.
@@ -330,7 +331,10 @@ def calibration_plot(title: str, bins: Mapping[str, Sequence], label: str) -> by
     else:
         predicted = np.asarray(bins["mean_predicted"])
         top.plot(predicted, bins["fraction_positive"], marker="o", color=_COLORS[0], label=label)
-        bottom.bar(predicted, counts, width=0.06, color=_COLORS[0], alpha=0.6)
+        bars = bottom.bar(predicted, counts, width=0.06, color=_COLORS[0], alpha=0.6)
+        # The count of each bin printed on its bar: a reviewer sees how much each point weighs.
+        bottom.bar_label(bars, labels=[f"{int(c):,}" for c in counts], fontsize=7)
+        bottom.set_ylim(0, counts.max() * 1.3)
         top.legend(loc="upper left", fontsize=8)
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)

@@ -1,4 +1,4 @@
-"""Single-image prediction with the same preprocessing, model and decision rule as the scorer."""
+"""Single-image prediction with the same preprocessing, engine and decision rule as the scorer."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medai.artifact import card_findings, card_thresholds
 from medai.images import ImageError, decode_image, read_bytes
 from medai.thresholds import is_positive
 
@@ -14,65 +15,96 @@ __all__ = ["predict_image", "predict_images"]
 
 
 @lru_cache(maxsize=4)
-def _load(model_dir: str):
-    from medai.artifact import load_model_dir
+def _load(model_dir: str, engine: str, precision: str, threads: int | None):
+    from medai.artifact import read_card
+    from medai.engines import load_engine
     from medai.runtime import quiet_tensorflow
 
     quiet_tensorflow()
-    return load_model_dir(model_dir)
+    return read_card(model_dir), load_engine(model_dir, engine, precision, threads)
 
 
-def predict_images(paths: list[str], model_dir: str | Path) -> list[dict]:
+def predict_images(
+    paths: list[str],
+    model_dir: str | Path,
+    engine: str = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
+) -> list[dict]:
     """Score images one by one, in process (no Ray): for a handful of files.
+
+    Each image is decoded and run through the network once, for every finding of the model.
 
     Args:
         paths: Image paths, URIs or ``ARCHIVE::MEMBER`` sources.
         model_dir: A model directory written by ``medai train``.
+        engine: ``auto``, ``openvino`` or ``tensorflow`` (see :func:`medai.engines.load_engine`).
+        precision: ``fp32``, ``bf16`` or ``int8``.
+        threads: Inference threads (``None``: the engine's default).
 
     Returns:
-        One dict per image: ``image``, ``score`` (None on error), ``predicted``
-        (:func:`medai.thresholds.is_positive`, the rule of Parquet's ``predicted``),
-        ``threshold``, ``error`` (None, or the stable one-line reason).
+        One dict per image and finding (image-major, findings in the model's order):
+        ``image``, ``finding``, ``score`` (None on error), ``predicted``
+        (:func:`medai.thresholds.is_positive` at that finding's threshold, the rule of
+        Parquet's ``predicted``), ``threshold``, ``error`` (None, or the stable one-line
+        reason), ``engine`` and ``precision`` (what ran).
+
+    Raises:
+        EngineError: If the engine or precision cannot run this model directory.
     """
-    loaded = _load(str(Path(model_dir).resolve()))
-    size, threshold = loaded.card["image_size"], float(loaded.card["threshold"])
+    card, runner = _load(str(Path(model_dir).resolve()), engine, precision, threads)
+    findings, thresholds = card_findings(card), card_thresholds(card)
+    size = int(card["image_size"])
     results = []
     for path in paths:
         try:
             image = decode_image(read_bytes(str(path)), size)
         except ImageError as exc:
+            scores, error = [None] * len(findings), exc.text  # the text Parquet stores
+        else:
+            # float32 like the scorer's output column, so both give the same numbers.
+            row = np.asarray(runner.predict(image[None]), np.float32).reshape(-1)
+            scores, error = [float(s) for s in row], None
+        for finding, threshold, score in zip(findings, thresholds, scores, strict=True):
             results.append(
                 {
                     "image": str(path),
-                    "score": None,
-                    "predicted": None,
+                    "finding": finding,
+                    "score": score,
+                    "predicted": None if score is None else bool(is_positive(score, threshold)),
                     "threshold": threshold,
-                    "error": str(exc),
+                    "error": error,
+                    "engine": runner.name,
+                    "precision": runner.precision,
                 }
             )
-            continue
-        # float32 like the scorer's output column, so both give bit-identical numbers.
-        score = float(
-            np.float32(np.asarray(loaded.model(image[None], training=False)).reshape(-1)[0])
-        )
-        results.append(
-            {
-                "image": str(path),
-                "score": score,
-                "predicted": bool(is_positive(score, threshold)),
-                "threshold": threshold,
-                "error": None,
-            }
-        )
     return results
 
 
-def predict_image(path: str | Path, model_dir: str | Path) -> dict:
-    """Score one image: ``{"image", "score", "predicted", "threshold", "error"}``.
+def predict_image(
+    path: str | Path,
+    model_dir: str | Path,
+    finding: str | None = None,
+    engine: str = "auto",
+    precision: str = "fp32",
+) -> dict:
+    """Score one image for one finding (default: the model's first).
+
+    Returns:
+        ``{"image", "finding", "score", "predicted", "threshold", "error", "engine",
+        "precision"}``, as :func:`predict_images`.
+
+    Raises:
+        ValueError: If the model has no such finding.
 
     Example:
         >>> import medai
         >>> medai.predict_image("00000013_005.png", "models/mass")  # doctest: +SKIP
-        {'image': '00000013_005.png', 'score': 0.91, 'predicted': True, ...}
+        {'image': '00000013_005.png', 'finding': 'Mass', 'score': 0.91, 'predicted': True, ...}
     """
-    return predict_images([str(path)], model_dir)[0]
+    results = predict_images([str(path)], model_dir, engine, precision)
+    wanted = finding or results[0]["finding"]
+    for result in results:
+        if result["finding"] == wanted:
+            return result
+    raise ValueError(f"the model has no finding {wanted!r}: {[r['finding'] for r in results]}")

@@ -14,19 +14,20 @@ it so, whatever happens (reruns, ``kill -9``, retried Ray tasks, two runs at onc
   (duplicates left by a killed run or a retried write task) and at its end (a retried error
   row replaced by its new result).
 
+Files written before the ``engine`` and ``precision`` columns existed are upgraded in place by
+the next run (:func:`upgrade_files`, atomically, with nulls in the new columns): pyarrow and
+pandas take a folder's schema from one file and DuckDB refuses a glob of differing schemas, so
+a folder mixing both would lose the new columns or fail to read.
+
 Error rows say what failed: ``"read error: ..."`` (the bytes could not be had; retried by the
 next run) or ``"decode error: ..."`` (the bytes are not a usable image; final unless asked).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import socket
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ import pandas as pd
 
 from medai.errors import MedaiError
 from medai.images import error_kind
+from medai.locks import exclusive_lock
 
 __all__ = [
     "PREDICTION_SCHEMA",
@@ -48,6 +50,8 @@ __all__ = [
     "remove_temporaries",
     "rows_to_retry",
     "scored_ids",
+    "complete_images",
+    "upgrade_files",
 ]
 
 logger = logging.getLogger("medai.predictions")
@@ -62,10 +66,12 @@ PREDICTION_SCHEMA = {
     "score": "float32 probability of the finding; null on error",
     "predicted": "bool, score >= threshold compared in float32; null on error",
     "threshold": "float32, the model card's threshold (Youden's J on validation)",
-    "finding": "string, the model's finding",
+    "finding": "string, the finding this row scores (one row per image and finding)",
     "model_id": "string, sha256 of the model's model.keras",
     "scored_at": "timestamp (UTC, microseconds)",
     "error": "null, or 'read error: <reason>' (retried) or 'decode error: <reason>' (final)",
+    "engine": "string, openvino or tensorflow (what ran); null in files written before it existed",
+    "precision": "string, fp32, bf16 or int8 (what ran, after any fallback); null likewise",
 }
 
 
@@ -88,6 +94,8 @@ def prediction_schema():
             ("model_id", pa.string()),
             ("scored_at", pa.timestamp("us", tz="UTC")),
             ("error", pa.string()),
+            ("engine", pa.string()),
+            ("precision", pa.string()),
         ]
     )
 
@@ -98,8 +106,7 @@ def prediction_files(out: str | Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
 
 
-@contextmanager
-def hold_lock(out: str | Path) -> Iterator[None]:
+def hold_lock(out: str | Path):
     """Hold the prediction folder's lock for a run; refuse at once if another run holds it.
 
     Refusing rather than waiting suits schedulers: the next scheduled run picks up whatever
@@ -110,28 +117,46 @@ def hold_lock(out: str | Path) -> Iterator[None]:
         StoreBusyError: Naming the folder and the holder.
     """
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK, "a+")  # noqa: SIM115 -- held open for the whole run
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "holder unknown"
-        handle.close()
-        raise StoreBusyError(
+
+    def refuse(holder: str) -> StoreBusyError:
+        return StoreBusyError(
             f"another run is writing predictions to {folder} ({holder}); it holds "
             f"{folder / LOCK}: wait for it to finish, or use another --out"
-        ) from None
-    try:
-        handle.seek(0)
-        handle.truncate()
-        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}")
-        handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        )
+
+    return exclusive_lock(folder / LOCK, refuse)
+
+
+def upgrade_files(out: str | Path) -> int:
+    """Rewrite prediction files of an older schema in the current one (call with the lock held).
+
+    Columns added since (``engine``, ``precision``) are null in the rewritten rows; every
+    other value is kept. Each file is rewritten atomically, so a kill part-way leaves some
+    files upgraded and the others for the next run.
+
+    Returns:
+        The number of files rewritten.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = prediction_schema()
+    upgraded = 0
+    for path in prediction_files(out):
+        if pq.read_schema(path).remove_metadata().equals(schema):
+            continue
+        table = pq.read_table(path)
+        columns = [
+            table[name] if name in table.column_names else pa.nulls(table.num_rows, kind)
+            for name, kind in zip(schema.names, schema.types, strict=True)
+        ]
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(pa.table(columns, schema=schema), tmp, compression="zstd")
+        os.replace(tmp, path)
+        upgraded += 1
+    if upgraded:
+        logger.info("upgraded %d prediction files in %s to the current schema", upgraded, out)
+    return upgraded
 
 
 def remove_temporaries(out: str | Path) -> int:
@@ -169,6 +194,14 @@ def read_index(out: str | Path, model_id: str) -> pd.DataFrame:
 def scored_ids(out: str | Path, model_id: str) -> frozenset[str]:
     """Image ids already in an output folder for ``model_id`` (errors included)."""
     return frozenset(read_index(out, model_id)["image_id"])
+
+
+def complete_images(done: pd.DataFrame, findings: Iterable[str]) -> frozenset[str]:
+    """Images that have a row for every one of ``findings`` (``done`` as :func:`reconcile`)."""
+    wanted = list(findings)
+    rows = done[done["finding"].isin(wanted)]
+    per_image = rows.groupby("image_id")["finding"].nunique()
+    return frozenset(per_image.index[per_image == len(set(wanted))])
 
 
 def reconcile(

@@ -8,13 +8,24 @@ driver, so memory stays flat however large the archive.
 Incremental, crash-safe and exact (see :mod:`medai.predictions`): a run holds the output
 folder's lock (a second run on it refuses at once), skips the images this ``model_id`` already
 has rows for except read errors (which may clear) and, with ``retry_errors``, every error, and
-reconciles the folder at its start and end so that it holds exactly one row per image, however
+reconciles the folder at its start and end so that it holds exactly one row per key, however
 the last run ended.
+
+A model with several findings (``findings`` in its card, one output each) scores every image
+once: it is read, decoded and passed through the network once, and the writer expands it into
+one row per finding, each decided with that finding's threshold. A rerun skips an image only
+when it has a row for every finding; an image left with some (a run killed between files) is
+scored again whole, and reconcile keeps the newest row of each key.
+
+The scorer actors run an inference engine (:mod:`medai.engines`): OpenVINO on CPU actors when
+the model directory has an IR (``auto``), TensorFlow on GPU actors or without an IR. An
+OpenVINO actor never imports TensorFlow. Each row records the engine and precision that ran.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -26,12 +37,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medai.artifact import read_card, write_json
+from medai.artifact import card_findings, card_thresholds, read_card, write_json
+from medai.engines import ENGINES, EngineError, check_ir, resolve_engine
+from medai.engines import PRECISIONS as ENGINE_PRECISIONS
 from medai.errors import MedaiError
 from medai.images import ImageInputs, discover_images
 from medai.predictions import (
     PREDICTION_SCHEMA,
     StoreBusyError,
+    complete_images,
     hold_lock,
     prediction_files,
     prediction_schema,
@@ -39,6 +53,7 @@ from medai.predictions import (
     remove_temporaries,
     rows_to_retry,
     scored_ids,
+    upgrade_files,
 )
 from medai.thresholds import is_positive
 
@@ -59,7 +74,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("medai.score")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ENGINE_PRECISIONS
 CARDS_DIR = "_model_cards"
 IN_FLIGHT_BYTES = 512 * 1024 * 1024
 _SUMMARY_FIELDS = ("rows", "scored", "errors", "skipped")
@@ -78,6 +93,7 @@ class ScoreConfig:
     out: str
     batch_size: int = 32
     precision: str = "fp32"
+    engine: str = "auto"
     address: str | None = None
     limit: int | None = None
     actors: int | None = None
@@ -93,6 +109,8 @@ class ScoreConfig:
             problems.append("--batch-size must be at least 1")
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.engine not in ENGINES:
+            problems.append(f"--engine must be one of {', '.join(ENGINES)}")
         if self.limit is not None and self.limit < 1:
             problems.append("--limit must be at least 1")
         if self.actors is not None and self.actors < 1:
@@ -118,6 +136,8 @@ class ScoreSummary:
     seconds: float = 0.0
     startup_seconds: float = 0.0
     model_id: str = ""
+    findings: int = 1
+    engine: str = ""
 
     @property
     def images_per_second(self) -> float:
@@ -126,72 +146,126 @@ class ScoreSummary:
 
     def line(self) -> str:
         """The final one-line summary."""
+        per = f" x {self.findings} findings" if self.findings > 1 else ""
         return (
-            f"scored {self.scored} images, skipped {self.skipped} already scored, "
+            f"scored {self.scored} images{per}, skipped {self.skipped} already scored, "
             f"{self.errors} errors, {self.files} files, {self.seconds:.1f} s wall, "
             f"{self.images_per_second:.1f} images/s"
         )
 
 
 class Scorer:
-    """Ray Data actor: loads the model once, then scores batches of decoded images."""
+    """Ray Data actor: loads an inference engine once, then scores batches of decoded images.
 
-    def __init__(self, model_dir: str, precision: str, threads: int | None):
-        from medai.runtime import assigned_cpus, configure_tensorflow
+    Its output ``score`` column is ``float32 (N, n_findings)``: every finding of an image from
+    one forward pass; rows without a usable image get NaN.
+    """
 
-        # Ray's assignment, not the host's cores (a pod limited to 8 CPUs on a 64-core host
-        # would start 64 threads); a fraction rounds up. Outside Ray: TensorFlow's defaults.
-        configure_tensorflow(threads or assigned_cpus())
-        import tensorflow as tf
+    def __init__(self, model_dir: str, precision: str, threads: int | None, engine: str = "auto"):
+        from medai.engines import load_engine
+        from medai.runtime import assigned_cpus
 
-        from medai.artifact import load_model_dir
-        from medai.model import ModelSpec, rebuild_with_policy
-
-        loaded = load_model_dir(model_dir)
-        model = loaded.model
-        if precision == "bf16":
-            spec = ModelSpec(loaded.card["image_size"], loaded.card.get("head", "gap"), "none")
-            model = rebuild_with_policy(model, spec, "mixed_bfloat16")
-        size = loaded.card["image_size"]
-        # One graph for every batch length: Ray Data hands over short batches wherever input
-        # blocks end, and padding them to the full batch size wasted up to a third of the
-        # model's time on the NIH-layout benchmark.
-        signature = tf.TensorSpec((None, size, size, 1), tf.uint8)
-        self._predict = tf.function(lambda x: model(x, training=False), input_signature=[signature])
-        self._predict.get_concrete_function()  # trace now, without running a dummy batch
+        card = read_card(model_dir)
+        if threads is None:
+            # Ray's assignment, not the host's cores (a pod limited to 8 CPUs on a 64-core host
+            # would start 64 threads); a fraction rounds up. Outside Ray: the engine's default.
+            cpus = assigned_cpus()
+            threads = max(1, math.ceil(cpus)) if cpus else None
+        # load_engine imports TensorFlow only for the TensorFlow engine (sized to `threads`).
+        self._engine = load_engine(model_dir, engine, precision, threads)
+        self._findings = len(card_findings(card))
+        if self._engine.n_outputs != self._findings:
+            raise ScoreError(
+                f"{model_dir}: the model has {self._engine.n_outputs} outputs but its card "
+                f"lists {self._findings} findings"
+            )
 
     def __call__(self, batch: dict) -> dict:
-        """Score the usable rows of a batch; other rows get a null score."""
+        """Score the usable rows of a batch; other rows get NaN scores."""
         errors = np.asarray(batch["error"], dtype=object)
         usable = (errors == "") & ~np.asarray(batch["skip"], dtype=bool)
-        scores = np.full(len(errors), np.nan, dtype=np.float32)
+        scores = np.full((len(errors), self._findings), np.nan, dtype=np.float32)
         if usable.any():
             images = np.asarray(batch["image"])[usable]
-            scores[usable] = np.asarray(self._predict(images), np.float32).reshape(-1)
+            scores[usable] = self._engine.predict(images)
+        n = len(errors)
         return {
             "image_id": batch["image_id"],
             "source": batch["source"],
             "score": scores,
             "error": batch["error"],
             "skip": batch["skip"],
+            "engine": [self._engine.name] * n,
+            "precision": [self._engine.precision] * n,
         }
 
 
-def write_predictions(
-    batch: dict, out: str, model_id: str, finding: str, threshold: float, run_id: str
-) -> dict:
-    """Ray Data UDF: write one Parquet file (temp name, then rename) and return its counts."""
+def prediction_table(
+    batch: dict, model_id: str, findings: list[str], thresholds: list[float]
+) -> tuple[object, np.ndarray]:
+    """The rows of a scored batch, one per kept image and finding (image-major).
+
+    Returns:
+        The Arrow table in :func:`prediction_schema` and the per-image error mask.
+    """
     import pyarrow as pa
+
+    keep = ~np.asarray(batch["skip"], dtype=bool)
+    k = len(findings)
+    errors = [str(e) for e, kept in zip(batch["error"], keep, strict=True) if kept]
+    failed = np.array([bool(e) for e in errors], dtype=bool)
+    scores = np.asarray(batch["score"], dtype=np.float32).reshape(len(keep), k)[keep]
+    n = len(errors)
+
+    def per_row(values) -> list:
+        return [str(v) for v, kept in zip(values, keep, strict=True) if kept for _ in range(k)]
+
+    limits = np.asarray(thresholds, np.float32)
+    # Each finding decided with its own threshold, by the one float32 rule.
+    predicted = np.zeros((n, k), bool)
+    for column, threshold in enumerate(thresholds):
+        predicted[:, column] = is_positive(scores[:, column], threshold)
+    mask = np.repeat(failed, k)
+    table = pa.table(
+        {
+            "image_id": per_row(batch["image_id"]),
+            "source": per_row(batch["source"]),
+            "score": pa.array(scores.reshape(-1), mask=mask, type=pa.float32()),
+            "predicted": pa.array(np.asarray(predicted).reshape(-1), mask=mask, type=pa.bool_()),
+            "threshold": pa.array(np.tile(limits, n)),
+            "finding": pa.array(list(findings) * n, pa.string()),
+            "model_id": pa.array([model_id] * (n * k), pa.string()),
+            "scored_at": pa.array(
+                [datetime.now(timezone.utc)] * (n * k), pa.timestamp("us", tz="UTC")
+            ),
+            "error": pa.array([e or None for e in errors for _ in range(k)], pa.string()),
+            "engine": pa.array(per_row(batch["engine"]), pa.string()),
+            "precision": pa.array(per_row(batch["precision"]), pa.string()),
+        },
+        schema=prediction_schema(),
+    )
+    return table, failed
+
+
+def write_predictions(
+    batch: dict,
+    out: str,
+    model_id: str,
+    findings: list[str],
+    thresholds: list[float],
+    run_id: str,
+) -> dict:
+    """Ray Data UDF: write one Parquet file (temp name, then rename) and return its counts.
+
+    Counts are of images (``rows`` of rows): an image is one row per finding.
+    """
     import pyarrow.parquet as pq
 
     skip = np.asarray(batch["skip"], dtype=bool)
-    keep = ~skip
-    errors = [str(e) for e, k in zip(batch["error"], keep, strict=True) if k]
-    scores = np.asarray(batch["score"], dtype=np.float32)[keep]
-    failed = np.array([bool(e) for e in errors], dtype=bool)
-    n = int(keep.sum())
+    table, failed = prediction_table(batch, model_id, findings, thresholds)
+    n = len(failed)
     counts = {
-        "rows": [n],
+        "rows": [table.num_rows],
         "scored": [int(n - failed.sum())],
         "errors": [int(failed.sum())],
         "skipped": [int(skip.sum())],
@@ -199,20 +273,6 @@ def write_predictions(
     }
     if n == 0:
         return counts
-    table = pa.table(
-        {
-            "image_id": [str(i) for i, k in zip(batch["image_id"], keep, strict=True) if k],
-            "source": [str(s) for s, k in zip(batch["source"], keep, strict=True) if k],
-            "score": pa.array(scores, mask=failed, type=pa.float32()),
-            "predicted": pa.array(is_positive(scores, threshold), mask=failed, type=pa.bool_()),
-            "threshold": pa.array(np.full(n, threshold, np.float32)),
-            "finding": pa.array([finding] * n, pa.string()),
-            "model_id": pa.array([model_id] * n, pa.string()),
-            "scored_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
-            "error": pa.array([e or None for e in errors], pa.string()),
-        },
-        schema=prediction_schema(),
-    )
     name = f"predictions-{model_id[:12]}-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = Path(out) / f".{name}.tmp"
     pq.write_table(table, tmp, compression="zstd")
@@ -249,14 +309,17 @@ def actor_cpus(cpus: float, nodes: int, actors: int) -> float:
     return share - 0.01 if share in (READ_CPUS, DECODE_CPUS) else share
 
 
-def _plan_actors(config: ScoreConfig) -> tuple[int, float, float]:
-    """Number of scorer actors, CPUs and GPUs per actor."""
+def _plan_actors(config: ScoreConfig, engine: str) -> tuple[int, float, float]:
+    """Number of scorer actors, CPUs and GPUs per actor.
+
+    OpenVINO actors are CPU actors, as hungry as TensorFlow's: the same CPU plan.
+    """
     import ray
 
     from medai.runtime import cluster_cpus, cluster_gpus
 
     gpus = int(cluster_gpus())
-    if gpus:
+    if gpus and engine == "tensorflow":
         return config.actors or gpus, 1.0, 1.0
     nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
     actors = config.actors or nodes
@@ -264,13 +327,35 @@ def _plan_actors(config: ScoreConfig) -> tuple[int, float, float]:
 
 
 def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
-    """Check options, the model directory and the inputs before any work starts."""
+    """Check options, the model directory, its IR and the inputs before any work starts.
+
+    Raises:
+        ScoreError: On unusable options or inputs, or an engine or precision this model
+            directory cannot run (``--engine openvino`` without an IR, int8 without an
+            accepted int8 IR).
+    """
     config.check()
     card = read_card(config.model)
+    findings = card_findings(card)
+    if len(set(findings)) != len(findings):
+        raise ScoreError(f"{config.model}: the card lists a finding twice: {findings}")
+    try:
+        if resolve_engine(config.model, config.engine, config.precision, card) == "openvino":
+            check_ir(config.model, config.precision, card)
+    except EngineError as exc:
+        raise ScoreError(str(exc)) from None
     inputs = discover_images(config.images)
     if inputs.empty:
         raise ScoreError(f"--images: no images or archives found in {list(config.images)}")
     return card, inputs
+
+
+def actor_engine(config: ScoreConfig, card: dict, gpus: float) -> str:
+    """The engine the scorer actors run: ``auto`` keeps TensorFlow on a cluster with GPUs
+    (GPU actors), and otherwise picks OpenVINO when the model directory has an IR."""
+    if config.engine == "auto" and gpus and config.precision != "int8":
+        return "tensorflow"
+    return resolve_engine(config.model, config.engine, config.precision, card)
 
 
 def run_scoring(config: ScoreConfig) -> ScoreSummary:
@@ -301,32 +386,40 @@ def _score_locked(
     import ray.data
 
     from medai.datasets import image_dataset
-    from medai.runtime import init_ray
+    from medai.runtime import cluster_gpus, init_ray
 
     model_id = card["model_id"]
+    findings, thresholds = card_findings(card), card_thresholds(card)
     write_json(out / CARDS_DIR / f"{model_id}.json", card)
     write_json(out / "_score_config.json", asdict(config))
     logger.info("score config: %s", asdict(config))
     remove_temporaries(out)
+    upgrade_files(out)  # one schema in the folder before this run adds files
     # Duplicates left by a killed run or a retried write task go before counting what is done.
     done = reconcile(out, model_id)
     retry = rows_to_retry(done, config.retry_errors)
-    skip = frozenset(done["image_id"]) - frozenset(retry["image_id"])
+    # An image is done when every finding has a row; one with only some is scored again whole.
+    skip = complete_images(done, findings) - frozenset(retry["image_id"])
     logger.info(
         "model %s (%s, %d px); %d images already scored by it, %d error rows to retry",
         model_id[:12],
-        card["finding"],
+        ", ".join(findings),
         card["image_size"],
         len(skip),
         len(retry),
     )
     init_ray(config.address, dashboard=False)  # see init_ray: scoring has no use for it
+    context = ray.data.DataContext.get_current()
+    # Ray Data draws its own bars (tqdm) on a terminal; --no-progress silences them too.
+    context.enable_progress_bars = config.progress
+    engine = actor_engine(config, card, cluster_gpus())
+    logger.info("scorer engine: %s, precision %s", engine, config.precision)
     # Bound what the pipeline holds in flight: without a limit, reading and decoding race ahead
     # of the scorer and fill the object store, so memory grows with the archive.
-    ray.data.DataContext.get_current().execution_options.resource_limits = (
-        ray.data.ExecutionResources.for_limits(object_store_memory=IN_FLIGHT_BYTES)
+    context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+        object_store_memory=IN_FLIGHT_BYTES
     )
-    actors, cpus, gpus = _plan_actors(config)
+    actors, cpus, gpus = _plan_actors(config, engine)
     dataset = image_dataset(inputs, card["image_size"], exclude=skip)
     if config.limit:
         dataset = dataset.limit(config.limit)  # the first N inputs, so a rerun skips them
@@ -340,6 +433,7 @@ def _score_locked(
             "model_dir": str(Path(config.model).resolve()),
             "precision": config.precision,
             "threads": config.threads,
+            "engine": engine,
         },
     )
     written = scored.map_batches(
@@ -349,26 +443,30 @@ def _score_locked(
         fn_kwargs={
             "out": str(out),
             "model_id": model_id,
-            "finding": card["finding"],
-            "threshold": float(card["threshold"]),
+            "findings": findings,
+            "thresholds": thresholds,
             "run_id": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"),
         },
     )
     # The total is known up front only without archives (counting members means inflating them).
     total = None if inputs.archives else min(len(inputs.files), config.limit or len(inputs.files))
-    summary = ScoreSummary(model_id=model_id, startup_seconds=time.perf_counter() - started)
+    summary = ScoreSummary(
+        model_id=model_id,
+        startup_seconds=time.perf_counter() - started,
+        findings=len(findings),
+        engine=engine,
+    )
     files: list[str] = []
-    for row in written.iter_rows():
-        summary.scored += int(row["scored"])
-        summary.errors += int(row["errors"])
-        summary.skipped += int(row["skipped"])
-        if row["file"]:
-            files.append(str(row["file"]))
-        summary.files = len(files)
-        if config.progress:
-            _progress(summary, time.perf_counter() - started, total)
-    if config.progress:
-        sys.stderr.write("\n")
+    with _progress_bar(config.progress, total) as bar:
+        for row in written.iter_rows():
+            summary.scored += int(row["scored"])
+            summary.errors += int(row["errors"])
+            summary.skipped += int(row["skipped"])
+            if row["file"]:
+                files.append(str(row["file"]))
+            summary.files = len(files)
+            bar.update(int(row["scored"]) + int(row["errors"]) + int(row["skipped"]))
+            bar.set_postfix(errors=summary.errors, skipped=summary.skipped, refresh=False)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("Ray Data stats:\n%s", written.stats())
     # A retried error row gives way to its new row; one whose input now reads without any
@@ -401,17 +499,19 @@ def _obsolete_errors(
     return list(zip(stale["image_id"], stale["finding"], strict=True))
 
 
-def _progress(summary: ScoreSummary, elapsed: float, total: int | None) -> None:
-    """One self-overwriting progress line per written file (Ray Data's own bars run too)."""
-    done = summary.scored + summary.errors + summary.skipped
-    rate = (summary.scored + summary.errors) / elapsed if elapsed else 0.0
-    if total:
-        filled = int(30 * min(done, total) / total)
-        bar = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
-    else:
-        bar = f"{done} images"
-    sys.stderr.write(
-        f"\r{bar} scored {summary.scored}, errors {summary.errors}, skipped "
-        f"{summary.skipped}, {rate:.1f} img/s "
+def _progress_bar(enabled: bool, total: int | None):
+    """medai's own progress bar (tqdm, on stderr), counting images; Ray Data draws its own.
+
+    Shown only when ``enabled`` and stderr is a terminal: in logs (Ray jobs, schedulers) a
+    self-overwriting line is noise, and the summary line says what happened.
+    """
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="img",
+        desc="medai score",
+        file=sys.stderr,
+        disable=not enabled or not sys.stderr.isatty(),
+        dynamic_ncols=True,
     )
-    sys.stderr.flush()

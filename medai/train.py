@@ -10,6 +10,16 @@ corrupt archive contributes the members read before the fault and is named. When
 worker starts, naming the worst sources. Images lost behind the fault of a broken archive are
 not counted as unreadable (a tarball has no index, so nothing can name them): they are
 ``missing``, like any labelled image absent from ``--images``, and the archive is named.
+
+Several findings (``--finding Mass,Effusion`` or ``all``) train one network with one output per
+finding (see :mod:`medai.train_loop`). The card then lists ``findings`` in output order and a
+``per_finding`` entry for each (threshold, threshold_sensitivity_90, val_auc, calibration,
+counts, class_weights); its top-level keys keep the single-finding layout and describe the
+first finding, except ``val_auc``, the mean over findings, so readers of single-finding cards
+still work.
+
+After the model directory is written, the network is exported to an OpenVINO IR beside it
+(:func:`medai.export.export_openvino`); a failed export fails the run.
 """
 
 from __future__ import annotations
@@ -18,17 +28,25 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from medai.artifact import CURVES_FILE, SPLIT_FILE, save_model_dir, write_json
+from medai.artifact import CURVES_FILE, SPLIT_FILE, read_card, save_model_dir, write_json
 from medai.errors import MedaiError
 from medai.images import ImageInputs, discover_images
-from medai.labels import NEGATIVE_POLICIES, find_split_lists, load_labels, read_split_list
+from medai.labels import (
+    NEGATIVE_POLICIES,
+    find_split_lists,
+    load_labels,
+    parse_findings,
+    read_split_list,
+)
 from medai.model import HEADS, MIN_IMAGE_SIZE, ModelSpec, ensure_imagenet_weights, resolve_weights
-from medai.splits import split_by_patient
+from medai.splits import finding_columns, split_by_patient
 
 __all__ = [
     "TrainConfig",
@@ -72,6 +90,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     max_failures: int = 2
     max_unreadable: float = 0.01
+    export_openvino: bool = True
 
     def check(self) -> None:
         """Raise :class:`TrainError` on any option that cannot work."""
@@ -102,9 +121,21 @@ class TrainConfig:
             raise TrainError("; ".join(problems))
 
     @property
+    def findings(self) -> tuple[str, ...]:
+        """The findings to learn, ordered as the outputs (see :func:`medai.labels.parse_findings`).
+
+        A single name is taken as it is (a generic CSV's ``label`` column may name any finding),
+        as :func:`medai.labels.load_labels` does.
+        """
+        names = [name.strip() for name in self.finding.split(",")]
+        if len(names) == 1 and names[0] and names[0] != "all":
+            return (names[0],)
+        return parse_findings(self.finding)
+
+    @property
     def spec(self) -> ModelSpec:
-        """The architecture these options describe."""
-        return ModelSpec(self.image_size, self.head, self.weights)
+        """The architecture these options describe (one output per finding)."""
+        return ModelSpec(self.image_size, self.head, self.weights, n_outputs=len(self.findings))
 
 
 @dataclass(frozen=True)
@@ -115,6 +146,16 @@ class TrainPlan:
     split: pd.DataFrame
     inputs: ImageInputs
     test_ids: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def findings(self) -> list[str]:
+        """The findings of the label table, ordered as the model's outputs."""
+        return [column.removeprefix("label_") for column in self.columns]
+
+    @property
+    def columns(self) -> list[str]:
+        """The label table's per-finding columns (``label_<Finding>``), in output order."""
+        return finding_columns(self.split)
 
 
 def prepare_training(config: TrainConfig) -> TrainPlan:
@@ -133,7 +174,7 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
     test_ids = read_split_list(test_path) if test_path else []
     train_val_ids = read_split_list(train_val_path) if train_val_path else None
     split = split_by_patient(labels, test_ids, train_val_ids, config.val_fraction, config.seed)
-    _require_both_classes(split, config.finding)
+    _require_both_classes(split)
     inputs = discover_images(config.images)
     if inputs.empty:
         raise TrainError(f"--images: no images or archives found in {list(config.images)}")
@@ -142,20 +183,28 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
     return TrainPlan(config, split, inputs, frozenset(test_ids))
 
 
-def _require_both_classes(split: pd.DataFrame, finding: str, usable: str = "") -> None:
-    """Raise :class:`TrainError` unless train and val each hold positives and negatives."""
-    for name in ("train", "val"):
-        part = split[split["split"] == name]
-        if part.empty or part["label"].nunique() < 2:
-            raise TrainError(
-                f"the {name} split needs {usable}positive and negative images of {finding!r}; "
-                f"it has {int(part['label'].sum())} positives among {len(part)} images"
-            )
+def _require_both_classes(split: pd.DataFrame, usable: str = "") -> None:
+    """Raise :class:`TrainError` unless train and val each hold positives and negatives of every
+    finding (among the images evaluated for it)."""
+    for column in finding_columns(split):
+        finding = column.removeprefix("label_")
+        for name in ("train", "val"):
+            labels = split.loc[split["split"] == name, column]
+            positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
+            if not positives or not negatives:
+                raise TrainError(
+                    f"the {name} split needs {usable}positive and negative images of "
+                    f"{finding!r}; it has {positives} positives and {negatives} negatives"
+                )
 
 
-def _attach_labels(batch: dict, label_of: dict, split_of: dict) -> dict:
+def _attach_labels(batch: dict, labels_of: dict, split_of: dict, columns: list[str]) -> dict:
     # A broken archive's error row is named after the archive, not a labelled image.
-    batch["label"] = [label_of.get(i, -1) for i in batch["image_id"]]
+    missing = (-1,) * len(columns)
+    rows = [labels_of.get(i, missing) for i in batch["image_id"]]
+    for index, column in enumerate(columns):
+        batch[column] = np.array([row[index] for row in rows], dtype=np.int8)
+    batch["label"] = batch[columns[0]]
     batch["split"] = [split_of.get(i, "") for i in batch["image_id"]]
     return batch
 
@@ -165,11 +214,15 @@ def _load_images(plan: TrainPlan):
     from medai.datasets import image_dataset
 
     usable = plan.split[plan.split["split"].isin(["train", "val"])]
-    label_of = dict(zip(usable["image_id"], usable["label"].astype(int), strict=True))
+    columns = plan.columns
+    labels = usable[columns].astype(int).itertuples(index=False, name=None)
+    labels_of = dict(zip(usable["image_id"], labels, strict=True))
     split_of = dict(zip(usable["image_id"], usable["split"], strict=True))
-    dataset = image_dataset(plan.inputs, plan.config.image_size, wanted=set(label_of))
+    dataset = image_dataset(plan.inputs, plan.config.image_size, wanted=set(labels_of))
     dataset = dataset.map_batches(
-        _attach_labels, fn_kwargs={"label_of": label_of, "split_of": split_of}, batch_format="numpy"
+        _attach_labels,
+        fn_kwargs={"labels_of": labels_of, "split_of": split_of, "columns": columns},
+        batch_format="numpy",
     )
     return dataset.materialize()
 
@@ -311,9 +364,13 @@ def _workers(config: TrainConfig) -> tuple[int, float, bool]:
     return workers, per_worker, use_gpu
 
 
-def _class_weights(train: pd.DataFrame) -> dict[str, float]:
-    counts = train["label"].value_counts()
-    total = float(len(train))
+def _class_weights(train: pd.DataFrame, column: str = "label") -> dict[str, float]:
+    """Loss weights ``n / (2 n_class)`` of negatives ("0") and positives ("1") of one finding,
+    over the training images evaluated for it."""
+    labels = train[column]
+    labels = labels[labels >= 0]
+    counts = labels.value_counts()
+    total = float(len(labels))
     return {str(k): total / (2.0 * float(counts.get(k, 1))) for k in (0, 1)}
 
 
@@ -379,16 +436,22 @@ def run_training(config: TrainConfig) -> dict:
     split = inventory.split
     if not split.loc[split["split"].isin(["train", "val"]) & split["found"]].shape[0]:
         raise TrainError("none of the labelled train/val images was found in --images")
-    _require_both_classes(split[split["found"]], config.finding, "readable ")
+    _require_both_classes(split[split["found"]], "readable ")
     train = split[(split["split"] == "train") & split["found"]]
     workers, per_worker, use_gpu = _workers(config)
     learning_rate = config.learning_rate or (1e-4 if config.spec.pretrained else 1e-3)
+    class_weights = {
+        finding: _class_weights(train, column)
+        for finding, column in zip(plan.findings, plan.columns, strict=True)
+    }
     loop_config = {
-        "spec": asdict(config.spec),
+        "spec": asdict(replace(config.spec, n_outputs=len(plan.findings))),
+        "findings": plan.findings,
+        "label_columns": plan.columns,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "learning_rate": learning_rate,
-        "class_weights": _class_weights(train),
+        "class_weights": [[w["0"], w["1"]] for w in class_weights.values()],
         "precision": config.precision,
         "seed": config.seed,
         "cpus_per_worker": per_worker,
@@ -401,11 +464,12 @@ def run_training(config: TrainConfig) -> dict:
     )
     datasets = _training_datasets(dataset, config.seed)
     state, model = _fit(config, out, datasets, loop_config, (workers, per_worker, use_gpu))
-    card = save_model_dir(
-        model, out, _card_fields(config, plan, inventory, state, loop_config, workers)
-    )
-    split[["image_id", "patient_id", "split", "label"]].to_csv(out / SPLIT_FILE, index=False)
-    plot_training_curves(state["history"], out / CURVES_FILE, config.finding)
+    fields = _card_fields(config, plan, inventory, state, loop_config, workers, class_weights)
+    card = save_model_dir(model, out, fields)
+    columns = ["image_id", "patient_id", "split", "label"]
+    columns += plan.columns if len(plan.columns) > 1 else []
+    split[columns].to_csv(out / SPLIT_FILE, index=False)
+    plot_training_curves(state["history"], out / CURVES_FILE, plan.findings)
     logger.info(
         "model %s written to %s (best epoch %d, calibrated val AUC %s, threshold %s)",
         card["model_id"][:12],
@@ -414,7 +478,42 @@ def run_training(config: TrainConfig) -> dict:
         card["val_auc"],
         card["threshold"],
     )
+    for finding, entry in card.get("per_finding", {}).items():
+        logger.info("  %s: val AUC %s, threshold %s", finding, entry["val_auc"], entry["threshold"])
+    if config.export_openvino:
+        card = _export_ir(out)
     return card
+
+
+def _export_ir(out: Path) -> dict:
+    """Write the OpenVINO IR beside ``model.keras``; any failure fails the run.
+
+    Returns:
+        The card as the export completed it (with its ``openvino`` block).
+
+    Raises:
+        TrainError: If the export fails, naming the model directory and the cause.
+    """
+    from medai.export import export_openvino
+
+    started = time.perf_counter()
+    try:
+        block = export_openvino(out)
+    except Exception as exc:  # whatever went wrong, the run must not end as if it had an IR
+        raise TrainError(
+            f"the model was written to {out} but its OpenVINO export failed: {exc}; "
+            f"retry with: medai export --model {out}"
+        ) from exc
+    agreement = block["fp32"]["agreement"]
+    logger.info(
+        "OpenVINO IR written to %s in %.1f s (max |score - model.keras| %.2g on %d %s)",
+        out / block["path"],
+        time.perf_counter() - started,
+        agreement["max_abs_diff"],
+        agreement["images"],
+        agreement["on"],
+    )
+    return read_card(out)
 
 
 def _fit(config: TrainConfig, out: Path, datasets: dict, loop_config: dict, sizing: tuple):
@@ -469,7 +568,7 @@ def _counts(inventory: Inventory) -> dict:
         counts[name] = {
             "images": int(len(part)),
             "patients": int(part["patient_id"].nunique()),
-            "positives": int(part["label"].sum()),
+            "positives": int((part["label"] == 1).sum()),
         }
         if name != "test":  # training never reads the test images
             counts[name]["unreadable"] = int(((split["split"] == name) & split["unreadable"]).sum())
@@ -481,6 +580,20 @@ def _counts(inventory: Inventory) -> dict:
     return counts
 
 
+def _finding_counts(inventory: Inventory, column: str) -> dict:
+    """Images evaluated for one finding, its positives and negatives, per split (found only)."""
+    split = inventory.split
+    counts = {}
+    for name in ("train", "val", "test"):
+        labels = split.loc[(split["split"] == name) & split["found"], column]
+        counts[name] = {
+            "images": int((labels >= 0).sum()),
+            "positives": int((labels == 1).sum()),
+            "negatives": int((labels == 0).sum()),
+        }
+    return counts
+
+
 def _card_fields(
     config: TrainConfig,
     plan: TrainPlan,
@@ -488,10 +601,33 @@ def _card_fields(
     state: dict,
     loop_config: dict,
     workers: int,
+    class_weights: dict[str, dict[str, float]],
 ) -> dict:
     best, final = state["best"], state["final"]
+    findings = plan.findings
+    multi = {}
+    if len(findings) > 1:
+        multi = {
+            "findings": findings,
+            "per_finding": {
+                finding: {
+                    **{
+                        key: final["per_finding"][finding][key]
+                        for key in ("threshold", "threshold_sensitivity_90", "val_auc")
+                    },
+                    "calibration": final["per_finding"][finding]["calibration"],
+                    "counts": _finding_counts(inventory, column),
+                    "class_weights": class_weights[finding],
+                }
+                for finding, column in zip(findings, plan.columns, strict=True)
+            },
+            "best_by": "mean validation AUC over findings",
+            "top_level_keys": "describe the first finding, except val_auc: the mean over "
+            "findings of their calibrated validation AUCs",
+        }
     return {
-        "finding": config.finding,
+        "finding": findings[0],
+        **multi,
         "negatives": config.negatives,
         "image_size": config.image_size,
         "head": config.head,
@@ -508,8 +644,9 @@ def _card_fields(
         "history": state["history"],
         "counts": _counts(inventory),
         "max_unreadable": config.max_unreadable,
-        "class_weights": loop_config["class_weights"],
-        "class_imbalance": "per-image loss weights n/(2*n_class) from the train split",
+        "class_weights": class_weights[findings[0]],
+        "class_imbalance": "per-image loss weights n/(2*n_class) from the train split"
+        + ("" if len(findings) == 1 else ", per finding over the images evaluated for it"),
         "augmentation": "rotation 0.03 turn, shift 5%, zoom 10%, shear 0.05 (training only, "
         "seeded per worker)",
         "batchnorm": (
@@ -534,23 +671,45 @@ def _card_fields(
     }
 
 
-def plot_training_curves(history: list[dict], path: Path, finding: str) -> None:
-    """Accuracy and loss per epoch, train vs validation, as a PNG."""
+def plot_training_curves(history: list[dict], path: Path, findings: str | list[str]) -> None:
+    """Accuracy, loss and AUC per epoch, train vs validation, as a PNG.
+
+    With several findings accuracy and loss are over every evaluated label, the AUC panel shows
+    the mean AUC (train and validation) and each finding's validation AUC.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    findings = [findings] if isinstance(findings, str) else list(findings)
+    title = findings[0] if len(findings) == 1 else f"{len(findings)} findings"
+    nan = lambda value: np.nan if value is None else value  # noqa: E731
     epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, key, label in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss")):
-        axis.plot(epochs, [row[key] for row in history], "o-", label=f"train {key}")
-        axis.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label=f"validation {key}")
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for axis, key, label in (
+        (axes[0], "accuracy", "Accuracy"),
+        (axes[1], "loss", "Loss"),
+        (axes[2], "auc", "AUC" if len(findings) == 1 else "AUC (mean over findings)"),
+    ):
+        axis.plot(epochs, [nan(row.get(key)) for row in history], "o-", label=f"train {key}")
+        axis.plot(
+            epochs,
+            [nan(row.get(f"val_{key}")) for row in history],
+            "s-",
+            lw=2.5,
+            label=f"validation {key}" + ("" if len(findings) == 1 else " (mean)"),
+        )
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
-        axis.set_title(f"{label} per epoch ({finding})")
+        axis.set_title(f"{label} per epoch ({title})")
         axis.grid(alpha=0.3)
-        axis.legend()
+    if len(findings) > 1:
+        for finding in findings:
+            values = [nan(row.get("val_auc_per_finding", {}).get(finding)) for row in history]
+            axes[2].plot(epochs, values, "--", alpha=0.8, label=f"validation {finding}")
+    for axis in axes:
+        axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

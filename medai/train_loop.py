@@ -5,6 +5,13 @@ Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy with two or more
 gradients the strategy all-reduces, and whose statistics (loss, correct count, score
 histograms) are summed across replicas so that the epoch's train metrics cover every shard.
 
+One network serves every finding of the run: the output layer has one sigmoid unit per finding
+(ordered as ``config["findings"]``) and the loss is the binary cross-entropy of each unit,
+masked where an image is not evaluated for that finding (label -1) and weighted by that
+finding's class weights. Validation measures each finding's AUC on the images evaluated for it;
+the best checkpoint is the one with the best mean of those AUCs. With one finding everything
+reduces to the single-output model, loss and numbers as before.
+
 Each epoch reads the worker's shard through a shuffle buffer as large as the shard (capped at
 :data:`SHUFFLE_BYTES`) after the driver randomised the block order, so every epoch shuffles the
 whole training set; each rank draws its own augmentation (seed + rank). Before each validation
@@ -15,10 +22,11 @@ worker evaluates the full validation set (reading mirrored variables may need co
 all ranks do the same work) and only rank 0 writes files.
 
 After the last epoch rank 0 reloads the best model exactly as it will be saved (fp32, also
-after bf16 training), measures it on validation, fits Platt scaling, folds it into the output
-layer (:mod:`medai.calibration`) and takes the card's threshold, AUC and calibration from the
-calibrated model's validation predictions; the result travels in a last checkpoint. The other
-ranks wait at that report: no TensorFlow collective runs in this phase, so it cannot hang.
+after bf16 training), measures it on validation, fits Platt scaling per finding, folds each into
+its output unit (:mod:`medai.calibration`) and takes the card's thresholds, AUCs and
+calibrations from the calibrated model's validation predictions; the result travels in a last
+checkpoint. The other ranks wait at that report: no TensorFlow collective runs in this phase,
+so it cannot hang.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ __all__ = [
     "augmenter_for",
     "shuffle_buffer_rows",
     "validation_summary",
+    "validation_summaries",
+    "label_matrix",
     "CHECKPOINT_STATE",
     "BEST_MODEL",
     "CALIBRATED_MODEL",
@@ -104,10 +114,13 @@ def _save_best(model, spec, workdir: Path, rank: int) -> None:
 
 
 def make_replica_step(model, optimizer, augment, global_batch: int):
-    """One replica's training step: augment, class-weighted BCE, Adam update.
+    """One replica's training step: augment, masked class-weighted BCE per finding, Adam update.
 
     Returns:
-        ``step(images, labels, weights)`` returning the batch's summable statistics; run it
+        ``step(images, labels, weights)`` returning the batch's summable statistics, with
+        ``labels`` ``(B, K)`` float (1, 0, or -1 for not evaluated) and ``weights`` the
+        per-label loss weights (``(B, K)``, 0 where not evaluated; ``(B,)`` for one finding).
+        An image's loss is the mean over the K findings of its weighted cross-entropies. Run it
         under ``strategy.run`` (as :func:`train_loop_per_worker` does) or alone in a
         ``tf.function``.
     """
@@ -117,13 +130,19 @@ def make_replica_step(model, optimizer, augment, global_batch: int):
     def replica_step(images, labels, weights):
         x = augment(tf.cast(images, tf.float32), training=True)
         x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+        weights = tf.reshape(tf.cast(weights, tf.float32), tf.shape(labels))
+        # A -1 label carries zero weight; as a target it would still have to be a probability.
+        targets = tf.maximum(labels, 0.0)
         with tf.GradientTape() as tape:
             scores = model(x, training=True)
-            per_image = keras.losses.binary_crossentropy(labels, scores)
-            loss = tf.nn.compute_average_loss(per_image * weights, global_batch_size=global_batch)
+            per_label = keras.ops.binary_crossentropy(targets, scores)
+            per_image = tf.reduce_sum(per_label * weights, axis=-1) / tf.cast(
+                tf.shape(labels)[-1], tf.float32
+            )
+            loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return _batch_stats(labels, scores, per_image)
+        return _batch_stats(labels, scores, per_label)
 
     return replica_step
 
@@ -159,26 +178,45 @@ def _make_steps(model, optimizer, augment, strategy, global_batch: int):
     return train_step, predict_step
 
 
-def _batch_stats(labels, scores, per_image):
-    """Summable statistics of a batch: [loss sum, correct, count, pos histogram, neg histogram]."""
+_HEAD = 4  # loss sum, correct, evaluated labels, images; then 2 histograms per finding
+
+
+def _batch_stats(labels, scores, per_label):
+    """Summable statistics of a batch over its evaluated labels (label >= 0).
+
+    Returns:
+        ``[loss sum, correct, evaluated, images]`` followed, per finding, by the histograms of
+        its positives' and its negatives' scores.
+    """
     import tensorflow as tf
 
-    labels = tf.reshape(tf.cast(labels, tf.float32), [-1])
-    scores = tf.reshape(tf.cast(scores, tf.float32), [-1])
-    correct = tf.reduce_sum(
-        tf.cast(tf.equal(tf.cast(scores >= 0.5, tf.float32), labels), tf.float32)
-    )
-    histogram = lambda mask: tf.cast(  # noqa: E731
-        tf.histogram_fixed_width(tf.boolean_mask(scores, mask), [0.0, 1.0], nbins=_BINS), tf.float32
+    labels = tf.cast(labels, tf.float32)
+    scores = tf.reshape(tf.cast(scores, tf.float32), tf.shape(labels))
+    evaluated = labels >= 0.0
+    mask = tf.cast(evaluated, tf.float32)
+    agree = tf.cast(tf.equal(tf.cast(scores >= 0.5, tf.float32), labels), tf.float32)
+    histogram = lambda values, keep: tf.cast(  # noqa: E731
+        tf.histogram_fixed_width(tf.boolean_mask(values, keep), [0.0, 1.0], nbins=_BINS),
+        tf.float32,
     )
     head = tf.stack(
         [
-            tf.reduce_sum(tf.cast(per_image, tf.float32)),
-            correct,
-            tf.cast(tf.size(labels), tf.float32),
+            tf.reduce_sum(tf.cast(per_label, tf.float32) * mask),
+            tf.reduce_sum(agree * mask),
+            tf.reduce_sum(mask),
+            tf.cast(tf.shape(labels)[0], tf.float32),
         ]
     )
-    return tf.concat([head, histogram(labels > 0.5), histogram(labels <= 0.5)], axis=0)
+    parts = [head]
+    for k in range(labels.shape[-1]):  # K is static: one pair of histograms per finding
+        column, truth = scores[:, k], labels[:, k]
+        parts += [histogram(column, truth > 0.5), histogram(column, tf.equal(truth, 0.0))]
+    return tf.concat(parts, axis=0)
+
+
+def label_matrix(batch: dict, columns: list[str]) -> np.ndarray:
+    """The ``(N, K)`` int64 labels of a batch (1, 0, -1 = not evaluated), columns in order."""
+    return np.stack([np.asarray(batch[c]).astype(np.int64) for c in columns], axis=1)
 
 
 def validation_summary(labels, scores) -> dict:
@@ -204,15 +242,53 @@ def validation_summary(labels, scores) -> dict:
     }
 
 
-def _evaluate(predict_step, dataset, batch_size: int) -> dict:
-    """:func:`validation_summary` over the whole validation set."""
+def validation_summaries(labels, scores, findings: list[str]) -> dict:
+    """:func:`validation_summary` per finding, over the images evaluated for it, and the mean.
+
+    Args:
+        labels: ``(N, K)`` labels, -1 where an image is not evaluated for a finding.
+        scores: ``(N, K)`` scores.
+        findings: The K finding names, in column order.
+
+    Returns:
+        With one finding, exactly :func:`validation_summary`. With several: ``val_loss`` and
+        ``val_accuracy`` over every evaluated label, ``val_auc`` the mean of the findings'
+        AUCs (those measurable), ``val_images`` and ``per_finding`` (each finding's summary).
+    """
+    k = len(findings)
+    y = np.asarray(labels, dtype=np.float64).reshape(-1, k)
+    p = np.asarray(scores, dtype=np.float64).reshape(-1, k)
+    per = {}
+    for column, finding in enumerate(findings):
+        keep = y[:, column] >= 0
+        per[finding] = validation_summary(y[keep, column], p[keep, column])
+    if k == 1:
+        return per[findings[0]]
+    keep = y >= 0
+    clipped = np.clip(p[keep], 1e-7, 1 - 1e-7)
+    truth = y[keep]
+    aucs = [s["val_auc"] for s in per.values() if s["val_auc"] is not None]
+    return {
+        "val_loss": float(-np.mean(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)))
+        if truth.size
+        else None,
+        "val_accuracy": float(np.mean((p[keep] >= 0.5) == (truth > 0.5))) if truth.size else None,
+        "val_auc": float(np.mean(aucs)) if aucs else None,
+        "val_images": int(len(y)),
+        "per_finding": per,
+    }
+
+
+def _evaluate(predict_step, dataset, batch_size: int, findings: list[str], columns) -> dict:
+    """:func:`validation_summaries` over the whole validation set."""
     labels, scores = [], []
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        scores.append(np.asarray(predict_step(batch["image"])).reshape(-1))
-        labels.append(batch["label"].astype(np.float32))
-    y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
-    p = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-    return validation_summary(y, p)
+        scores.append(np.asarray(predict_step(batch["image"])).reshape(-1, len(columns)))
+        labels.append(label_matrix(batch, columns))
+    k = len(columns)
+    y = np.concatenate(labels) if labels else np.zeros((0, k), np.int64)
+    p = np.concatenate(scores) if scores else np.zeros((0, k), np.float32)
+    return validation_summaries(y, p, findings)
 
 
 def _train_epoch(train_step, shard, config: dict, seed: int) -> tuple[dict, list]:
@@ -222,11 +298,11 @@ def _train_epoch(train_step, shard, config: dict, seed: int) -> tuple[dict, list
     re-estimating the BatchNorm statistics: reading the shard a second time would start a new
     epoch of the streaming split on every rank.
     """
-    batch_size = config["batch_size"]
-    totals = np.zeros(3 + 2 * _BINS, dtype=np.float64)
-    weights_of = np.array(
-        [config["class_weights"]["0"], config["class_weights"]["1"]], dtype=np.float32
-    )
+    batch_size, columns = config["batch_size"], config["label_columns"]
+    totals = np.zeros(_HEAD + 2 * _BINS * len(columns), dtype=np.float64)
+    # (K, 2): finding k's loss weight of a negative and of a positive.
+    weights_of = np.asarray(config["class_weights"], dtype=np.float32).reshape(len(columns), 2)
+    finding_index = np.arange(len(columns))
     recent: deque = deque(maxlen=BN_BATCHES)
     batches = shard.iter_batches(
         batch_size=batch_size,
@@ -236,28 +312,42 @@ def _train_epoch(train_step, shard, config: dict, seed: int) -> tuple[dict, list
         local_shuffle_seed=seed,
     )
     for batch in batches:
-        labels = batch["label"].astype(np.float32).reshape(-1, 1)
-        weights = weights_of[batch["label"].astype(np.int64)]
-        totals += np.asarray(train_step(batch["image"], labels, weights))
+        labels = label_matrix(batch, columns)
+        weights = np.where(labels >= 0, weights_of[finding_index, np.clip(labels, 0, 1)], 0.0)
+        totals += np.asarray(
+            train_step(batch["image"], labels.astype(np.float32), weights.astype(np.float32))
+        )
         recent.append(np.array(batch["image"], copy=True))
     count = max(totals[2], 1.0)
+    aucs = [
+        auc_from_histograms(*totals[start : start + 2 * _BINS].reshape(2, _BINS))
+        for start in range(_HEAD, len(totals), 2 * _BINS)
+    ]
+    measured = [auc for auc in aucs if auc is not None]
     row = {
         "loss": float(totals[0] / count),
         "accuracy": float(totals[1] / count),
-        "auc": auc_from_histograms(totals[3 : 3 + _BINS], totals[3 + _BINS :]),
-        "train_images": int(totals[2]),
+        "auc": (float(np.mean(measured)) if len(aucs) > 1 else aucs[0]) if measured else None,
+        "train_images": int(totals[3]),
     }
+    if len(columns) > 1:
+        row["auc_per_finding"] = dict(zip(config["findings"], aucs, strict=True))
     return row, list(recent)
 
 
-def _calibrate_best(val, workdir: Path, batch_size: int) -> dict:
+def _calibrate_best(val, workdir: Path, batch_size: int, findings: list[str], columns) -> dict:
     """Rank 0, after the last epoch: calibrate the best model as saved and measure it.
 
     Loads the fp32 copy of the best epoch (what ``model.keras`` will hold, whatever the
-    training precision), computes its output layer's inputs on the validation set once, fits
-    Platt scaling on the logits and folds it into the output layer
-    (:func:`medai.calibration.calibrate_output`), and measures threshold, AUC and calibration
-    on the calibrated model's own validation probabilities.
+    training precision), computes its output layer's inputs on the validation set once, and
+    per finding, on the images evaluated for it, fits Platt scaling on that output's logits and
+    folds it into that output unit (:func:`medai.calibration.calibrate_output`), then measures
+    threshold, AUC and calibration on the calibrated unit's own validation probabilities.
+
+    Returns:
+        With one finding: ``val_auc``, ``val_images``, ``threshold``,
+        ``threshold_sensitivity_90`` and ``calibration``. With several, those of the first
+        finding except ``val_auc`` (the mean over findings), plus ``per_finding``.
     """
     import keras
     import tensorflow as tf
@@ -271,15 +361,29 @@ def _calibrate_best(val, workdir: Path, batch_size: int) -> dict:
     features, labels = [], []
     for batch in val.iter_batches(batch_size=batch_size, batch_format="numpy"):
         features.append(np.asarray(features_of(batch["image"])))
-        labels.append(batch["label"].astype(np.int64))
-    y = np.concatenate(labels)
-    _, after, block = calibrate_output(model, np.concatenate(features), y)
+        labels.append(label_matrix(batch, columns))
+    x, y = np.concatenate(features), np.concatenate(labels)
+    per_finding = {}
+    for column, finding in enumerate(findings):
+        keep = y[:, column] >= 0
+        truth = y[keep, column]
+        _, after, block = calibrate_output(model, x[keep], truth, column=column)
+        summary = validation_summary(truth, after)
+        per_finding[finding] = {
+            **{k: summary[k] for k in ("val_auc", "val_images", "threshold")},
+            "threshold_sensitivity_90": summary["threshold_sensitivity_90"],
+            "calibration": block,
+        }
     model.save(workdir / CALIBRATED_MODEL, include_optimizer=False)
-    summary = validation_summary(y, after)
+    first = per_finding[findings[0]]
+    if len(findings) == 1:
+        return first
+    aucs = [entry["val_auc"] for entry in per_finding.values() if entry["val_auc"] is not None]
     return {
-        **{k: summary[k] for k in ("val_auc", "val_images", "threshold")},
-        "threshold_sensitivity_90": summary["threshold_sensitivity_90"],
-        "calibration": block,
+        **first,
+        "val_auc": float(np.mean(aucs)) if aucs else None,
+        "val_images": int(len(y)),
+        "per_finding": per_finding,
     }
 
 
@@ -289,8 +393,10 @@ def train_loop_per_worker(config: dict) -> None:
     Args:
         config: ``spec`` (a :class:`medai.model.ModelSpec` as dict), ``epochs``,
             ``batch_size`` (per worker), ``learning_rate``, ``class_weights``, ``precision``,
-            ``seed``, ``cpus_per_worker``, ``shuffle_rows`` (see :func:`shuffle_buffer_rows`)
-            and ``resume_from``.
+            ``seed``, ``cpus_per_worker``, ``shuffle_rows`` (see :func:`shuffle_buffer_rows`),
+            ``findings`` and their ``label_columns`` (ordered as the outputs; ``spec`` has as
+            many outputs), ``class_weights`` as ``[[w_negative, w_positive], ...]`` per
+            finding, and ``resume_from``.
     """
     from medai.runtime import assigned_cpus, configure_tensorflow, setup_logging
 
@@ -314,6 +420,7 @@ def train_loop_per_worker(config: dict) -> None:
     if config["precision"] == "bf16":
         keras.config.set_dtype_policy("mixed_bfloat16")
     spec = ModelSpec(**config["spec"])
+    findings = list(config["findings"])
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_model(spec)
@@ -348,10 +455,16 @@ def train_loop_per_worker(config: dict) -> None:
         if sync_statistics is not None:
             sync_statistics()
         del recent
-        evaluation = _evaluate(predict_step, val, config["batch_size"] * 2)
+        evaluation = _evaluate(
+            predict_step, val, config["batch_size"] * 2, findings, config["label_columns"]
+        )
         row.update(
             {k: evaluation[k] for k in ("val_loss", "val_accuracy", "val_auc", "val_images")}
         )
+        if "per_finding" in evaluation:
+            row["val_auc_per_finding"] = {
+                f: entry["val_auc"] for f, entry in evaluation["per_finding"].items()
+            }
         row["seconds"] = round(time.perf_counter() - started, 2)
         row["images_per_second"] = round(row["train_images"] / max(row["seconds"], 1e-9), 2)
         improved = state["best"] is None or (row["val_auc"] or 0.0) > (
@@ -372,26 +485,34 @@ def train_loop_per_worker(config: dict) -> None:
             logger.info(_epoch_line(row, config["epochs"], improved) + resumed)
         resumed = ""
         _report(row, _save_checkpoint(model, optimizer, state, workdir, rank))
-    _finish(val, model, optimizer, state, workdir, rank, config["batch_size"] * 2)
+    _finish(val, model, optimizer, state, workdir, rank, config)
 
 
-def _finish(val, model, optimizer, state: dict, workdir: Path, rank: int, batch_size: int) -> None:
+def _finish(val, model, optimizer, state: dict, workdir: Path, rank: int, config: dict) -> None:
     """The last phase: rank 0 calibrates the best model; a last checkpoint carries it."""
     # Rank 0 alone: the other ranks wait in the report below, where no TensorFlow collective
     # runs, so the unequal work cannot deadlock MultiWorkerMirroredStrategy.
-    state["final"] = _calibrate_best(val, workdir, batch_size) if rank == 0 else None
     if rank == 0:
-        logger.info(_calibration_line(state["final"], state["best"]["epoch"]))
+        findings = list(config["findings"])
+        final = _calibrate_best(
+            val, workdir, config["batch_size"] * 2, findings, config["label_columns"]
+        )
+        state["final"] = final
+        for finding, entry in (final.get("per_finding") or {findings[0]: final}).items():
+            logger.info(_calibration_line(entry, state["best"]["epoch"], finding))
+    else:
+        state["final"] = None
     checkpoint = _save_checkpoint(model, optimizer, state, workdir, rank)
     _report({"epoch": state["epoch"], "phase": "calibration"}, checkpoint)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _calibration_line(final: dict, best_epoch: int) -> str:
+def _calibration_line(final: dict, best_epoch: int, finding: str) -> str:
     block = final["calibration"]
     method = block["method"] if block["method"] != "none" else f"none ({block['reason']})"
     return (
-        f"calibrated the best model (epoch {best_epoch}) on {final['val_images']} validation "
+        f"calibrated the best model (epoch {best_epoch}) for {finding} on "
+        f"{final['val_images']} validation "
         f"images: {method}, a={block['a']:.4g} b={block['b']:.4g}, ECE "
         f"{block['val_ece_before']:.4f} -> {block['val_ece_after']:.4f}, Brier "
         f"{block['val_brier_before']:.4f} -> {block['val_brier_after']:.4f}, "
@@ -424,6 +545,15 @@ def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
         f"val_loss {fmt(row['val_loss'])} val_acc {fmt(row['val_accuracy'])} "
         f"val_auc {fmt(row['val_auc'])}"
     )
+    if "val_auc_per_finding" in row:  # several findings: val_auc above is their mean
+        val = (
+            val.replace("val_auc", "val_auc(mean)")
+            + " ("
+            + ", ".join(
+                f"{finding} {fmt(auc)}" for finding, auc in row["val_auc_per_finding"].items()
+            )
+            + ")"
+        )
     speed = f"{row['seconds']:.1f}s {row['images_per_second']:.1f} img/s"
     best = " *best*" if improved else ""
     return f"epoch {row['epoch']}/{epochs}: {train} | {val} | {speed}{best}"

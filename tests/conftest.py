@@ -11,6 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chestxray8-sample"
 PHANTOM_SIZE = 128
+MULTI_FINDINGS = ("Mass", "Effusion", "Cardiomegaly")
+MULTI_SIZE = 96
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +82,42 @@ def trained_model(ray_session, phantom_archive, tmp_path_factory) -> tuple[Path,
             epochs=4,
             batch_size=16,
             image_size=PHANTOM_SIZE,
+            weights="none",
+            num_workers=2,
+            seed=0,
+        )
+    )
+    return out, card
+
+
+@pytest.fixture(scope="session")
+def multi_phantom_archive(tmp_path_factory) -> Path:
+    """Phantoms carrying Mass, Effusion and Cardiomegaly independently (NIH layout)."""
+    from medai.phantoms import PhantomSpec, write_phantom_archive
+
+    folder = tmp_path_factory.mktemp("multi-phantoms")
+    spec = PhantomSpec(
+        n_patients=240, size=PHANTOM_SIZE, seed=3, positive_fraction=0.4, findings=MULTI_FINDINGS
+    )
+    write_phantom_archive(folder, spec)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def multi_trained_model(ray_session, multi_phantom_archive, tmp_path_factory) -> tuple[Path, dict]:
+    """One model with an output per finding of :data:`MULTI_FINDINGS`, 2 Ray Train workers."""
+    from medai.train import TrainConfig, run_training
+
+    out = tmp_path_factory.mktemp("multi-trained") / "model"
+    card = run_training(
+        TrainConfig(
+            labels=str(multi_phantom_archive / "Data_Entry_2017.csv"),
+            images=(str(multi_phantom_archive),),
+            out=str(out),
+            finding=",".join(MULTI_FINDINGS),
+            epochs=5,
+            batch_size=16,
+            image_size=MULTI_SIZE,
             weights="none",
             num_workers=2,
             seed=0,

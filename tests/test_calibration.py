@@ -121,3 +121,23 @@ def test_calibrate_output_folds_or_keeps_the_model():
     np.testing.assert_array_equal(kept, kept_before)
     folded = model.get_layer("score").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(folded, original, strict=True))
+
+
+def test_each_output_of_a_multi_finding_model_is_folded_on_its_own():
+    import keras
+
+    from medai.model import ModelSpec, build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelSpec(75, "gap", "none", n_outputs=3))
+    images = np.random.default_rng(3).integers(0, 256, (6, 75, 75, 1), dtype=np.uint8)
+    features = head_inputs_model(model)(images, training=False)
+    unfolded = np.asarray(model(images, training=False), np.float64)
+    assert unfolded.shape == (6, 3)
+    logits = output_logits(model, features, column=1)
+    np.testing.assert_allclose(expit(logits), unfolded[:, 1], atol=1e-5)
+    fold_platt(model, Platt(a=2.7, b=-0.8), column=1)
+    folded = np.asarray(model(images, training=False), np.float64)
+    np.testing.assert_allclose(folded[:, 1], expit(2.7 * logits - 0.8), atol=1e-5)
+    # The other findings' outputs are exactly as they were.
+    np.testing.assert_array_equal(folded[:, [0, 2]], unfolded[:, [0, 2]])

@@ -53,9 +53,10 @@ def test_predict_prints_score_and_errors(tiny_model_dir, tmp_path, capsys):
     bad.write_bytes(b"")
     assert main(["predict", "--model", str(tiny_model_dir), str(good), str(bad)]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
-    image, score, predicted = lines[0].split("\t")
-    assert image == str(good) and 0.0 <= float(score) <= 1.0 and predicted in ("True", "False")
-    assert lines[1].startswith(f"{bad}\terror\tempty file")
+    image, finding, score, predicted = lines[0].split("\t")
+    assert image == str(good) and finding == "Mass"
+    assert 0.0 <= float(score) <= 1.0 and predicted in ("True", "False")
+    assert lines[1].startswith(f"{bad}\tMass\terror\tdecode error: empty file")
 
 
 def test_malformed_label_file_stops_train_before_work(tmp_path, phantom_archive, capsys):
@@ -110,6 +111,24 @@ def test_yaml_images_as_string_or_list_and_the_command_line_wins(tmp_path, capsy
     with pytest.raises(SystemExit):
         parse_args(["score", "--config", str(config)])
     assert "images must be a path or a list of paths" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("job", ["score", "nightly", "predict"])
+def test_engine_and_precision_flags(job):
+    required = {
+        "score": ["--model", "m", "--images", "a", "--out", "o"],
+        "nightly": ["--model", "m", "--images", "a", "--store", "s"],
+        "predict": ["--model", "m", "x.png"],
+    }[job]
+    defaults = parse_args([job, *required])
+    assert (defaults.engine, defaults.precision) == ("auto", "fp32")
+    chosen = parse_args([job, *required, "--engine", "openvino", "--precision", "int8"])
+    assert (chosen.engine, chosen.precision) == ("openvino", "int8")
+    with pytest.raises(SystemExit):
+        parse_args([job, *required, "--engine", "onnx"])
+    # training has no int8 and no engine
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--labels", "l", "--images", "a", "--out", "o", "--precision", "int8"])
 
 
 def test_max_unreadable_and_retry_errors_flags():

@@ -183,3 +183,47 @@ def test_calibration_bins_match_sklearn(seed: int) -> None:
 def test_length_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="differ in length"):
         metrics.roc_auc([0, 1], [0.5])
+
+
+def test_subgroup_bootstrap_equals_sklearn_on_each_resampled_subgroup() -> None:
+    """Within a subgroup, each resample's AUC is sklearn's on the resampled subgroup members."""
+    y, scores = _data(8, n=80, ties=True)
+    codes = np.random.default_rng(1).integers(-1, 3, y.size)  # 3 subgroups, some unknown
+    seed, n_boot = 4, 15
+    boot = metrics.bootstrap(y, [scores], n_boot, seed, strata=[codes], ece_bins=10)
+    # The same resamples as the plain AUC bootstrap (one chunk: positives then negatives).
+    np.testing.assert_array_equal(boot.aucs, metrics.bootstrap_aucs(y, [scores], n_boot, seed))
+    positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    rng = np.random.default_rng(seed)
+    pick_pos = positives[rng.integers(0, positives.size, size=(n_boot, positives.size))]
+    pick_neg = negatives[rng.integers(0, negatives.size, size=(n_boot, negatives.size))]
+    [within] = boot.strata
+    assert within.shape == (n_boot, 3)
+    for row in range(n_boot):
+        index = np.r_[pick_pos[row], pick_neg[row]]
+        assert boot.ece[row] == pytest.approx(
+            metrics.expected_calibration_error(y[index], scores[index]), abs=1e-12
+        )
+        for code in range(3):
+            member = index[codes[index] == code]
+            if len(set(y[member])) < 2:
+                assert np.isnan(within[row, code])
+                continue
+            expected = skm.roc_auc_score(y[member], scores[member])
+            assert within[row, code] == pytest.approx(expected, abs=1e-12)
+
+
+def test_ece_ci_brackets_the_ece_and_is_seeded() -> None:
+    y, scores = _data(9, n=3000)
+    ece = metrics.expected_calibration_error(y, scores)
+    low, high = metrics.ece_ci(y, scores, 500, seed=2)
+    assert low < ece < high
+    assert metrics.ece_ci(y, scores, 500, seed=2) == [low, high]
+    assert metrics.ece_ci(y, scores, 0, seed=2) is None
+    assert metrics.ece_ci(y, scores * 2, 500, seed=2) is None  # not probabilities
+
+
+def test_percentile_interval_refuses_mostly_undefined_resamples() -> None:
+    values = np.r_[np.full(20, np.nan), np.linspace(0.6, 0.8, 80)]
+    assert metrics.percentile_interval(values) is None
+    assert metrics.percentile_interval(values[15:]) is not None

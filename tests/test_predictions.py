@@ -41,6 +41,8 @@ def write(out: Path, name: str, rows: list[tuple]) -> Path:
             "model_id": list(model_id),
             "scored_at": [T0 + timedelta(minutes=m) for m in minutes],
             "error": list(error),
+            "engine": ["openvino"] * n,
+            "precision": ["fp32"] * n,
         },
         schema=prediction_schema(),
     )
@@ -141,3 +143,48 @@ def test_lock_refuses_a_second_holder_and_is_released_when_the_holder_dies(tmp_p
         holder.wait(timeout=30)
     with hold_lock(tmp_path):
         assert (tmp_path / LOCK).read_text().startswith(f"pid {os.getpid()} ")
+
+
+def test_old_files_are_upgraded_so_every_reader_sees_one_schema(tmp_path):
+    import duckdb
+
+    from medai.predictions import upgrade_files
+
+    new = write(tmp_path, "predictions-0new.parquet", [("a.png", "m1", 0.3, None, 0)])
+    old = pq.read_table(
+        write(tmp_path, "predictions-1old.parquet", [("b.png", "m0", 0.6, None, 0)])
+    )
+    pq.write_table(old.drop_columns(["engine", "precision"]), tmp_path / "predictions-1old.parquet")
+    query = f"select count(*), count(engine) from read_parquet('{tmp_path}/*.parquet')"
+    with pytest.raises(duckdb.Error, match="schema mismatch"):
+        duckdb.sql(query).fetchall()  # a folder mixing schemas: DuckDB refuses the glob
+    assert upgrade_files(tmp_path) == 1 and upgrade_files(tmp_path) == 0
+    assert duckdb.sql(query).fetchall() == [(2, 1)]
+    for path in prediction_files(tmp_path):
+        assert pq.read_schema(path).remove_metadata().equals(prediction_schema())
+    frame = pd.read_parquet(tmp_path).set_index("image_id")
+    assert (
+        frame.loc["b.png", "score"] == pytest.approx(0.6) and frame.loc["b.png", "model_id"] == "m0"
+    )
+    assert pd.isna(frame.loc["b.png", "engine"]) and frame.loc["a.png", "engine"] == "openvino"
+    assert new.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_card_findings_thresholds_and_complete_images():
+    from medai.artifact import card_findings, card_thresholds
+    from medai.predictions import complete_images
+
+    old = {"finding": "Mass", "threshold": 0.4}
+    assert card_findings(old) == ["Mass"] and card_thresholds(old) == [0.4]
+    multi = {
+        "finding": "Mass",
+        "threshold": 0.4,
+        "findings": ["Mass", "Nodule"],
+        "per_finding": {"Mass": {"threshold": 0.4}, "Nodule": {"threshold": 0.8}},
+    }
+    assert card_findings(multi) == ["Mass", "Nodule"] and card_thresholds(multi) == [0.4, 0.8]
+    done = pd.DataFrame(
+        {"image_id": ["a", "a", "b", "c", "c"], "finding": ["Mass", "Nodule", "Mass", "Mass", "X"]}
+    )
+    assert complete_images(done, ["Mass", "Nodule"]) == {"a"}
+    assert complete_images(done, ["Mass"]) == {"a", "b", "c"}

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
@@ -634,7 +635,7 @@ def test_user_strings_are_escaped_in_html(tmp_path: Path) -> None:
     assert list(report["models"]) == [evil]
     text = (tmp_path / "out" / "report.html").read_text()
     assert evil not in text and 'src="http' not in text
-    assert "$\\frac{$&lt;img src=&quot;http://x/y.png&quot;&gt;&amp;" in text
+    assert "$\\frac{$&lt;img src=&#34;http://x/y.png&#34;&gt;&amp;" in text
 
 
 # ----------------------------------------------------------------------------- options
@@ -925,6 +926,8 @@ SINGLE_KEYS = {  # a single-finding model's section before findings were added, 
     "brier", "ece", "operating_points", "error_messages", "model_card", "reasons", "examples",
     "plots",
 }  # fmt: skip
+# Every section (single- or multi-finding) since: per finding, subgroups and failure analysis.
+NEW_KEYS = {"findings", "summary", "subgroups", "failures", "ece_ci95"}
 
 
 @pytest.fixture(scope="module")
@@ -991,7 +994,7 @@ def test_multi_finding_summary_in_json_and_html(multi) -> None:
     for row in summary:
         entry = report["models"][MODEL_A]["findings"][row["finding"]]
         assert set(row) == {"finding", "n", "n_positive", "auc", "auc_ci95", "threshold",
-                            "sensitivity", "specificity"}  # fmt: skip
+                            "sensitivity", "specificity", "flagged_subgroups"}  # fmt: skip
         assert (row["auc"], row["auc_ci95"]) == (entry["auc"], entry["auc_ci95"])
         point = entry["operating_points"]["model_threshold"]
         assert (row["sensitivity"], row["specificity"]) == (
@@ -1012,12 +1015,12 @@ def test_multi_finding_summary_in_json_and_html(multi) -> None:
 
 def test_multi_finding_roc_has_one_curve_per_finding(multi) -> None:
     from medai import plots
-    from medai import report as report_module
+    from medai.report import accounting, evaluation, figures, inputs
 
     cfg = config(multi["preds"], multi["labels"], multi["out"] / "unused", bootstrap=0)
-    [model] = report_module._collect_models(cfg, report_module._prepare(cfg))
-    section = report_module._model_section(model, cfg)
-    figure = plots.roc_figure(*report_module._findings_roc_arguments(model, section))
+    [model] = accounting.collect_models(cfg, inputs.prepare(cfg))
+    section = evaluation.model_section(model, cfg)
+    figure = plots.roc_figure(*figures.findings_roc_arguments(model, section))
     legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     assert legend[0].startswith("chance")
     assert [label.split(" ")[0] for label in legend[1:]] == list(MULTI)
@@ -1050,14 +1053,14 @@ def test_finding_option_picks_findings_and_no_finding_negatives(multi, tmp_path)
     one = run_report(
         config(multi["preds"], multi["labels"], tmp_path / "one", finding="Effusion", bootstrap=0)
     )["models"][MODEL_A]
-    assert set(one) == SINGLE_KEYS | {"findings", "summary"}
+    assert set(one) == SINGLE_KEYS | NEW_KEYS
     assert one["finding"] == "Effusion"
     assert one["operating_points"]["model_threshold"]["threshold"] == 0.55
 
 
 def test_single_finding_section_keeps_its_keys(rich) -> None:
     for section in rich["report"]["models"].values():
-        assert set(section) == SINGLE_KEYS | {"findings", "summary"}
+        assert set(section) == SINGLE_KEYS | NEW_KEYS
         [entry] = section["findings"].values()
         for key in ("n", "auc", "auc_ci95", "brier", "ece", "operating_points", "examples"):
             assert entry[key] == section[key]
@@ -1065,3 +1068,25 @@ def test_single_finding_section_keeps_its_keys(rich) -> None:
         assert (row["finding"], row["auc"]) == ("Mass", section["auc"])
     [comparison] = rich["report"]["comparisons"]
     assert comparison["finding"] == "Mass"
+
+
+def test_template_is_package_data_of_a_built_wheel(tmp_path: Path) -> None:
+    """A non-editable install carries the page template (pyproject package-data)."""
+    import zipfile
+
+    # Build isolation: pyproject needs setuptools>=77, newer than some venvs carry.
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    offline = ("No matching distribution", "Could not find a version", "NewConnectionError")
+    if done.returncode != 0 and any(text in done.stderr for text in offline):
+        pytest.skip(f"cannot fetch the build backend (offline?): {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    [wheel] = tmp_path.glob("medai-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "medai/report/templates/report.html.j2" in names
+    assert "medai/report/render.py" in names

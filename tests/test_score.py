@@ -94,6 +94,10 @@ def test_schema_is_documented_and_readable_without_medai(
     assert frame["source"].str.startswith("file://").all()
     assert (frame["predicted"] == (frame["score"] >= frame["threshold"])).all()
     assert frame["scored_at"].dt.tz is not None and frame["model_id"].nunique() == 1
+    # A card without `findings` (every model directory from before them): one row per image,
+    # its finding and threshold; without an OpenVINO IR, auto runs TensorFlow and says so.
+    assert (frame["finding"] == "Mass").all() and (frame["threshold"] == 0.5).all()
+    assert (frame["engine"] == "tensorflow").all() and (frame["precision"] == "fp32").all()
 
 
 def test_rerun_skips_and_new_model_scores_beside(
@@ -179,7 +183,11 @@ def test_predict_matches_batch_and_bf16_agrees(
     diff = np.abs(fp32["score"].to_numpy() - bf16["score"].to_numpy())
     auc_fp32, auc_bf16 = safe_auc(y, fp32["score"]), safe_auc(y, bf16["score"])
     print(f"bf16 vs fp32: max |score diff| {diff.max():.4f}, AUC {auc_fp32:.4f} vs {auc_bf16:.4f}")
-    assert diff.max() < 0.05 and abs(auc_fp32 - auc_bf16) < 0.01
+    # bf16 keeps ~3 significant digits: on a trained model's steep sigmoid a score near 0.5
+    # moves by up to ~0.2 (measured 0.20 here, 0.11 in issue 11), so the ranking is what must
+    # hold: the AUC and nearly every decision.
+    flips = (fp32["score"] >= card["threshold"]) != (bf16["score"] >= card["threshold"])
+    assert diff.max() < 0.25 and abs(auc_fp32 - auc_bf16) < 0.01 and flips.mean() <= 0.02
 
 
 def test_bad_flags_and_model_dir_fail_before_work(tmp_path, phantom_archive):
@@ -209,7 +217,7 @@ def test_scorer_takes_batches_of_any_length(tiny_model_dir):
     from medai.images import decode_image
     from medai.score import Scorer
 
-    scorer = Scorer(str(tiny_model_dir), "fp32", threads=None)
+    scorer = Scorer(str(tiny_model_dir), "fp32", threads=None, engine="tensorflow")
     blobs = list(valid_variants().values())[:5]
     images = np.stack([decode_image(blob, 75) for blob in blobs])
 
@@ -226,7 +234,7 @@ def test_scorer_takes_batches_of_any_length(tiny_model_dir):
 
     whole = run(slice(0, 5))
     parts = np.concatenate([run(slice(0, 1)), run(slice(1, 4)), run(slice(4, 5))])
-    assert whole.shape == (5,) and np.isfinite(whole).all()
+    assert whole.shape == (5, 1) and np.isfinite(whole).all()
     np.testing.assert_allclose(parts, whole, atol=1e-5)
 
 

@@ -91,6 +91,15 @@ def test_two_workers_learn_the_phantoms(trained_model, phantom_archive):
         assert card["counts"][name]["unreadable"] == 0
     assert card["optimizer"]["workers"] == 2
     assert card["val_auc"] >= 0.9, card["history"]
+    # medai train wrote the OpenVINO IR beside model.keras and measured it on validation.
+    ir = card["openvino"]
+    assert ir["converted_from"] == card["model_id"]
+    assert (model_dir / ir["path"] / ir["fp32"]["xml"]).is_file()
+    agreement = ir["fp32"]["agreement"]
+    assert agreement["on"] == "validation split"
+    assert agreement["images"] == card["counts"]["val"]["images"]
+    # Youden thresholds sit exactly on a validation score, which a 1e-6 difference can flip.
+    assert agreement["decision_agreement"] >= 0.95 and agreement["max_abs_diff"] < 1e-4
     best = max(row["val_auc"] for row in card["history"])
     assert card["history"][card["best_epoch"] - 1]["val_auc"] == best  # best kept
     # Platt scaling is monotone: the calibrated model ranks as the best epoch did.
@@ -125,6 +134,7 @@ def test_one_worker_from_the_same_seed_is_comparable(trained_model, phantom_arch
             weights="none",
             num_workers=1,
             seed=0,
+            export_openvino=False,  # the IR is checked on the 2-worker model
         )
     )
     print(f"val AUC: 1 worker {one['val_auc']:.4f}, 2 workers {two['val_auc']:.4f}")
@@ -151,6 +161,7 @@ def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp
         "2",
         "--batch-size",
         "16",
+        "--no-openvino",  # the IR is tested elsewhere; two exports would add a minute here
     ]
     command = MarkedCommand([*args, "--epochs", "3"])
     process = command.start(capture=True)
@@ -188,6 +199,7 @@ def test_one_epoch_on_the_real_sample(ray_session, sample_dir, tmp_path):
             image_size=96,
             weights="none",
             num_workers=2,
+            export_openvino=False,
         )
     )
     check_model_dir(tmp_path / "real", sample_dir, epochs=1)
@@ -323,6 +335,7 @@ def _messy_config(messy: dict, out: Path, **options) -> TrainConfig:
         weights="none",
         batch_size=8,
         seed=0,
+        export_openvino=False,
         **options,
     )
 
@@ -547,3 +560,112 @@ def test_every_epoch_shuffles_the_whole_training_set(ray_session):
     # A worker's buffer holds its whole shard, up to the memory cap.
     assert shuffle_buffer_rows(300, 2, 96, 16) == 150
     assert shuffle_buffer_rows(80_000, 2, 256, 16) == SHUFFLE_BYTES // (256 * 256)
+
+
+# --- several findings ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_workers_learn_every_finding_of_multi_finding_phantoms(
+    multi_trained_model, multi_phantom_archive
+):
+    from conftest import MULTI_FINDINGS
+
+    from medai.artifact import card_findings
+    from medai.splits import check_split
+
+    model_dir, card = multi_trained_model
+    findings = list(MULTI_FINDINGS)
+    assert card_findings(card) == findings == card["findings"]
+    per_finding = card["per_finding"]
+    aucs = {f: per_finding[f]["val_auc"] for f in findings}
+    print(f"per-finding calibrated validation AUC: {aucs}, mean {card['val_auc']:.4f}")
+    assert all(auc >= 0.85 for auc in aucs.values()), card["history"]
+    assert card["val_auc"] == pytest.approx(np.mean(list(aucs.values())))
+    # Old readers still run: the top-level keys describe the first finding.
+    assert card["finding"] == findings[0]
+    assert card["threshold"] == per_finding[findings[0]]["threshold"]
+    assert card["calibration"] == per_finding[findings[0]]["calibration"]
+    assert card["optimizer"]["workers"] == 2
+    split = pd.read_csv(model_dir / "split.csv", dtype={"image_id": str, "patient_id": str})
+    check_split(split, read_split_list(multi_phantom_archive / "test_list.txt"))
+    assert split.groupby("patient_id")["split"].nunique().max() == 1  # no patient in two splits
+    for finding in findings:
+        entry = per_finding[finding]
+        counted = entry["counts"]
+        for name in ("train", "val"):
+            column = split.loc[split["split"] == name, f"label_{finding}"]
+            assert counted[name]["positives"] == int((column == 1).sum()) > 0
+            assert counted[name]["negatives"] == int((column == 0).sum()) > 0
+        assert entry["calibration"]["n"] == counted["val"]["images"]
+        assert entry["calibration"]["val_ece_after"] <= entry["calibration"]["val_ece_before"]
+        assert 0.0 <= entry["threshold"] <= 1.0 and entry["threshold_sensitivity_90"] is not None
+        weights = entry["class_weights"]
+        n, positives = counted["train"]["images"], counted["train"]["positives"]
+        assert weights["1"] == pytest.approx(n / (2 * positives))
+    # History: the mean and every finding, per epoch; the best epoch is the best mean.
+    for row in card["history"]:
+        per = row["val_auc_per_finding"]
+        assert set(per) == set(findings)
+        assert row["val_auc"] == pytest.approx(np.mean(list(per.values())))
+        assert set(row["auc_per_finding"]) == set(findings)
+    best = max(row["val_auc"] for row in card["history"])
+    assert card["history"][card["best_epoch"] - 1]["val_auc"] == best
+    # The saved model has one calibrated output per finding, as the card measured them.
+    loaded = load_model_dir(model_dir)
+    size = card["image_size"]
+    scores = np.asarray(loaded.model(np.zeros((2, size, size, 1), np.uint8)))
+    assert scores.shape == (2, len(findings))
+    assert (model_dir / "training_curves.png").stat().st_size > 1000
+    # The OpenVINO IR has every output and agrees on the validation split, per finding.
+    agreement = card["openvino"]["fp32"]["agreement"]
+    assert agreement["on"] == "validation split" and agreement["max_abs_diff"] < 1e-4
+    # Youden thresholds sit exactly on a validation score, which a 1e-6 difference can flip.
+    assert agreement["decision_agreement"] >= 0.95
+    assert len(agreement["auc_change_per_finding"]) == len(findings)
+
+
+def test_masked_loss_ignores_labels_not_evaluated():
+    """A -1 label adds nothing to the loss or the statistics of its finding."""
+    import keras
+    import tensorflow as tf
+
+    from medai.model import ModelSpec, build_model
+    from medai.train_loop import make_replica_step
+
+    keras.utils.set_random_seed(0)
+    # No dropout: a training-mode forward pass is deterministic, so the scores can be recomputed.
+    model = build_model(ModelSpec(75, "gap", "none", dropout=0.0, n_outputs=2))
+    optimizer = keras.optimizers.SGD(0.0)  # no update: the statistics describe this model
+    optimizer.build(model.trainable_variables)
+    step = tf.function(make_replica_step(model, optimizer, lambda x, training: x, 4))
+    images = np.random.default_rng(0).integers(0, 256, (4, 75, 75, 1), dtype=np.uint8)
+    labels = np.array([[1, 0], [0, -1], [1, -1], [0, 1]], np.float32)
+    weights = np.where(labels >= 0, 1.0, 0.0).astype(np.float32)
+    stats = np.asarray(step(images, labels, weights), np.float64)
+    scores = np.clip(np.asarray(model(images, training=True), np.float64), 1e-7, 1 - 1e-7)
+    evaluated = labels >= 0
+    y, p = labels[evaluated], scores[evaluated]
+    expected = -np.sum(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert stats[0] == pytest.approx(expected, rel=1e-4)
+    assert stats[2] == 6 and stats[3] == 4  # evaluated labels, images
+    # Per finding: its positives' and negatives' histograms hold exactly its evaluated labels.
+    bins = (len(stats) - 4) // 4
+    counts = stats[4:].reshape(2, 2, bins).sum(axis=2)
+    np.testing.assert_array_equal(counts, [[2, 2], [1, 1]])
+
+
+def test_a_failed_openvino_export_fails_the_run(tiny_model_dir, tmp_path):
+    """An export that fails (here: model.keras no longer matches its card) is a TrainError."""
+    import shutil
+
+    from medai.artifact import CARD_FILE
+    from medai.train import _export_ir
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    card = json.loads((model_dir / CARD_FILE).read_text())
+    (model_dir / CARD_FILE).write_text(json.dumps({**card, "model_id": "0" * 64}))
+    with pytest.raises(TrainError, match="OpenVINO export failed.*does not match model_id"):
+        _export_ir(model_dir)
+    assert not (model_dir / "openvino").exists()

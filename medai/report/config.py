@@ -1,0 +1,230 @@
+"""The report's options: :class:`ReportConfig`, the ``medai report`` flags and their checks."""
+
+from __future__ import annotations
+
+import argparse
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+
+from medai.errors import MedaiError
+from medai.labels import NEGATIVE_POLICIES
+
+__all__ = [
+    "INTENDED_USE",
+    "SPLITS",
+    "SPLIT_HELP",
+    "ReportConfig",
+    "ReportError",
+    "add_report_arguments",
+    "build_report_parser",
+    "check_config",
+    "config_from_args",
+]
+
+SPLITS = ("unseen", "test", "train_val", "all")
+SPLIT_HELP = (
+    "images to evaluate: 'unseen' = the labelled images the model neither trained nor "
+    "validated on (read from MODEL_DIR/split.csv, so it needs --model); 'test' / 'train_val' = "
+    "the images of the NIH test_list.txt / train_val_list.txt beside the labels file; 'all' = "
+    "every labelled image, training images included (optimistic metrics). Default: test when "
+    "test_list.txt is beside the labels file, else unseen"
+)
+INTENDED_USE = "Research use only, not for diagnosis."
+DEFAULT_FINDING = "Mass"  # the finding of rows and generic label columns that name none
+FINDING_HELP = (
+    "finding(s) to evaluate: a name, a comma list (Mass,Nodule,Effusion) or 'all' (the 14 NIH "
+    "findings). Default: every finding the models scored that the labels have (Mass for a "
+    "generic image,label CSV)"
+)
+EXAMPLES_PER_GROUP = 4
+ECE_BINS = 10  # equal-width bins of the expected calibration error
+# Subgroup AUC CIs use the first this many of the finding's bootstrap resamples: each subgroup
+# attribute costs as much as the overall AUC per resample, and 14 findings x 4 attributes x
+# 1,000 resamples over the whole archive would not fit the report's one-minute budget.
+SUBGROUP_BOOTSTRAP = 250
+THUMBNAIL_SIZE = 192
+FAILURES_PER_KIND = 10  # rows of the failure-analysis table per kind of error
+
+
+class ReportError(MedaiError, ValueError):
+    """The report cannot run with these inputs or options; the message says why."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportConfig:
+    """Options of one report run (the ``medai report`` flags).
+
+    Attributes:
+        predictions: Folder of ``*.parquet`` files written by ``medai score``.
+        labels: NIH ``Data_Entry_2017.csv`` or a generic ``image,label`` CSV.
+        out: Output folder for ``metrics.json``, ``config.json``, ``plots/`` and ``report.html``.
+        finding: The finding(s) to report: a name, a comma list or ``all``; ``None`` = every
+            finding the models scored that the labels have. Models scoring none of them are
+            skipped.
+        negatives: ``all-others`` or ``no-finding`` (see :func:`medai.labels.load_labels`).
+        split: One of :data:`SPLITS` (see :data:`SPLIT_HELP`); ``None`` means ``test`` when
+            the NIH ``test_list.txt`` is beside the labels file, else ``unseen``.
+        model: The model directory (from ``medai train``) of the predictions' model: its
+            ``split.csv`` defines the ``unseen`` split, and the report covers only that model
+            (its card's ``model_id`` must be in the predictions).
+        model_id: Report only this model (a unique prefix of its id is enough).
+        threshold: Cut-off overriding the model's own threshold.
+        bootstrap: Bootstrap resamples for the confidence intervals (0 disables them).
+        seed: Seed of the bootstrap.
+        images: Show patient images (example thumbnails); ``False`` (``--no-images``) leaves
+            every patient image out of the page and the plots folder, for reports that leave
+            the institution.
+    """
+
+    predictions: str | Path
+    labels: str | Path
+    out: str | Path
+    finding: str | None = None
+    negatives: str = "all-others"
+    split: str | None = None
+    model: str | Path | None = None
+    model_id: str | None = None
+    threshold: float | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+    images: bool = True
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``medai report`` flags to ``parser``.
+
+    Args:
+        parser: A parser or sub-command parser.
+
+    Returns:
+        The same parser.
+    """
+    parser.add_argument(
+        "--predictions",
+        required=True,
+        metavar="PRED_DIR",
+        help="folder of *.parquet files written by `medai score`",
+    )
+    parser.add_argument(
+        "--labels",
+        required=True,
+        metavar="CSV",
+        help="NIH Data_Entry_2017.csv or a generic CSV with columns image,label",
+    )
+    parser.add_argument("--finding", default=None, help=FINDING_HELP)
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT_DIR",
+        help="output folder for metrics.json, plots and report.html",
+    )
+    parser.add_argument(
+        "--negatives",
+        default="all-others",
+        choices=NEGATIVE_POLICIES,
+        help="which images count as negatives (default: all-others)",
+    )
+    parser.add_argument("--split", default=None, choices=SPLITS, help=SPLIT_HELP)
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="MODEL_DIR",
+        help="the model directory (from `medai train`) of the predictions' model: its split.csv "
+        "tells which images it trained and validated on (needed for --split unseen, the "
+        "default without NIH lists); only that model is reported",
+    )
+    parser.add_argument(
+        "--model-id",
+        default=None,
+        metavar="ID",
+        help="report only this model (a unique prefix of its id is enough)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="cut-off overriding the model's threshold"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for confidence intervals, 0 disables (default: 1000)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument(
+        "--no-images",
+        dest="images",
+        action="store_false",
+        help="leave every patient image (example thumbnails) out of the report, for reports "
+        "that leave the institution (default: images are shown)",
+    )
+    return parser
+
+
+def build_report_parser(prog: str = "medai report") -> argparse.ArgumentParser:
+    """A stand-alone parser for the report flags (used by ``jobs/report.py``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Evaluate `medai score` predictions against labels."
+    )
+    return add_report_arguments(parser)
+
+
+def config_from_args(namespace: argparse.Namespace) -> ReportConfig:
+    """Build and check a :class:`ReportConfig` from parsed report flags.
+
+    Raises:
+        ReportError: If a flag value is invalid.
+    """
+    config = ReportConfig(
+        predictions=namespace.predictions,
+        labels=namespace.labels,
+        out=namespace.out,
+        finding=namespace.finding,
+        negatives=namespace.negatives,
+        split=namespace.split,
+        model=getattr(namespace, "model", None),
+        model_id=namespace.model_id,
+        threshold=namespace.threshold,
+        bootstrap=namespace.bootstrap,
+        seed=namespace.seed,
+        images=getattr(namespace, "images", True),
+    )
+    check_config(config)
+    return config
+
+
+def check_config(config: ReportConfig) -> None:
+    """Check option values that need no file access.
+
+    Raises:
+        ReportError: Naming the first invalid option.
+    """
+    if config.finding is not None and not str(config.finding).strip():
+        raise ReportError("--finding must not be empty")
+    if config.negatives not in NEGATIVE_POLICIES:
+        raise ReportError(
+            f"--negatives must be one of {', '.join(NEGATIVE_POLICIES)}, not {config.negatives!r}"
+        )
+    if config.split is not None and config.split not in SPLITS:
+        raise ReportError(f"--split must be one of {', '.join(SPLITS)}, not {config.split!r}")
+    if config.threshold is not None and (
+        isinstance(config.threshold, bool)
+        or not isinstance(config.threshold, numbers.Real)
+        or not 0.0 <= config.threshold <= 1.0
+    ):
+        raise ReportError(f"--threshold must be a number in [0, 1], not {config.threshold!r}")
+    for name in ("bootstrap", "seed"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ReportError(f"--{name} must be a non-negative integer, not {value!r}")
+    if not isinstance(config.images, bool):
+        raise ReportError(f"images must be True or False, not {config.images!r}")
+    if config.model_id is not None and not str(config.model_id).strip():
+        raise ReportError("--model-id must not be empty")
+    if config.model is not None and not str(config.model).strip():
+        raise ReportError("--model must not be empty")
+    for name in ("predictions", "labels", "out"):
+        if not str(getattr(config, name)).strip():
+            raise ReportError(f"--{name} is required")

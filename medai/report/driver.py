@@ -1,0 +1,181 @@
+"""The report driver: :func:`run_report` reads, evaluates, draws and writes the report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from medai.report.accounting import collect_models
+from medai.report.config import SUBGROUP_BOOTSTRAP, ReportConfig
+from medai.report.evaluation import comparisons, model_section
+from medai.report.examples import all_examples, failure_table
+from medai.report.figures import (
+    comparison_plot,
+    examples_figure,
+    finding_plots,
+    model_plots,
+    slug,
+)
+from medai.report.inputs import prepare, resolved_config
+from medai.report.render import fmt, render_html
+from medai.report.subgroups import attributes_of
+
+__all__ = ["run_report"]
+
+log = logging.getLogger("medai.report")
+
+
+def json_safe(value):
+    """Convert to strict JSON types: NumPy scalars to Python, NaN and infinities to null."""
+    if isinstance(value, Mapping):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def _write_json(path: Path, payload) -> None:
+    path.write_text(
+        json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
+
+
+def _write_png(folder: Path, name: str, png: bytes) -> str:
+    (folder / name).write_bytes(png)
+    return f"plots/{name}"
+
+
+def run_report(config: ReportConfig) -> dict:
+    """Evaluate the predictions and write ``metrics.json``, ``config.json``, plots and HTML.
+
+    Args:
+        config: The report options.
+
+    Returns:
+        The dict written to ``OUT/metrics.json``: run details, ``models`` (one section per
+        model id, see :func:`medai.report.evaluation.model_section`, with its ``subgroups``),
+        ``comparisons`` (one per pair of models and shared finding, with the bootstrap CI of
+        the AUC difference and DeLong's p-value) and ``reasons``.
+
+    Raises:
+        ReportError: On invalid options or unusable inputs, before anything is written.
+    """
+    started = time.perf_counter()
+    inputs = prepare(config)
+    out = Path(config.out)
+    resolved = resolved_config(config, inputs)
+    log.info("report config: %s", json.dumps(resolved, sort_keys=True))
+    plots_dir = out / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", resolved)
+
+    models = collect_models(config, inputs)
+    attributes = attributes_of(inputs.labels)
+    # In the models' output order (the first model's first).
+    reported = list(dict.fromkeys(f.name for m in models for f in m.findings))
+    reported = reported or list(inputs.findings)
+    report: dict = {
+        "finding": ",".join(reported),
+        "findings": reported,
+        "split": inputs.split.name,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_prediction_rows": int(len(inputs.predictions)),
+        "subgroup_attributes": [attribute.name for attribute in attributes],
+        "subgroup_bootstrap": min(config.bootstrap, SUBGROUP_BOOTSTRAP),
+        "images": config.images,
+        "config": resolved,
+        "models": {},
+        "comparisons": [],
+        "skipped_models": inputs.skipped_models,
+        "reasons": [],
+    }
+    if not models:
+        report["reasons"].append("the prediction files hold no rows")
+    for model_id, finding in inputs.skipped_models.items():
+        report["reasons"].append(f"model {model_id} skipped: it scores {finding!r}")
+    sections = {m.model_id: model_section(m, config, attributes) for m in models}
+    _log_summary(sections)
+    chosen, thumbnails = all_examples(models, sections, images=config.images)
+    names = [attribute.name for attribute in attributes]
+    failures: dict[str, dict[str, dict | None]] = {}
+    figures: dict[str, tuple[dict[str, bytes], dict[str, dict[str, bytes]]]] = {}
+    for index, model in enumerate(models):
+        section = sections[model.model_id]
+        prefix = slug(index, model.model_id)
+        model_figures, per_finding = model_plots(model, section), {}
+        failures[model.model_id] = {}
+        for finding in model.findings:
+            entry = section["findings"][finding.name]
+            table = failure_table(finding, entry, inputs.labels, names)
+            entry["failures"] = failures[model.model_id][finding.name] = table
+            groups = chosen[model.model_id, finding.name]
+            examples = examples_figure(model, finding, entry, groups, thumbnails, config.images)
+            drawn = finding_plots(model, finding, entry, examples, with_roc=model.single)
+            if model.single:
+                section["examples"] = entry["examples"]
+                section["failures"] = table
+                model_figures = {**drawn, **model_figures}
+                entry["plots"] = {}
+                continue
+            name = re.sub(r"[^A-Za-z0-9_]", "", finding.name) or "finding"
+            entry["plots"] = {
+                kind: _write_png(plots_dir, f"{prefix}_{name}_{kind}.png", png)
+                for kind, png in drawn.items()
+            }
+            per_finding[finding.name] = drawn
+        section["plots"] = {
+            kind: _write_png(plots_dir, f"{prefix}_{kind}.png", png)
+            for kind, png in model_figures.items()
+        }
+        if model.single:
+            entry["plots"] = {k: v for k, v in section["plots"].items() if k != "training"}
+        figures[model.model_id] = (model_figures, per_finding)
+        report["models"][model.model_id] = section
+    comparison_figures = []
+    for first, second, section, shared in comparisons(models, config):
+        png = comparison_plot(section, shared)
+        suffix = "" if first.single and second.single else f"_{section['finding']}"
+        name = (
+            f"compare_{slug(models.index(first), first.model_id)}"
+            f"_{slug(models.index(second), second.model_id)}{suffix}.png"
+        )
+        section["plot"] = _write_png(plots_dir, name, png)
+        report["comparisons"].append(section)
+        comparison_figures.append(png)
+
+    report = json_safe(report)
+    _write_json(out / "metrics.json", report)
+    safe_failures = json_safe(failures)
+    page = render_html(report, figures, comparison_figures, safe_failures, names, config.images)
+    (out / "report.html").write_text(page, encoding="utf-8")
+    log.info("report written to %s in %.1f s", out, time.perf_counter() - started)
+    return report
+
+
+def _log_summary(sections: Mapping[str, dict]) -> None:
+    for model_id, section in sections.items():
+        for row in section["summary"]:
+            log.info(
+                "model %s %s: n=%d (%d positive), AUC %s",
+                model_id,
+                row["finding"],
+                row["n"],
+                row["n_positive"],
+                fmt(row["auc"]),
+            )

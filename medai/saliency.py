@@ -1,0 +1,146 @@
+"""Where the model looks: Grad-CAM heatmaps and the pointing-game localisation check.
+
+Grad-CAM (Selvaraju et al., 2017) weights the feature maps of one convolutional block by the
+spatial mean of the gradient of a finding's logit with respect to them, keeps the positive
+part, and upsamples the result to the image. Which InceptionV3 block depends on the input
+size: the last block (``mixed10``) is only 2x2 at 128 px, too coarse to point anywhere, so
+:func:`choose_block` takes the deepest ``mixed`` block whose grid is at least
+:data:`MIN_GRID` cells wide (``mixed7`` at 128 px, ``mixed10`` at 256 px and above).
+
+The pointing game (Zhang et al., 2016) counts a hit when the heatmap's maximum falls inside
+the finding's bounding box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MIN_GRID", "Box", "choose_block", "gradcam", "pointing_hit", "overlay"]
+
+MIN_GRID = 6
+_BASE = "inception_v3"
+_BLOCKS = tuple(f"mixed{i}" for i in range(11))
+
+
+@dataclass(frozen=True)
+class Box:
+    """A bounding box in the pixel coordinates of the original image.
+
+    Attributes:
+        x: Left edge.
+        y: Top edge.
+        width: Width.
+        height: Height.
+    """
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+    def contains(self, col: float, row: float) -> bool:
+        """Whether the point (``col``, ``row``) lies inside the box (edges included)."""
+        return self.x <= col <= self.x + self.width and self.y <= row <= self.y + self.height
+
+
+def choose_block(model) -> str:
+    """The deepest InceptionV3 ``mixed`` block whose feature grid is at least MIN_GRID wide.
+
+    Args:
+        model: A medai classifier (:func:`medai.model.build_model`).
+
+    Returns:
+        The block's layer name inside the model's InceptionV3 base.
+    """
+    base = model.get_layer(_BASE)
+    chosen = _BLOCKS[0]
+    for name in _BLOCKS:
+        if int(base.get_layer(name).output.shape[1]) >= MIN_GRID:
+            chosen = name
+    return chosen
+
+
+def _heads(model) -> tuple[list, list]:
+    """The layers before and after the InceptionV3 base, in call order."""
+    names = [layer.name for layer in model.layers]
+    at = names.index(_BASE)
+    return list(model.layers[1:at]), list(model.layers[at + 1 :])
+
+
+def gradcam(model, images: np.ndarray, output: int = 0, block: str | None = None) -> np.ndarray:
+    """Grad-CAM heatmaps of one model output for a batch of images.
+
+    Args:
+        model: A medai classifier taking ``uint8 (N, S, S, 1)``.
+        images: The decoded images (:func:`medai.images.decode_image` output), ``(N, S, S, 1)``.
+        output: Index of the finding (the model's output column).
+        block: InceptionV3 block to explain; default :func:`choose_block`.
+
+    Returns:
+        ``float32 (N, S, S)`` heatmaps in [0, 1] (all zeros where no feature raised the logit).
+    """
+    import keras
+    import tensorflow as tf
+
+    outputs = int(model.outputs[0].shape[-1])
+    if not 0 <= output < outputs:
+        raise ValueError(f"output {output} out of range: the model has {outputs} output(s)")
+    block = block or choose_block(model)
+    base = model.get_layer(_BASE)
+    # One forward pass yields both the block's maps and the base's output computed from them,
+    # so the tape can differentiate the score with respect to the maps.
+    extractor = keras.Model(base.input, [base.get_layer(block).output, base.output])
+    before, after = _heads(model)
+    x = tf.convert_to_tensor(images)
+    for layer in before:
+        x = layer([x, x, x]) if isinstance(layer, keras.layers.Concatenate) else layer(x)
+    with tf.GradientTape() as tape:
+        maps, features = extractor(x, training=False)
+        tape.watch(maps)
+        y = features
+        for layer in after[:-1]:
+            y = layer(y, training=False)
+        # Explain the logit, not the probability: a saturated sigmoid has no gradient left.
+        last = after[-1]
+        logits = tf.matmul(tf.cast(y, last.kernel.dtype), last.kernel) + last.bias
+        target = logits[:, output]
+    grads = tape.gradient(target, maps)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))
+    size = images.shape[1:3]
+    cam = tf.image.resize(cam[..., None], size, method="bilinear")[..., 0]
+    peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+    return np.asarray(tf.math.divide_no_nan(cam, peak), dtype=np.float32)
+
+
+def pointing_hit(heatmap: np.ndarray, box: Box, original_size: tuple[int, int]) -> bool:
+    """Whether the heatmap's maximum falls inside ``box``.
+
+    Args:
+        heatmap: ``(S, S)`` heatmap at the model's input size.
+        box: The finding's box in the original image's pixels.
+        original_size: ``(width, height)`` of the original image (NIH: 1024 x 1024).
+    """
+    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    scale_x = original_size[0] / heatmap.shape[1]
+    scale_y = original_size[1] / heatmap.shape[0]
+    # The centre of the winning pixel, in original coordinates.
+    return box.contains((col + 0.5) * scale_x, (row + 0.5) * scale_y)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """A grey radiograph with its heatmap blended in as colour, ``uint8 (S, S, 3)``.
+
+    Args:
+        image: ``uint8 (S, S)`` or ``(S, S, 1)``.
+        heatmap: ``(S, S)`` in [0, 1].
+        alpha: Weight of the heatmap where it is strongest.
+    """
+    from matplotlib import colormaps
+
+    grey = np.repeat(np.asarray(image, dtype=np.float32).reshape(heatmap.shape)[..., None], 3, -1)
+    colour = colormaps["jet"](np.clip(heatmap, 0.0, 1.0))[..., :3] * 255.0
+    weight = alpha * np.clip(heatmap, 0.0, 1.0)[..., None]
+    return np.clip(grey * (1.0 - weight) + colour * weight, 0, 255).astype(np.uint8)
