@@ -90,12 +90,16 @@ def test_measure_agreement_uses_the_decision_rule():
 def test_int8_refused_by_gate_prints_measurements(trained_model, tmp_path):
     folder = _copy(trained_model[0], tmp_path)
     before = (folder / "model_card.json").read_text()
+    # medai train wrote the fp32 IR: a refused int8 export must leave it exactly as it was.
+    ir_before = {p.name: file_sha256(p) for p in sorted((folder / "openvino").iterdir())}
+    assert ir_before, "the trained model directory should hold its fp32 IR"
     impossible = Int8Gate(max_auc_change=0.0, min_agreement=1.0)
     with pytest.raises(ExportError, match="int8 refused by its gate") as refused:
         export_openvino(folder, int8=True, gate=impossible, attempts=(NNCF_DEFAULTS,))
     assert "decision agreement" in str(refused.value)
     assert "max |delta score|" in str(refused.value)
-    assert not (folder / "openvino").exists()
+    ir_after = {p.name: file_sha256(p) for p in sorted((folder / "openvino").iterdir())}
+    assert ir_after == ir_before
     assert (folder / "model_card.json").read_text() == before
     assert _leftovers(folder) == []
 
@@ -103,9 +107,9 @@ def test_int8_refused_by_gate_prints_measurements(trained_model, tmp_path):
 @pytest.mark.slow
 def test_int8_accepted_by_gate_and_loaded(trained_model, tmp_path):
     folder = _copy(trained_model[0], tmp_path)
-    # The phantom model's threshold sits where its sigmoid saturates (~0.997), so a handful
-    # of its ~66 validation decisions flip under int8: the default 99% gate refuses it
-    # (measured, see the report). This loosened gate exercises the accepting path.
+    # With ~66 validation images the default 99% agreement gate allows no flipped decision,
+    # which int8 rounding near a threshold can cause; this loosened gate exercises the
+    # accepting path (the refusing path is tested above).
     gate = Int8Gate(max_auc_change=0.05, min_agreement=0.8)
     block = export_openvino(folder, int8=True, gate=gate, attempts=(DEFAULT_ATTEMPTS[0],))
     int8 = read_card(folder)["openvino"]["int8"]
