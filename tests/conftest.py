@@ -71,20 +71,33 @@ def save_untrained_model(
 @pytest.fixture(scope="session")
 def trained_model(ray_session, phantom_archive, tmp_path_factory) -> tuple[Path, dict]:
     """A model trained on phantoms with 2 Ray Train workers, from random weights."""
+    return train_phantoms(phantom_archive, tmp_path_factory.mktemp("trained"), epochs=4)
+
+
+def train_phantoms(archive: Path, folder: Path, **options) -> tuple[Path, dict]:
+    """Train a 2-worker model from random weights on a phantom archive into ``folder/model``.
+
+    Args:
+        archive: A folder written by :func:`medai.phantoms.write_phantom_archive`.
+        folder: Where the model directory goes.
+        options: TrainConfig fields that differ from the phantom defaults (epochs, ...).
+    """
     from medai.train import TrainConfig, run_training
 
-    out = tmp_path_factory.mktemp("trained") / "model"
+    out = folder / "model"
+    defaults = {
+        "batch_size": 16,
+        "image_size": PHANTOM_SIZE,
+        "weights": "none",
+        "num_workers": 2,
+        "seed": 0,
+    }
     card = run_training(
         TrainConfig(
-            labels=str(phantom_archive / "Data_Entry_2017.csv"),
-            images=(str(phantom_archive),),
+            labels=str(archive / "Data_Entry_2017.csv"),
+            images=(str(archive),),
             out=str(out),
-            epochs=4,
-            batch_size=16,
-            image_size=PHANTOM_SIZE,
-            weights="none",
-            num_workers=2,
-            seed=0,
+            **(defaults | options),
         )
     )
     return out, card
@@ -106,24 +119,13 @@ def multi_phantom_archive(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def multi_trained_model(ray_session, multi_phantom_archive, tmp_path_factory) -> tuple[Path, dict]:
     """One model with an output per finding of :data:`MULTI_FINDINGS`, 2 Ray Train workers."""
-    from medai.train import TrainConfig, run_training
-
-    out = tmp_path_factory.mktemp("multi-trained") / "model"
-    card = run_training(
-        TrainConfig(
-            labels=str(multi_phantom_archive / "Data_Entry_2017.csv"),
-            images=(str(multi_phantom_archive),),
-            out=str(out),
-            finding=",".join(MULTI_FINDINGS),
-            epochs=5,
-            batch_size=16,
-            image_size=MULTI_SIZE,
-            weights="none",
-            num_workers=2,
-            seed=0,
-        )
+    return train_phantoms(
+        multi_phantom_archive,
+        tmp_path_factory.mktemp("multi-trained"),
+        finding=",".join(MULTI_FINDINGS),
+        epochs=5,
+        image_size=MULTI_SIZE,
     )
-    return out, card
 
 
 @pytest.fixture(scope="session")
