@@ -112,8 +112,8 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="inference threads per scorer actor, OpenVINO or TensorFlow (default: its Ray CPU "
-        "assignment, rounded up)",
+        help="inference threads per scorer actor, OpenVINO or TensorFlow (default: its node's Ray "
+        "CPUs shared among the node's scorer actors)",
     )
     parser.add_argument("--rows-per-file", type=int, default=4096)
     parser.add_argument(

@@ -148,6 +148,22 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def node_cpus() -> float | None:
+    """CPUs Ray registered for the node this process runs on, or ``None`` outside Ray.
+
+    Ray's figure, not the host's core count: in a pod it is the pod's CPU limit.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == here:
+            return float(node.get("Resources", {}).get("CPU", 0.0)) or None
+    return None
+
+
 def assigned_cpus(default: float | None = None) -> float | None:
     """CPUs Ray assigned to the current worker or actor, or ``default`` outside Ray.
 

@@ -213,6 +213,19 @@ def test_actor_cpus_leave_room_to_read_and_decode():
         actor_cpus(2, 1, 30)
 
 
+def test_actor_threads_share_the_node_not_the_reservation(ray_session):
+    """An actor reserving 1 CPU on a 2-CPU node still runs 2 inference threads (decoding
+    leaves cores idle); two actors per node get one each; outside Ray the engine decides."""
+    from medai.score import actor_threads
+
+    @ray_session.remote(num_cpus=1)
+    def threads(per_node: int) -> int | None:
+        return actor_threads(per_node)
+
+    assert ray_session.get([threads.remote(1), threads.remote(2), threads.remote(4)]) == [2, 1, 1]
+    assert actor_threads(1) is None  # the driver has no assignment
+
+
 def test_scorer_takes_batches_of_any_length(tiny_model_dir):
     from medai.images import decode_image
     from medai.score import Scorer
