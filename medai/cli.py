@@ -135,6 +135,13 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="inference threads (default: the engine's)"
     )
+    parser.add_argument(
+        "--heatmap",
+        metavar="DIR",
+        default=None,
+        help="write each image's Grad-CAM heatmap of every finding to DIR as "
+        "<image stem>_<finding>.png (the model's input with the heatmap overlaid)",
+    )
 
 
 def _add_export(parser: argparse.ArgumentParser) -> None:
@@ -278,7 +285,12 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     status = 0
     results = predict_images(
-        args.image, args.model, engine=args.engine, precision=args.precision, threads=args.threads
+        args.image,
+        args.model,
+        engine=args.engine,
+        precision=args.precision,
+        threads=args.threads,
+        heatmap_dir=args.heatmap,
     )
     for result in results:
         if args.json:
@@ -286,9 +298,10 @@ def _run_predict(args: argparse.Namespace) -> int:
         elif result["error"]:
             print(f"{result['image']}\t{result['finding']}\terror\t{result['error']}")
         else:
+            heatmap = f"\t{result['heatmap']}" if result["heatmap"] else ""
             print(
                 f"{result['image']}\t{result['finding']}\t{result['score']:.6f}\t"
-                f"{result['predicted']}"
+                f"{result['predicted']}{heatmap}"
             )
         status = status or (1 if result["error"] else 0)
     return status

@@ -67,7 +67,7 @@ class Int8Gate:
     Attributes:
         max_auc_change: Largest accepted ``|AUC(int8) - AUC(model.keras)|``.
         min_agreement: Smallest accepted fraction of equal threshold decisions
-            (:func:`medai.thresholds.is_positive` at the card's threshold).
+            (:func:`medai.metrics.is_positive` at the card's threshold).
     """
 
     max_auc_change: float = 0.005
@@ -244,13 +244,12 @@ def measure_agreement(
 
     Returns:
         ``images``, ``max_abs_diff``, ``decision_agreement`` (fraction of equal
-        :func:`medai.thresholds.is_positive` decisions over every image and finding) and, with
+        :func:`medai.metrics.is_positive` decisions over every image and finding) and, with
         labels of both classes, ``auc_reference``, ``auc`` (means over findings) and
         ``auc_change`` (the largest change of any finding, signed); with several findings
         also ``auc_change_per_finding``.
     """
-    from medai.metrics import roc_auc
-    from medai.thresholds import is_positive
+    from medai.metrics import is_positive, roc_auc
 
     cut = np.atleast_1d(np.asarray(thresholds, np.float64))
     reference = np.asarray(reference, np.float32).reshape(len(reference), -1)
@@ -312,7 +311,7 @@ def _import_nncf():
 
 def _quantize(ov_model, attempt: Int8Attempt, calibration: np.ndarray, threshold):
     """Quantize an fp32 OpenVINO model with one NNCF configuration."""
-    from medai.thresholds import is_positive
+    from medai.metrics import is_positive
 
     nncf = _import_nncf()
     dataset = nncf.Dataset([image[None] for image in calibration])

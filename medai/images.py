@@ -35,6 +35,7 @@ __all__ = [
     "ImageInputs",
     "ArchiveMember",
     "discover_images",
+    "image_size_of",
     "read_bytes",
     "iter_members",
     "iter_archive",
@@ -364,6 +365,20 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8).reshape(size, size, 1)
+
+
+def image_size_of(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of encoded image bytes, from the header alone.
+
+    Raises:
+        ImageError: If the bytes are not an image.
+    """
+    from PIL import Image
+
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except Exception as exc:  # as decode_image: every PIL failure means "not an image"
+        raise ImageError(f"not a decodable image: {type(exc).__name__}") from exc
 
 
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")

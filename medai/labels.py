@@ -14,6 +14,7 @@ naming the file and the problem, before any training or scoring starts.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -310,7 +311,10 @@ def _load_generic(path: Path, header: list[str], findings: tuple[str, ...]) -> p
             f"{path}: no column for finding(s) {missing}; a generic CSV has a `label` column "
             "for one finding, or one 0/1 column per finding named as the finding"
         )
-    optional = ["patient_id", *_GENERIC_METADATA]
+    # Every finding column the file has, asked for or not: the report lists an image's other
+    # labelled findings, as NIH's "Finding Labels" does.
+    others = [name for name in NIH_FINDINGS if name in header and name not in sources]
+    optional = ["patient_id", *_GENERIC_METADATA, *others]
     raw = _read_csv(path, ["image", *sources], optional)
     for source in sources:
         bad = raw[~raw[source].isin(["0", "1"])]
@@ -328,12 +332,24 @@ def _load_generic(path: Path, header: list[str], findings: tuple[str, ...]) -> p
             path,
         )
     patient = raw.get("patient_id", image_id)
-    table = pd.DataFrame({"image_id": image_id, "patient_id": patient, "findings": ""})
+    table = pd.DataFrame({"image_id": image_id, "patient_id": patient})
+    table["findings"] = _findings_text(raw, [] if single else [*sources, *others])
     for source, column in zip(sources, label_columns(findings), strict=True):
         table[column] = raw[source].astype("int8")
     for name, values in _metadata(raw, _GENERIC_METADATA).items():
         table[name] = values
     return table
+
+
+def _findings_text(raw: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """NIH-style ``A|B`` text of the finding columns holding 1 (``No Finding`` when none)."""
+    present = [name for name in NIH_FINDINGS if name in columns and name in raw]
+    if not present:
+        return pd.Series("", index=raw.index)
+    parts = [np.where(raw[name].to_numpy() == "1", name + "|", "") for name in present]
+    text = pd.Series(functools.reduce(np.char.add, parts), index=raw.index)
+    text = text.astype(str).str.rstrip("|")
+    return text.where(text != "", NO_FINDING)
 
 
 def read_split_list(path: str | Path) -> list[str]:

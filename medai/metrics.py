@@ -1,4 +1,8 @@
-"""Binary-classifier metrics for the report: ROC/AUC, precision, calibration and bootstrap CIs.
+"""Binary-classifier metrics: the decision rule, thresholds, ROC/AUC, calibration, bootstrap CIs.
+
+The one metrics module of medai: training (validation AUC, Youden and 90%-sensitivity
+thresholds, AUC from histograms gathered across workers), scoring and prediction (the decision
+rule :func:`is_positive`) and the report all use it.
 
 Point estimates come from scikit-learn where it has the function (``roc_auc_score``,
 ``average_precision_score``, ``brier_score_loss``, ``calibration_curve``). The bootstrap is
@@ -10,7 +14,7 @@ DeLong's test (:func:`delong_test`).
 
 Conventions: ``y`` holds 0/1 labels, ``scores`` the predicted probability of the positive
 class, and an image is called positive when ``score >= threshold`` compared in float32
-(:func:`medai.thresholds.is_positive`, the rule of Parquet's ``predicted`` column; on float32
+(:func:`is_positive`, the rule of Parquet's ``predicted`` column; on float32
 scores it is also the rule of the thresholds of :func:`sklearn.metrics.roc_curve`). A metric
 that is undefined on the data (one class only, no rows, a zero denominator) is ``None``, and
 the functions that build metric blocks add a human-readable entry to a ``reasons`` list saying why.
@@ -23,10 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medai.thresholds import is_positive
-
 __all__ = [
     "THRESHOLD_KEYS",
+    "is_positive",
+    "sensitivity_threshold",
+    "auc_from_histograms",
     "Curve",
     "roc_auc",
     "average_precision",
@@ -86,6 +91,52 @@ def _as_arrays(y, scores) -> tuple[np.ndarray, np.ndarray]:
     if y.shape != scores.shape:
         raise ValueError(f"labels and scores differ in length: {y.size} vs {scores.size}")
     return y, scores
+
+
+def is_positive(scores, threshold: float) -> np.ndarray:
+    """The one decision rule: ``score >= threshold``, compared in float32.
+
+    Scores are stored as float32 (Parquet) and thresholds as JSON numbers; comparing both in
+    float32 everywhere (Parquet's ``predicted``, the report, ``medai predict``) means a score
+    exactly at the threshold is positive in all of them.
+
+    Args:
+        scores: Probabilities (any float dtype; NaN compares False).
+        threshold: The operating threshold.
+
+    Returns:
+        A boolean array of the scores' shape.
+    """
+    return np.asarray(scores, dtype=np.float32) >= np.float32(threshold)
+
+
+def sensitivity_threshold(
+    labels: np.ndarray, scores: np.ndarray, target: float = 0.9
+) -> float | None:
+    """Highest threshold whose sensitivity reaches ``target``; ``None`` without positives."""
+    labels = np.asarray(labels).astype(bool)
+    positives = np.sort(np.asarray(scores, dtype=np.float64)[labels])[::-1]
+    if positives.size == 0:
+        return None
+    needed = int(np.ceil(target * positives.size))
+    return float(positives[needed - 1])
+
+
+def auc_from_histograms(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """ROC AUC from score histograms of positives and negatives over the same bins.
+
+    Pairs within one bin count as ties (half), so with fine bins this matches the exact AUC
+    to within the bin width. Used where predictions live on several workers and only their
+    summed histograms are gathered.
+    """
+    positive = np.asarray(positive, dtype=np.float64)
+    negative = np.asarray(negative, dtype=np.float64)
+    n_pos, n_neg = positive.sum(), negative.sum()
+    if n_pos == 0 or n_neg == 0:
+        return None
+    negatives_below = np.concatenate([[0.0], np.cumsum(negative)[:-1]])
+    wins = (positive * negatives_below).sum() + 0.5 * (positive * negative).sum()
+    return float(wins / (n_pos * n_neg))
 
 
 def class_reason(y) -> str | None:

@@ -24,7 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PhantomSpec", "SIGNS", "render_phantom", "write_phantom_archive", "NIH_HEADER"]
+__all__ = [
+    "BBOX_HEADER",
+    "NIH_HEADER",
+    "SIGNS",
+    "Phantom",
+    "PhantomSpec",
+    "draw_phantom",
+    "render_phantom",
+    "write_phantom_archive",
+]
 
 # The findings a multi-finding phantom can carry, each with a sign of its own.
 SIGNS = ("Mass", "Effusion", "Cardiomegaly")
@@ -33,6 +42,9 @@ NIH_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
+# NIH's BBox_List_2017.csv header, quirks included: "Bbox [x,y,w,h]" is unquoted, so it is four
+# columns, and three empty ones follow (each row ends in ",,,").
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 _OTHER_FINDINGS = (
     "No Finding",
     "No Finding",
@@ -63,6 +75,8 @@ class PhantomSpec:
         archive_number: Number of the first ``images_NNN.tar.gz``.
         findings: Several findings drawn independently per patient, each from :data:`SIGNS`;
             empty for the single-finding phantoms (``finding``, the lesion).
+        exposure_jitter: Per-image exposure variation: grey levels are scaled by a gain drawn
+            from ``1 +- exposure_jitter`` and shifted by up to ``100 * exposure_jitter``.
     """
 
     n_patients: int = 200
@@ -77,6 +91,7 @@ class PhantomSpec:
     first_patient: int = 1
     archive_number: int = 1
     findings: tuple[str, ...] = ()
+    exposure_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.findings if f not in SIGNS]
@@ -98,6 +113,20 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray
     )
 
 
+@dataclass(frozen=True)
+class Phantom:
+    """One rendered phantom.
+
+    Attributes:
+        pixels: ``uint8 (size, size)``.
+        lesion_box: The lesion's bounding box ``(x, y, width, height)`` in pixels (the square
+            around its radius, where it is at least 37% of its peak contrast), or ``None``.
+    """
+
+    pixels: np.ndarray
+    lesion_box: tuple[float, float, float, float] | None
+
+
 def render_phantom(
     rng: np.random.Generator,
     size: int,
@@ -106,6 +135,20 @@ def render_phantom(
     signs: frozenset[str] | None = None,
 ) -> np.ndarray:
     """Render one phantom radiograph as a ``uint8`` array of shape ``(size, size)``.
+
+    See :func:`draw_phantom`, which also returns where the lesion is.
+    """
+    return draw_phantom(rng, size, lesion, spec, signs).pixels
+
+
+def draw_phantom(
+    rng: np.random.Generator,
+    size: int,
+    lesion: bool,
+    spec: PhantomSpec,
+    signs: frozenset[str] | None = None,
+) -> Phantom:
+    """Render one phantom radiograph and record its lesion's bounding box.
 
     Args:
         rng: Random generator (position, texture and noise come from it).
@@ -132,6 +175,7 @@ def render_phantom(
         image = _heart_shadow(rng, image, xx, yy, enlarged="Cardiomegaly" in signs)
         if "Effusion" in signs:
             image = _effusion(rng, image, xx, yy, lungs)
+    box = None
     if lesion:
         cx, cy, rx, ry = lungs[rng.integers(2)]
         angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.45)
@@ -139,8 +183,17 @@ def render_phantom(
         radius = spec.lesion_radius * rng.uniform(0.85, 1.15)
         d2 = ((xx - lx) ** 2 + (yy - ly) ** 2) / radius**2
         image += spec.lesion_contrast * np.exp(-(d2**2))  # flat-topped, soft edge
+        # Pixel (col, row) sits at (col / size, row / size) in the coordinates above.
+        box = tuple(float(v) for v in ((lx - radius) * size, (ly - radius) * size))
+        box += (2.0 * radius * size, 2.0 * radius * size)
     image += rng.normal(0, 4.0, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    if spec.exposure_jitter:
+        # Exposure differs between radiographs: without it the lesion's small share of the
+        # image's total brightness is a shortcut a network learns instead of the lesion.
+        gain, offset = rng.uniform(1 - spec.exposure_jitter, 1 + spec.exposure_jitter), 0.0
+        offset = rng.uniform(-100 * spec.exposure_jitter, 100 * spec.exposure_jitter)
+        image = image * gain + offset
+    return Phantom(np.clip(image, 0, 255).astype(np.uint8), box)
 
 
 def _heart_shadow(rng, image: np.ndarray, xx, yy, enlarged: bool) -> np.ndarray:
@@ -179,6 +232,9 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) -> Path:
     """Write a phantom archive in the NIH layout.
+
+    Besides the labels and split lists it writes ``BBox_List_2017.csv`` with every lesion's
+    box (finding ``spec.finding``; NIH boxes only some images, phantoms box every lesion).
 
     Args:
         out: Folder to write into (created if needed).
@@ -225,14 +281,24 @@ def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) ->
             )
             (test if patient in test_patients else train_val).append(image_id)
             images.append((image_id, positive, signs))
+    boxes = []
     for start in range(0, len(images), spec.images_per_archive):
         number = start // spec.images_per_archive + spec.archive_number
         with tarfile.open(out / f"images_{number:03d}.tar.gz", "w:gz", compresslevel=1) as tar:
             for image_id, positive, signs in images[start : start + spec.images_per_archive]:
-                data = _png_bytes(render_phantom(rng, spec.size, positive, spec, signs))
+                phantom = draw_phantom(rng, spec.size, positive, spec, signs)
+                if phantom.lesion_box is not None:
+                    lesion_finding = "Mass" if spec.findings else spec.finding
+                    boxes.append((image_id, lesion_finding, *phantom.lesion_box))
+                data = _png_bytes(phantom.pixels)
                 info = tarfile.TarInfo(f"images/{image_id}")
                 info.size, info.mtime = len(data), 1504999999
                 tar.addfile(info, io.BytesIO(data))
+    (out / "BBox_List_2017.csv").write_text(
+        BBOX_HEADER
+        + "\n"
+        + "".join(f"{i},{f},{x:.4f},{y:.4f},{w:.4f},{h:.4f},,,\n" for i, f, x, y, w, h in boxes)
+    )
     labels_path = out / "Data_Entry_2017.csv"
     labels_path.write_text(NIH_HEADER + "\n" + "\n".join(rows) + "\n")
     (out / "train_val_list.txt").write_text("\n".join(train_val) + "\n")

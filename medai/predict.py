@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from medai.artifact import card_findings, card_thresholds
+from medai.errors import MedaiError
 from medai.images import ImageError, decode_image, read_bytes
-from medai.thresholds import is_positive
+from medai.metrics import is_positive
 
-__all__ = ["predict_image", "predict_images"]
+__all__ = ["PredictError", "predict_image", "predict_images"]
+
+
+class PredictError(MedaiError, ValueError):
+    """Unusable prediction options; the message names the problem."""
 
 
 @lru_cache(maxsize=4)
@@ -30,10 +36,13 @@ def predict_images(
     engine: str = "auto",
     precision: str = "fp32",
     threads: int | None = None,
+    heatmap_dir: str | Path | None = None,
 ) -> list[dict]:
     """Score images one by one, in process (no Ray): for a handful of files.
 
     Each image is decoded and run through the network once, for every finding of the model.
+    With ``heatmap_dir``, each image's Grad-CAM heatmap of every finding is written there as
+    ``<image stem>_<finding>.png``: the decoded model input with the heatmap overlaid.
 
     Args:
         paths: Image paths, URIs or ``ARCHIVE::MEMBER`` sources.
@@ -41,22 +50,34 @@ def predict_images(
         engine: ``auto``, ``openvino`` or ``tensorflow`` (see :func:`medai.engines.load_engine`).
         precision: ``fp32``, ``bf16`` or ``int8``.
         threads: Inference threads (``None``: the engine's default).
+        heatmap_dir: Folder for heatmap PNGs (created); ``None`` writes none.
 
     Returns:
         One dict per image and finding (image-major, findings in the model's order):
         ``image``, ``finding``, ``score`` (None on error), ``predicted``
-        (:func:`medai.thresholds.is_positive` at that finding's threshold, the rule of
+        (:func:`medai.metrics.is_positive` at that finding's threshold, the rule of
         Parquet's ``predicted``), ``threshold``, ``error`` (None, or the stable one-line
-        reason), ``engine`` and ``precision`` (what ran).
+        reason), ``engine`` and ``precision`` (what ran), ``heatmap`` (the PNG's path, or
+        ``None``).
 
     Raises:
         EngineError: If the engine or precision cannot run this model directory.
+        PredictError: If ``heatmap_dir`` is a file.
     """
     card, runner = _load(str(Path(model_dir).resolve()), engine, precision, threads)
     findings, thresholds = card_findings(card), card_thresholds(card)
     size = int(card["image_size"])
+    explainer = None
+    if heatmap_dir is not None:
+        if Path(heatmap_dir).exists() and not Path(heatmap_dir).is_dir():
+            raise PredictError(f"--heatmap must be a folder, but {heatmap_dir} is a file")
+        from medai.saliency import load_explainer
+
+        explainer = load_explainer(model_dir)
+        Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
     results = []
     for path in paths:
+        heatmaps = dict.fromkeys(findings)
         try:
             image = decode_image(read_bytes(str(path)), size)
         except ImageError as exc:
@@ -65,6 +86,8 @@ def predict_images(
             # float32 like the scorer's output column, so both give the same numbers.
             row = np.asarray(runner.predict(image[None]), np.float32).reshape(-1)
             scores, error = [float(s) for s in row], None
+            if explainer is not None:
+                heatmaps = _write_heatmaps(explainer, image, str(path), Path(heatmap_dir))
         for finding, threshold, score in zip(findings, thresholds, scores, strict=True):
             results.append(
                 {
@@ -76,9 +99,27 @@ def predict_images(
                     "error": error,
                     "engine": runner.name,
                     "precision": runner.precision,
+                    "heatmap": heatmaps[finding],
                 }
             )
     return results
+
+
+def _write_heatmaps(explainer, image: np.ndarray, source: str, out: Path) -> dict[str, str]:
+    """Write one overlay PNG per finding of ``explainer`` for a decoded image."""
+    from PIL import Image
+
+    from medai.images import image_id_of
+    from medai.saliency import overlay
+
+    stem = Path(image_id_of(source)).stem
+    written = {}
+    for finding in explainer.findings:
+        heat = explainer.heatmaps(image[None], finding)[0]
+        path = out / f"{stem}_{re.sub(r'[^A-Za-z0-9_-]', '_', finding)}.png"
+        Image.fromarray(overlay(image, heat)).save(path)
+        written[finding] = str(path)
+    return written
 
 
 def predict_image(

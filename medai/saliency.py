@@ -13,13 +13,27 @@ the finding's bounding box.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MIN_GRID", "Box", "choose_block", "gradcam", "pointing_hit", "overlay"]
+__all__ = [
+    "MIN_GRID",
+    "Box",
+    "Explainer",
+    "choose_block",
+    "gradcam",
+    "load_explainer",
+    "pointing_hit",
+    "overlay",
+]
+
+log = logging.getLogger("medai.saliency")
 
 MIN_GRID = 6
+_BATCH = 16  # Grad-CAM batch: bounded memory at 512 px and above
 _BASE = "inception_v3"
 _BLOCKS = tuple(f"mixed{i}" for i in range(11))
 
@@ -144,3 +158,53 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     colour = colormaps["jet"](np.clip(heatmap, 0.0, 1.0))[..., :3] * 255.0
     weight = alpha * np.clip(heatmap, 0.0, 1.0)[..., None]
     return np.clip(grey * (1.0 - weight) + colour * weight, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Explainer:
+    """A model directory's Keras network and the block Grad-CAM explains.
+
+    Attributes:
+        model: The loaded classifier.
+        model_id: Its id (sha256 of ``model.keras``, checked on load).
+        findings: Output names, in output order.
+        image_size: Input size.
+        block: The InceptionV3 block Grad-CAM explains (:func:`medai.saliency.choose_block`).
+    """
+
+    model: object
+    model_id: str
+    findings: list[str]
+    image_size: int
+    block: str
+
+    def heatmaps(self, images: np.ndarray, finding: str) -> np.ndarray:
+        """Grad-CAM maps ``float32 (N, S, S)`` of ``finding`` for ``uint8 (N, S, S, 1)`` images."""
+        output = self.findings.index(finding)
+        parts = [
+            gradcam(self.model, images[start : start + _BATCH], output, self.block)
+            for start in range(0, len(images), _BATCH)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0,) + images.shape[1:3], np.float32)
+
+
+def load_explainer(model_dir: str | Path) -> Explainer:
+    """Load a model directory for Grad-CAM (TensorFlow is imported here, not before).
+
+    Raises:
+        ModelDirError: If the directory is incomplete or ``model.keras`` does not match its card.
+    """
+    from medai.artifact import card_findings, load_model_dir
+    from medai.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
+    loaded = load_model_dir(model_dir)
+    block = choose_block(loaded.model)
+    log.info("Grad-CAM on InceptionV3 block %s of model %s", block, loaded.card["model_id"][:12])
+    return Explainer(
+        model=loaded.model,
+        model_id=str(loaded.card["model_id"]),
+        findings=list(card_findings(loaded.card)),
+        image_size=int(loaded.card["image_size"]),
+        block=block,
+    )

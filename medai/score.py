@@ -42,6 +42,7 @@ from medai.engines import ENGINES, EngineError, check_ir, resolve_engine
 from medai.engines import PRECISIONS as ENGINE_PRECISIONS
 from medai.errors import MedaiError
 from medai.images import ImageInputs, discover_images
+from medai.metrics import is_positive
 from medai.predictions import (
     PREDICTION_SCHEMA,
     StoreBusyError,
@@ -55,7 +56,6 @@ from medai.predictions import (
     scored_ids,
     upgrade_files,
 )
-from medai.thresholds import is_positive
 
 if TYPE_CHECKING:
     import pandas as pd

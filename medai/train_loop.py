@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medai.thresholds import auc_from_histograms, safe_auc, sensitivity_threshold, youden_threshold
+from medai.metrics import auc_from_histograms, roc_auc, sensitivity_threshold, youden_threshold
 
 __all__ = [
     "train_loop_per_worker",
@@ -235,7 +235,7 @@ def validation_summary(labels, scores) -> dict:
     return {
         "val_loss": loss,
         "val_accuracy": float(np.mean((p >= 0.5) == (y > 0.5))),
-        "val_auc": safe_auc(y, p),
+        "val_auc": roc_auc(y, p),
         "val_images": int(y.size),
         "threshold": youden_threshold(y, p),
         "threshold_sensitivity_90": sensitivity_threshold(y, p, 0.9),

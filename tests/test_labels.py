@@ -218,6 +218,8 @@ def test_generic_csv_with_one_column_per_finding(tmp_path):
     assert table["label_Nodule"].tolist() == [0, 1, 0]
     assert table["label_Mass"].tolist() == [1, 0, 0]
     assert table["label"].tolist() == [0, 1, 0]  # the first finding asked for: Nodule
+    # Every finding column is in `findings`, asked for or not (the failure table lists them).
+    assert load_labels(path, "Mass")["findings"].tolist() == ["Mass", "Nodule", "No Finding"]
     assert table["sex"].tolist()[:2] == ["F", "M"] and table["sex"].isna().tolist()[2]
     assert table["age"].tolist()[:2] == [33, 50] and table["view"].tolist()[:2] == ["PA", "AP"]
     with pytest.raises(LabelError, match=r"no column for finding\(s\) \['Effusion'\]"):

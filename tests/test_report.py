@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
+from medai.metrics import is_positive
 from medai.predictions import prediction_schema
 from medai.report import (
     INTENDED_USE,
@@ -36,7 +37,6 @@ from medai.report import (
     config_from_args,
     run_report,
 )
-from medai.thresholds import is_positive
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_A = "a1" * 32

@@ -167,7 +167,7 @@ def test_predict_matches_batch_and_bf16_agrees(
     ray_session, trained_model, phantom_archive, tmp_path
 ):
     from medai import predict_image
-    from medai.thresholds import safe_auc
+    from medai.metrics import roc_auc as safe_auc
 
     model_dir, card = trained_model
     score(model_dir, [phantom_archive], tmp_path / "fp32")

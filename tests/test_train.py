@@ -368,7 +368,8 @@ def test_messy_archive_trains_without_its_unreadable_images_bf16(
     bf16 training the card's numbers are those of the saved fp32 model."""
     from medai.calibration import head_inputs_model
     from medai.images import decode_image
-    from medai.thresholds import safe_auc, sensitivity_threshold, youden_threshold
+    from medai.metrics import roc_auc as safe_auc
+    from medai.metrics import sensitivity_threshold, youden_threshold
 
     out = tmp_path / "model"
     card = run_training(

@@ -10,7 +10,7 @@ view, follow-up; flagged when the subgroup's AUC CI lies below the overall AUC),
 analysis (the most confident false positives and missed positives) and plots; models that
 scored the same images are compared finding by finding (paired bootstrap and DeLong's test).
 An image is called positive when ``score >= threshold`` in float32
-(:func:`medai.thresholds.is_positive`, the rule of Parquet's ``predicted`` column).
+(:func:`medai.metrics.is_positive`, the rule of Parquet's ``predicted`` column).
 
 Nothing is dropped silently: per model and finding the rows are accounted for as
 ``n_rows = n_duplicates + n_outside_split + n_errors + n_unlabeled + n``, and every metric

@@ -202,7 +202,7 @@ def _finding_threshold(
 
     ``values`` counts the finding's prediction rows per stored threshold. The card's value is
     used exactly as trained (never a rounded decimal); compared in float32
-    (:func:`medai.thresholds.is_positive`) it splits the scores exactly as Parquet's
+    (:func:`medai.metrics.is_positive`) it splits the scores exactly as Parquet's
     ``predicted`` column, which was computed from the same value.
     """
     if config.threshold is not None:

@@ -72,9 +72,11 @@ class ReportConfig:
         threshold: Cut-off overriding the model's own threshold.
         bootstrap: Bootstrap resamples for the confidence intervals (0 disables them).
         seed: Seed of the bootstrap.
-        images: Show patient images (example thumbnails); ``False`` (``--no-images``) leaves
-            every patient image out of the page and the plots folder, for reports that leave
-            the institution.
+        images: Show patient images (example thumbnails, with Grad-CAM heatmaps when
+            ``model`` is given); ``False`` (``--no-images``) leaves every patient image out of
+            the page and the plots folder, for reports that leave the institution.
+        boxes: NIH ``BBox_List_2017.csv`` (or the columns of :data:`medai.boxes.BOX_COLUMNS`)
+            for the pointing-game localisation check; needs ``model``.
     """
 
     predictions: str | Path
@@ -89,6 +91,7 @@ class ReportConfig:
     bootstrap: int = 1000
     seed: int = 0
     images: bool = True
+    boxes: str | Path | None = None
 
 
 # ----------------------------------------------------------------------------- command line
@@ -157,8 +160,15 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "--no-images",
         dest="images",
         action="store_false",
-        help="leave every patient image (example thumbnails) out of the report, for reports "
-        "that leave the institution (default: images are shown)",
+        help="leave every patient image (example thumbnails and heatmaps) out of the report, "
+        "for reports that leave the institution (default: images are shown)",
+    )
+    parser.add_argument(
+        "--boxes",
+        default=None,
+        help="NIH BBox_List_2017.csv (or a CSV with image_id,finding,x,y,width,height in "
+        "original-image pixels): score localisation by the pointing game on the evaluated "
+        "images with a box (needs --model, whose Grad-CAM heatmaps are played)",
     )
     return parser
 
@@ -190,6 +200,7 @@ def config_from_args(namespace: argparse.Namespace) -> ReportConfig:
         bootstrap=namespace.bootstrap,
         seed=namespace.seed,
         images=getattr(namespace, "images", True),
+        boxes=getattr(namespace, "boxes", None),
     )
     check_config(config)
     return config
@@ -225,6 +236,10 @@ def check_config(config: ReportConfig) -> None:
         raise ReportError("--model-id must not be empty")
     if config.model is not None and not str(config.model).strip():
         raise ReportError("--model must not be empty")
+    if config.boxes is not None and config.model is None:
+        raise ReportError(
+            "--boxes needs --model MODEL_DIR: the pointing game plays the model's Grad-CAM heatmaps"
+        )
     for name in ("predictions", "labels", "out"):
         if not str(getattr(config, name)).strip():
             raise ReportError(f"--{name} is required")

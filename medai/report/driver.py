@@ -16,7 +16,13 @@ import numpy as np
 from medai.report.accounting import collect_models
 from medai.report.config import SUBGROUP_BOOTSTRAP, ReportConfig
 from medai.report.evaluation import comparisons, model_section
-from medai.report.examples import all_examples, failure_table
+from medai.report.examples import (
+    choose_examples,
+    example_sources,
+    failure_table,
+    read_images,
+    thumbnails_of,
+)
 from medai.report.figures import (
     comparison_plot,
     examples_figure,
@@ -26,7 +32,9 @@ from medai.report.figures import (
 )
 from medai.report.inputs import prepare, resolved_config
 from medai.report.render import fmt, render_html
+from medai.report.saliency import boxed_sources, localization, overlays
 from medai.report.subgroups import attributes_of
+from medai.saliency import Explainer, load_explainer
 
 __all__ = ["run_report"]
 
@@ -111,7 +119,27 @@ def run_report(config: ReportConfig) -> dict:
         report["reasons"].append(f"model {model_id} skipped: it scores {finding!r}")
     sections = {m.model_id: model_section(m, config, attributes) for m in models}
     _log_summary(sections)
-    chosen, thumbnails = all_examples(models, sections, images=config.images)
+    chosen = choose_examples(models, sections)
+    explainer, saliency = _explainer(config, inputs)
+    report["saliency"] = saliency
+    shown = example_sources(chosen) if config.images else []
+    boxed = []
+    if explainer is not None and inputs.boxes is not None:
+        boxed = [
+            s
+            for m in models
+            if m.model_id == explainer.model_id
+            for s in boxed_sources(m, inputs.boxes)
+        ]
+    decoded = read_images(
+        shown + boxed, thumbnails=shown, model_size=explainer.image_size if explainer else None
+    )
+    report["localization"] = []
+    if explainer is not None and inputs.boxes is not None:
+        for model in models:
+            if model.model_id == explainer.model_id:
+                report["localization"] = localization(explainer, model, inputs.boxes, decoded)
+        _log_localization(report["localization"])
     names = [attribute.name for attribute in attributes]
     failures: dict[str, dict[str, dict | None]] = {}
     figures: dict[str, tuple[dict[str, bytes], dict[str, dict[str, bytes]]]] = {}
@@ -125,7 +153,10 @@ def run_report(config: ReportConfig) -> dict:
             table = failure_table(finding, entry, inputs.labels, names)
             entry["failures"] = failures[model.model_id][finding.name] = table
             groups = chosen[model.model_id, finding.name]
-            examples = examples_figure(model, finding, entry, groups, thumbnails, config.images)
+            thumbnails, note = _thumbnails(explainer, model, finding.name, groups, decoded)
+            examples = examples_figure(
+                model, finding, entry, groups, thumbnails, config.images, note
+            )
             drawn = finding_plots(model, finding, entry, examples, with_roc=model.single)
             if model.single:
                 section["examples"] = entry["examples"]
@@ -166,6 +197,50 @@ def run_report(config: ReportConfig) -> dict:
     (out / "report.html").write_text(page, encoding="utf-8")
     log.info("report written to %s in %.1f s", out, time.perf_counter() - started)
     return report
+
+
+def _explainer(config: ReportConfig, inputs) -> tuple[Explainer | None, dict]:
+    """The ``--model`` network when heatmaps or localisation need it, and what was skipped."""
+    saliency = {"model_id": None, "block": None, "heatmaps": False, "localization": False}
+    skipped = []
+    if config.model is None:
+        skipped.append("heatmaps and localisation skipped: no --model MODEL_DIR given")
+    elif not config.images:
+        skipped.append("heatmaps left out (--no-images)")
+    if config.model is not None and inputs.boxes is None:
+        skipped.append("localisation skipped: no --boxes given")
+    saliency["skipped"] = skipped
+    if config.model is None or (not config.images and inputs.boxes is None):
+        return None, saliency
+    explainer = load_explainer(config.model)
+    saliency |= {"model_id": explainer.model_id, "block": explainer.block}
+    saliency |= {"heatmaps": config.images, "localization": inputs.boxes is not None}
+    return explainer, saliency
+
+
+def _thumbnails(explainer, model, finding: str, groups, decoded) -> tuple[dict, str]:
+    """The example thumbnails of one finding, with its heatmaps overlaid when there is a model."""
+    thumbnails = thumbnails_of(decoded)
+    if explainer is None or groups is None or model.model_id != explainer.model_id:
+        return thumbnails, ""
+    sources = [
+        s for frame in groups.values() for s in frame["source"].tolist() if isinstance(s, str)
+    ]
+    for source, pixels in overlays(explainer, finding, sources, decoded).items():
+        thumbnails[source] = (pixels, "")
+    return thumbnails, f"\nGrad-CAM heatmaps of {finding} ({explainer.block})"
+
+
+def _log_localization(entries) -> None:
+    for entry in entries:
+        log.info(
+            "pointing game %s: %d/%d hits (%s), block %s",
+            entry["finding"],
+            entry["hits"],
+            entry["n"],
+            fmt(entry["pointing_hit_rate"]),
+            entry["block"],
+        )
 
 
 def _log_summary(sections: Mapping[str, dict]) -> None:

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import logging
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from medai.labels import NO_FINDING
+from medai.metrics import is_positive
 from medai.report.accounting import FindingRows, ModelRows
 from medai.report.config import EXAMPLES_PER_GROUP, FAILURES_PER_KIND, THUMBNAIL_SIZE
-from medai.thresholds import is_positive
 
-__all__ = ["EXAMPLE_GROUPS", "all_examples", "example_cut_off", "failure_table", "load_thumbnails"]
+__all__ = [
+    "EXAMPLE_GROUPS",
+    "Decoded",
+    "choose_examples",
+    "example_cut_off",
+    "example_sources",
+    "failure_table",
+    "read_images",
+    "thumbnails_of",
+]
 
 log = logging.getLogger("medai.report")
 
@@ -54,12 +64,12 @@ def example_rows(finding: FindingRows, cut_off: float) -> dict[str, pd.DataFrame
     }
 
 
-def all_examples(models: Sequence[ModelRows], sections: Mapping[str, dict], images: bool = True):
-    """Choose every finding's examples, then decode all their images in one go.
+def choose_examples(
+    models: Sequence[ModelRows], sections: Mapping[str, dict]
+) -> dict[tuple[str, str], dict[str, pd.DataFrame] | None]:
+    """Every finding's example rows per group, keyed by ``(model_id, finding)``.
 
-    Reading once for every model and finding means an archive is streamed once per report,
-    however many findings show one of its members. ``images=False`` (``--no-images``) chooses
-    the examples but reads no image.
+    ``None`` where there is no threshold or no labelled row to choose from.
     """
     chosen: dict[tuple[str, str], dict[str, pd.DataFrame] | None] = {}
     for model in models:
@@ -67,6 +77,11 @@ def all_examples(models: Sequence[ModelRows], sections: Mapping[str, dict], imag
             cut_off, _ = example_cut_off(sections[model.model_id]["findings"][finding.name])
             empty = cut_off is None or finding.rows.empty
             chosen[model.model_id, finding.name] = None if empty else example_rows(finding, cut_off)
+    return chosen
+
+
+def example_sources(chosen: Mapping[tuple[str, str], Mapping | None]) -> list[str]:
+    """The sources of every chosen example, each once."""
     sources = [
         source
         for groups in chosen.values()
@@ -75,19 +90,74 @@ def all_examples(models: Sequence[ModelRows], sections: Mapping[str, dict], imag
         for source in frame["source"].tolist()
         if isinstance(source, str)
     ]
-    return chosen, load_thumbnails(sources) if images else {}
+    return list(dict.fromkeys(sources))
 
 
-def load_thumbnails(sources: Sequence[str]) -> dict[str, tuple[np.ndarray | None, str]]:
-    """Decode the example images; a failure becomes a message, never an exception."""
-    from medai.images import (
-        ARCHIVE_SEP,
-        ImageError,
-        decode_image,
-        image_id_of,
-        iter_archive,
-        read_bytes,
-    )
+@dataclass(frozen=True)
+class Decoded:
+    """An image decoded for the report.
+
+    Attributes:
+        thumbnail: ``uint8 (T, T)`` at THUMBNAIL_SIZE, or ``None`` when not asked for.
+        model_input: ``uint8 (S, S, 1)`` exactly as the scorer decodes it, or ``None``.
+        original_size: ``(width, height)`` of the stored image (box coordinates refer to it).
+    """
+
+    thumbnail: np.ndarray | None
+    model_input: np.ndarray | None
+    original_size: tuple[int, int]
+
+
+def read_images(
+    sources: Sequence[str],
+    thumbnails: Collection[str] = (),
+    model_size: int | None = None,
+) -> dict[str, tuple[Decoded | None, str]]:
+    """Read and decode images for the report; a failure becomes a message, never an exception.
+
+    Each archive is streamed once however many of its members are wanted, so thumbnails and
+    model inputs come from one read.
+
+    Args:
+        sources: Image sources as the predictions record them.
+        thumbnails: The sources that also get a THUMBNAIL_SIZE thumbnail.
+        model_size: Also decode the model's input at this size (for Grad-CAM).
+
+    Returns:
+        Per source: ``(Decoded, "")`` or ``(None, reason)``.
+    """
+    from medai.images import ImageError, decode_image, image_size_of
+
+    decoded = {}
+    thumbnails = frozenset(thumbnails)
+    for source, data in _payloads(sources).items():
+        if isinstance(data, str):
+            decoded[source] = (None, data)
+            continue
+        try:
+            thumbnail = None
+            if source in thumbnails:
+                thumbnail = decode_image(data, THUMBNAIL_SIZE)[:, :, 0]
+            model_input = decode_image(data, model_size) if model_size else None
+            decoded[source] = (Decoded(thumbnail, model_input, image_size_of(data)), "")
+        except ImageError as exc:
+            decoded[source] = (None, str(exc))
+    return decoded
+
+
+def thumbnails_of(
+    decoded: Mapping[str, tuple[Decoded | None, str]],
+) -> dict[str, tuple[np.ndarray | None, str]]:
+    """Per source, its thumbnail or the reason there is none."""
+    return {
+        source: (image.thumbnail, "") if image is not None else (None, problem)
+        for source, (image, problem) in decoded.items()
+    }
+
+
+def _payloads(sources: Sequence[str]) -> dict[str, bytes | str]:
+    """Per source, its bytes or why they could not be read."""
+    from medai.images import ARCHIVE_SEP, ImageError, image_id_of, iter_archive, read_bytes
 
     payloads: dict[str, bytes | str] = {}
     members: dict[str, set[str]] = {}
@@ -115,16 +185,7 @@ def load_thumbnails(sources: Sequence[str]) -> dict[str, tuple[np.ndarray | None
             payloads[f"{archive}{ARCHIVE_SEP}{member}"] = (
                 data if data is not None else f"{member} not found in {archive}"
             )
-    thumbnails = {}
-    for source, data in payloads.items():
-        if isinstance(data, str):
-            thumbnails[source] = (None, data)
-            continue
-        try:
-            thumbnails[source] = (decode_image(data, THUMBNAIL_SIZE)[:, :, 0], "")
-        except ImageError as exc:
-            thumbnails[source] = (None, str(exc))
-    return thumbnails
+    return payloads
 
 
 def _other_findings(text, finding: str) -> list[str]:

@@ -147,11 +147,12 @@ def examples_figure(
     groups: Mapping[str, pd.DataFrame] | None,
     thumbnails: Mapping[str, tuple[np.ndarray | None, str]],
     images: bool = True,
+    note: str = "",
 ) -> bytes | None:
     """Draw the example grid and record the chosen images in ``entry["examples"]``.
 
     With ``images=False`` (``--no-images``) the images are listed but no grid is drawn:
-    ``None`` is returned.
+    ``None`` is returned. ``note`` is added to the title (e.g. which heatmap is overlaid).
     """
     from medai import plots
 
@@ -179,7 +180,7 @@ def examples_figure(
         grid[EXAMPLE_GROUPS[group]] = examples
         listed[group] = frame["image_id"].tolist()
     entry["examples"] = {"cut_off": cut_off, "images": listed, "unreadable": unreadable}
-    return plots.examples_plot(f"{title} at {name} {cut_off:.3f}", grid)
+    return plots.examples_plot(f"{title} at {name} {cut_off:.3f}{note}", grid)
 
 
 def comparison_plot(section: Mapping, shared: pd.DataFrame) -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medai.boxes import BoxError, read_boxes
 from medai.labels import (
     ALL,
     NIH_FINDINGS,
@@ -66,6 +67,8 @@ class Inputs:
 
     Attributes:
         findings: The findings the labels were loaded for, i.e. the ones that can be reported.
+        model_card: The card of ``--model``.
+        boxes: The ``--boxes`` table (:func:`medai.boxes.read_boxes`).
     """
 
     files: tuple[Path, ...]
@@ -75,6 +78,7 @@ class Inputs:
     skipped_models: dict[str, str]
     findings: tuple[str, ...]
     model_card: dict | None = None
+    boxes: pd.DataFrame | None = None
 
 
 def _requested_findings(finding: str | None) -> tuple[str, ...] | None:
@@ -296,7 +300,13 @@ def prepare(config: ReportConfig) -> Inputs:
     skipped: dict[str, str] = {}
     if not predictions.empty:
         predictions, skipped = _keep_findings(predictions, findings, config.finding)
-    return Inputs(files, predictions, labels, split, skipped, findings, card)
+    boxes = None
+    if config.boxes is not None:
+        try:
+            boxes = read_boxes(config.boxes)
+        except BoxError as exc:
+            raise ReportError(str(exc)) from exc
+    return Inputs(files, predictions, labels, split, skipped, findings, card, boxes)
 
 
 def resolved_config(config: ReportConfig, inputs: Inputs) -> dict:
@@ -304,6 +314,7 @@ def resolved_config(config: ReportConfig, inputs: Inputs) -> dict:
     for name in ("predictions", "labels", "out"):
         resolved[name] = str(Path(resolved[name]).resolve())
     resolved["model"] = None if config.model is None else str(Path(config.model).resolve())
+    resolved["boxes"] = None if config.boxes is None else str(Path(config.boxes).resolve())
     resolved["split"] = inputs.split.name
     resolved["split_requested"] = config.split
     resolved["prediction_files"] = [path.name for path in inputs.files]

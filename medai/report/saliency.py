@@ -1,0 +1,125 @@
+"""Where the model looks, in the report: heatmaps on the example images and the pointing game.
+
+Both need the network itself, so both need ``--model MODEL_DIR`` (the report already checks
+that its ``model_id`` is the predictions'). Heatmaps are Grad-CAM (:mod:`medai.saliency`) of
+the finding's output, computed at the model's input size from the same decoding the scorer
+used, then resized onto the thumbnails. The pointing game runs over the evaluated images that
+``--boxes`` gives a box for the finding: a hit when the heatmap's maximum falls inside one of
+the image's boxes for that finding; the hit rate's 95% CI is Wilson's score interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from medai.report.accounting import FindingRows, ModelRows
+from medai.report.examples import Decoded
+from medai.saliency import Explainer
+
+__all__ = ["boxed_sources", "localization", "overlays"]
+
+log = logging.getLogger("medai.report")
+
+
+def boxed_sources(model: ModelRows, boxes: pd.DataFrame) -> list[str]:
+    """Sources of the evaluated images that have a box for one of the model's findings."""
+    sources: list[str] = []
+    for finding in model.findings:
+        wanted = set(boxes.loc[boxes["finding"] == finding.name, "image_id"])
+        rows = finding.rows
+        sources += rows.loc[rows["image_id"].isin(wanted), "source"].dropna().tolist()
+    return list(dict.fromkeys(sources))
+
+
+def localization(
+    explainer: Explainer,
+    model: ModelRows,
+    boxes: pd.DataFrame,
+    decoded: Mapping[str, tuple[Decoded | None, str]],
+) -> list[dict]:
+    """The pointing game per finding of ``model`` over its evaluated, boxed images.
+
+    Args:
+        explainer: The model's network.
+        model: The model's evaluated rows.
+        boxes: :func:`medai.boxes.read_boxes` output.
+        decoded: Per source, its decoded image or the reason it could not be read.
+
+    Returns:
+        One entry per finding: ``finding``, ``n`` (images played), ``hits``,
+        ``pointing_hit_rate``, ``ci95`` (Wilson), ``block``, ``unreadable`` and ``reason``
+        (why the rate is null, else ``None``).
+    """
+    return [_play(explainer, finding, boxes, decoded) for finding in model.findings]
+
+
+def _play(explainer, finding: FindingRows, boxes, decoded) -> dict:
+    from medai.saliency import Box, pointing_hit
+
+    mine = boxes[boxes["finding"] == finding.name]
+    rows = finding.rows.drop_duplicates("image_id")
+    rows = rows[rows["image_id"].isin(set(mine["image_id"]))]
+    entry = {"finding": finding.name, "n": 0, "hits": 0, "pointing_hit_rate": None}
+    entry |= {"ci95": None, "block": explainer.block, "unreadable": 0, "reason": None}
+    usable = []
+    for image_id, source in rows[["image_id", "source"]].itertuples(index=False):
+        image, _ = decoded.get(source, (None, "not read"))
+        if image is None or image.model_input is None:
+            entry["unreadable"] += 1
+            continue
+        usable.append((image_id, image))
+    if not usable:
+        entry["reason"] = "no evaluated image has a readable image and a box for this finding"
+        return entry
+    maps = explainer.heatmaps(np.stack([image.model_input for _, image in usable]), finding.name)
+    by_image = {
+        image_id: [Box(*box) for box in group[["x", "y", "width", "height"]].to_numpy()]
+        for image_id, group in mine.groupby("image_id")
+    }
+    hits = sum(
+        any(pointing_hit(heat, box, image.original_size) for box in by_image[image_id])
+        for (image_id, image), heat in zip(usable, maps, strict=True)
+    )
+    entry |= {"n": len(usable), "hits": int(hits), "pointing_hit_rate": hits / len(usable)}
+    entry["ci95"] = _wilson(int(hits), len(usable))
+    return entry
+
+
+def _wilson(hits: int, n: int) -> list[float]:
+    from scipy.stats import binomtest
+
+    interval = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
+def overlays(
+    explainer: Explainer,
+    finding: str,
+    sources: list[str],
+    decoded: Mapping[str, tuple[Decoded | None, str]],
+) -> dict[str, np.ndarray]:
+    """Thumbnails with the finding's Grad-CAM blended in, ``uint8 (T, T, 3)`` per source."""
+    from PIL import Image
+
+    from medai.saliency import overlay
+
+    ready = [
+        (source, image)
+        for source in dict.fromkeys(sources)
+        if (image := decoded.get(source, (None, ""))[0]) is not None
+        and image.model_input is not None
+        and image.thumbnail is not None
+    ]
+    if not ready:
+        return {}
+    maps = explainer.heatmaps(np.stack([image.model_input for _, image in ready]), finding)
+    result = {}
+    for (source, image), heat in zip(ready, maps, strict=True):
+        size = image.thumbnail.shape[:2]
+        resized = Image.fromarray(heat).resize(size[::-1], Image.Resampling.BILINEAR)
+        result[source] = overlay(image.thumbnail, np.asarray(resized, np.float32))
+    return result

@@ -1,0 +1,202 @@
+"""Where the model looks: phantom lesion boxes, box files, heatmaps in the report and predict.
+
+The phantoms record each lesion's box, so the pointing game has ground truth: a model trained
+on them must point at the lesion, and the report must say so in metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medai.boxes import BoxError, read_boxes
+from medai.phantoms import BBOX_HEADER, PhantomSpec, draw_phantom, write_phantom_archive
+
+
+def test_phantom_box_holds_the_lesion():
+    """The same draws with and without contrast differ by the lesion alone: it lies in its box."""
+    spec = PhantomSpec(size=128)
+    for seed in range(6):
+        drawn = draw_phantom(np.random.default_rng(seed), 128, True, spec)
+        plain = draw_phantom(
+            np.random.default_rng(seed), 128, True, replace(spec, lesion_contrast=0)
+        )
+        assert plain.lesion_box == drawn.lesion_box
+        lesion = drawn.pixels.astype(np.float64) - plain.pixels.astype(np.float64)
+        x, y, w, h = drawn.lesion_box
+        inside = np.zeros_like(lesion, bool)
+        inside[int(np.ceil(y)) : int(y + h) + 1, int(np.ceil(x)) : int(x + w) + 1] = True
+        row, col = np.unravel_index(np.argmax(lesion), lesion.shape)
+        assert inside[row, col]
+        assert lesion[inside].sum() >= 0.8 * lesion.sum() > 0
+    assert draw_phantom(np.random.default_rng(0), 128, False, spec).lesion_box is None
+
+
+def test_exposure_jitter_varies_brightness_not_the_lesion():
+    """With jitter, whole-image brightness varies between phantoms far more than a lesion
+    moves it (the shortcut a network would otherwise learn); the lesion box is unchanged."""
+    plain, jittered = PhantomSpec(size=96), PhantomSpec(size=96, exposure_jitter=0.2)
+    means = {}
+    for name, spec in (("plain", plain), ("jittered", jittered)):
+        drawn = [draw_phantom(np.random.default_rng(s), 96, True, spec) for s in range(12)]
+        means[name] = np.std([d.pixels.mean() for d in drawn])
+        boxes = [d.lesion_box for d in drawn]
+        if name == "plain":
+            reference = boxes
+    assert boxes == reference and means["jittered"] > 4 * means["plain"]
+
+
+def test_phantom_archive_boxes_every_mass_in_nih_format(tmp_path):
+    write_phantom_archive(tmp_path, PhantomSpec(n_patients=12, size=64, seed=2))
+    text = (tmp_path / "BBox_List_2017.csv").read_text()
+    assert text.splitlines()[0] == BBOX_HEADER and text.splitlines()[1].endswith(",,,")
+    boxes = read_boxes(tmp_path / "BBox_List_2017.csv")
+    labels = pd.read_csv(tmp_path / "Data_Entry_2017.csv", index_col=False)
+    masses = set(labels.loc[labels["Finding Labels"].str.contains("Mass"), "Image Index"])
+    assert set(boxes["image_id"]) == masses and len(boxes) == len(masses) > 0
+    assert (boxes["finding"] == "Mass").all()
+    assert (boxes[["x", "y"]].to_numpy() >= 0).all() and (boxes["x"] + boxes["width"] <= 64).all()
+
+
+def test_generic_box_columns(tmp_path):
+    path = tmp_path / "boxes.csv"
+    path.write_text("image_id,finding,x,y,width,height,reader\na.png,Mass,1,2,3.5,4,r1\n")
+    boxes = read_boxes(path)
+    assert boxes.iloc[0].tolist() == ["a.png", "Mass", 1.0, 2.0, 3.5, 4.0]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("image_id,finding,x,y\na.png,Mass,1,2\n", r"missing columns \['width', 'height'\]"),
+        (BBOX_HEADER + "\na.png,Mass,1,2,3,4,,,\nb.png,Mass,1,2,-3,4,,,\n", "line 3 is not a box"),
+        (BBOX_HEADER + "\na.png,Mass,1,two,3,4,,,\n", "line 2 is not a box"),
+        (BBOX_HEADER + "\n,Mass,1,2,3,4,,,\n", "line 2 is not a box"),
+        (BBOX_HEADER + "\n", "has no boxes"),
+        ("", "cannot read it"),
+    ],
+)
+def test_malformed_box_files_are_named(tmp_path, text, message):
+    path = tmp_path / "BBox_List_2017.csv"
+    path.write_text(text)
+    with pytest.raises(BoxError, match=message):
+        read_boxes(path)
+
+
+def test_boxes_without_model_stop_the_report_before_work(tmp_path):
+    from medai.cli import main
+
+    args = ["report", "--predictions", str(tmp_path), "--labels", str(tmp_path / "l.csv")]
+    assert main([*args, "--out", str(tmp_path / "out"), "--boxes", str(tmp_path / "b.csv")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def located(ray_session, trained_model, phantom_archive, tmp_path_factory) -> dict:
+    """The trained phantom model's test split scored, then reported with --model and --boxes."""
+    from medai.report import ReportConfig, run_report
+    from medai.score import ScoreConfig, run_scoring
+
+    model_dir, card = trained_model
+    folder = tmp_path_factory.mktemp("located")
+    run_scoring(
+        ScoreConfig(
+            model=str(model_dir),
+            images=(str(phantom_archive),),
+            out=str(folder / "scores"),
+            progress=False,
+        )
+    )
+    metrics = run_report(
+        ReportConfig(
+            predictions=folder / "scores",
+            labels=phantom_archive / "Data_Entry_2017.csv",
+            out=folder / "report",
+            model=model_dir,
+            boxes=phantom_archive / "BBox_List_2017.csv",
+            bootstrap=50,
+        )
+    )
+    return {"metrics": metrics, "out": folder / "report", "card": card, "model": model_dir}
+
+
+def test_pointing_game_over_the_boxed_test_images(located, phantom_archive):
+    """metrics.json's localisation equals Grad-CAM + pointing_hit run here image by image.
+
+    Issue 12 asks for a hit rate >= 0.8 on a trained phantom model; this model does not reach
+    it (see the README's limitations), so the test checks the measurement, not that target.
+    """
+    from medai.images import decode_image, image_size_of, iter_archive
+    from medai.saliency import Box, gradcam, load_explainer, pointing_hit
+
+    metrics = located["metrics"]
+    (entry,) = metrics["localization"]
+    boxes = read_boxes(phantom_archive / "BBox_List_2017.csv")
+    test = set((phantom_archive / "test_list.txt").read_text().split())
+    boxes = boxes[boxes["image_id"].isin(test)].set_index("image_id")
+    assert entry["finding"] == "Mass" and entry["n"] == len(boxes) > 10 and entry["unreadable"] == 0
+    explainer = load_explainer(located["model"])
+    assert entry["block"] == metrics["saliency"]["block"] == explainer.block == "mixed7"
+    hits = 0
+    for name, data in iter_archive(str(phantom_archive / "images_001.tar.gz")):
+        image_id = Path(name).name
+        if image_id in boxes.index:
+            heat = gradcam(explainer.model, decode_image(data, explainer.image_size)[None])[0]
+            box = Box(*boxes.loc[image_id, ["x", "y", "width", "height"]].astype(float))
+            hits += pointing_hit(heat, box, image_size_of(data))
+    print(f"pointing game: {entry['hits']}/{entry['n']} = {entry['pointing_hit_rate']:.3f}")
+    assert entry["hits"] == hits and entry["pointing_hit_rate"] == pytest.approx(hits / len(boxes))
+    low, high = entry["ci95"]
+    assert 0 <= low <= entry["pointing_hit_rate"] <= high <= 1
+    on_disk = json.loads((located["out"] / "metrics.json").read_text())
+    assert on_disk["localization"] == metrics["localization"]
+
+
+def test_report_overlays_heatmaps_and_names_the_block(located):
+    saliency = located["metrics"]["saliency"]
+    assert saliency["heatmaps"] and saliency["localization"]
+    assert saliency["model_id"] == located["card"]["model_id"]
+    page = (located["out"] / "report.html").read_text()
+    assert "Localisation: pointing game" in page and "<code>mixed7</code>" in page
+    assert saliency["skipped"] == []
+
+
+def test_report_without_model_says_heatmaps_were_skipped(located, phantom_archive, tmp_path):
+    from medai.report import ReportConfig, run_report
+
+    metrics = run_report(
+        ReportConfig(
+            predictions=located["out"].parent / "scores",
+            labels=phantom_archive / "Data_Entry_2017.csv",
+            out=tmp_path,
+            bootstrap=0,
+        )
+    )
+    assert metrics["localization"] == [] and metrics["saliency"]["block"] is None
+    assert "no --model MODEL_DIR given" in metrics["saliency"]["skipped"][0]
+    assert "heatmaps and localisation skipped: no --model" in (tmp_path / "report.html").read_text()
+
+
+def test_predict_writes_one_heatmap_per_image_and_finding(located, phantom_archive, tmp_path):
+    from PIL import Image
+
+    from medai.cli import main
+
+    boxes = read_boxes(phantom_archive / "BBox_List_2017.csv")
+    archive = phantom_archive / "images_001.tar.gz"
+    sources = [f"{archive}::images/{image_id}" for image_id in boxes["image_id"][:2]]
+    out = tmp_path / "heat"
+    assert main(["predict", "--model", str(located["model"]), *sources, "--heatmap", str(out)]) == 0
+    written = sorted(path.name for path in out.iterdir())
+    assert written == sorted(f"{Path(i).stem}_Mass.png" for i in boxes["image_id"][:2])
+    image = Image.open(out / written[0])
+    size = located["card"]["image_size"]
+    assert image.mode == "RGB" and image.size == (size, size)
+    (tmp_path / "file").write_text("")
+    model = str(located["model"])
+    assert main(["predict", "--model", model, sources[0], "--heatmap", str(tmp_path / "file")]) == 2
