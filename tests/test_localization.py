@@ -164,6 +164,10 @@ def test_pointing_game_over_the_boxed_test_images(located, phantom_archive):
     assert entry["hits"] == hits and entry["pointing_hit_rate"] == pytest.approx(hits / len(boxes))
     low, high = entry["ci95"]
     assert 0 <= low <= entry["pointing_hit_rate"] <= high <= 1
+    # A rate confidently below one half is a flag the page raises at the top.
+    assert entry["flagged"] == (high < 0.5)
+    page = (located["out"] / "report.html").read_text()
+    assert ("Grad-CAM points inside the annotated box" in page) == entry["flagged"]
     on_disk = json.loads((located["out"] / "metrics.json").read_text())
     assert on_disk["localization"] == metrics["localization"]
 

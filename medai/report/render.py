@@ -114,7 +114,8 @@ def _mapping_items(value) -> list[tuple[str, dict]]:
 
 
 def _flags(report: Mapping) -> list[str]:
-    """What a reviewer must not miss: flagged subgroups and findings without a threshold."""
+    """What a reviewer must not miss: flagged subgroups, findings without a threshold, and
+    heatmaps that miss the annotated boxes."""
     flags = []
     for model_id, section in report["models"].items():
         for row in section["subgroups"]:
@@ -129,6 +130,14 @@ def _flags(report: Mapping) -> list[str]:
         for row in section["summary"]:
             if row["threshold"] is None:
                 flags.append(f"model {model_id[:12]}, {row['finding']}: no operating threshold")
+    for row in report.get("localization", []):
+        if row["flagged"]:
+            low, high = row["ci95"]
+            flags.append(
+                f"{row['finding']}: Grad-CAM points inside the annotated box in "
+                f"{row['pointing_hit_rate']:.3f} [{low:.3f}, {high:.3f}] of {row['n']} images: "
+                "the heatmaps do not show where the finding is"
+            )
     return flags
 
 

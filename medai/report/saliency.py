@@ -20,7 +20,11 @@ from medai.report.accounting import FindingRows, ModelRows
 from medai.report.examples import Decoded
 from medai.saliency import Explainer
 
-__all__ = ["boxed_sources", "localization", "overlays"]
+__all__ = ["POINTING_FLAG", "boxed_sources", "localization", "overlays"]
+
+# A finding is flagged when its hit rate's 95% CI lies wholly below this: the heatmaps then
+# point inside the annotated box for fewer than half of the images, confidently.
+POINTING_FLAG = 0.5
 
 log = logging.getLogger("medai.report")
 
@@ -51,8 +55,9 @@ def localization(
 
     Returns:
         One entry per finding: ``finding``, ``n`` (images played), ``hits``,
-        ``pointing_hit_rate``, ``ci95`` (Wilson), ``block``, ``unreadable`` and ``reason``
-        (why the rate is null, else ``None``).
+        ``pointing_hit_rate``, ``ci95`` (Wilson), ``block``, ``unreadable``, ``flagged``
+        (the CI lies wholly below :data:`POINTING_FLAG`) and ``reason`` (why the rate is
+        null, else ``None``).
     """
     return [_play(explainer, finding, boxes, decoded) for finding in model.findings]
 
@@ -65,6 +70,7 @@ def _play(explainer, finding: FindingRows, boxes, decoded) -> dict:
     rows = rows[rows["image_id"].isin(set(mine["image_id"]))]
     entry = {"finding": finding.name, "n": 0, "hits": 0, "pointing_hit_rate": None}
     entry |= {"ci95": None, "block": explainer.block, "unreadable": 0, "reason": None}
+    entry["flagged"] = False
     usable = []
     for image_id, source in rows[["image_id", "source"]].itertuples(index=False):
         image, _ = decoded.get(source, (None, "not read"))
@@ -86,6 +92,7 @@ def _play(explainer, finding: FindingRows, boxes, decoded) -> dict:
     )
     entry |= {"n": len(usable), "hits": int(hits), "pointing_hit_rate": hits / len(usable)}
     entry["ci95"] = _wilson(int(hits), len(usable))
+    entry["flagged"] = entry["ci95"][1] < POINTING_FLAG
     return entry
 
 
