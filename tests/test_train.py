@@ -143,6 +143,7 @@ def test_one_worker_from_the_same_seed_is_comparable(trained_model, phantom_arch
     assert one["val_auc"] >= 0.85 and abs(one["val_auc"] - two["val_auc"]) <= 0.1
 
 
+@pytest.mark.slow  # 342 s on 2 cores (two trainings, a kill and two restarts)
 def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp_path):
     out = tmp_path / "model"
     args = [
