@@ -324,12 +324,18 @@ def _quantize(ov_model, attempt: Int8Attempt, calibration: np.ndarray, threshold
         options["ignored_scope"] = _end_layers(ov_model, nncf)
     if not attempt.accuracy_control:
         return nncf.quantize(ov_model, dataset, **options)
-    reference = is_positive(_ov_scores(_compile(ov_model), calibration), threshold)
+    fp32 = _compile(ov_model)
 
     def agreement(compiled, items) -> tuple[float, list[float]]:
+        # NNCF calls this on subsets of the dataset too (one item to choose its mode, then
+        # rankings): compare each item with the fp32 model's decision on that same item,
+        # one value per item, so NNCF reads the values as per-item metrics.
+        items = list(items)
         scores = np.concatenate([np.asarray(compiled(item)[0]) for item in items])
-        same = (is_positive(scores, threshold) == reference).astype(float)
-        return float(same.mean()), same.tolist()
+        reference = np.concatenate([np.asarray(fp32(item)[0]) for item in items])
+        same = is_positive(scores, threshold) == is_positive(reference, threshold)
+        per_item = same.reshape(len(items), -1).all(axis=1).astype(float)
+        return float(per_item.mean()), per_item.tolist()
 
     # The decisions' agreement on the (training) calibration images is the metric, so the
     # validation split stays unseen until the gate measures it.
