@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "BBOX_HEADER",
+    "LESION_PROFILES",
     "NIH_HEADER",
     "SIGNS",
     "Phantom",
@@ -37,6 +38,7 @@ __all__ = [
 
 # The findings a multi-finding phantom can carry, each with a sign of its own.
 SIGNS = ("Mass", "Effusion", "Cardiomegaly")
+LESION_PROFILES = ("flat", "sphere")
 
 NIH_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -77,6 +79,10 @@ class PhantomSpec:
             empty for the single-finding phantoms (``finding``, the lesion).
         exposure_jitter: Per-image exposure variation: grey levels are scaled by a gain drawn
             from ``1 +- exposure_jitter`` and shifted by up to ``100 * exposure_jitter``.
+        lesion_profile: ``"flat"``: a flat-topped disc with a soft edge (the box then marks
+            where it falls to 37% of its peak); ``"sphere"``: what a round mass of uniform
+            density projects to, brightest at its centre and ending at its radius (the box is
+            its whole extent).
     """
 
     n_patients: int = 200
@@ -92,8 +98,13 @@ class PhantomSpec:
     archive_number: int = 1
     findings: tuple[str, ...] = ()
     exposure_jitter: float = 0.0
+    lesion_profile: str = "flat"
 
     def __post_init__(self) -> None:
+        if self.lesion_profile not in LESION_PROFILES:
+            raise ValueError(
+                f"lesion_profile must be one of {LESION_PROFILES}, not {self.lesion_profile!r}"
+            )
         unknown = [f for f in self.findings if f not in SIGNS]
         if unknown or len(set(self.findings)) != len(self.findings):
             raise ValueError(
@@ -182,7 +193,11 @@ def draw_phantom(
         lx, ly = cx + dist * rx * np.cos(angle), cy + dist * ry * np.sin(angle)
         radius = spec.lesion_radius * rng.uniform(0.85, 1.15)
         d2 = ((xx - lx) ** 2 + (yy - ly) ** 2) / radius**2
-        image += spec.lesion_contrast * np.exp(-(d2**2))  # flat-topped, soft edge
+        if spec.lesion_profile == "sphere":
+            # X-ray attenuation adds up along the ray: a uniform ball's chord length.
+            image += spec.lesion_contrast * np.sqrt(np.clip(1.0 - d2, 0.0, None))
+        else:
+            image += spec.lesion_contrast * np.exp(-(d2**2))  # flat-topped, soft edge
         # Pixel (col, row) sits at (col / size, row / size) in the coordinates above.
         box = tuple(float(v) for v in ((lx - radius) * size, (ly - radius) * size))
         box += (2.0 * radius * size, 2.0 * radius * size)

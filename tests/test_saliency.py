@@ -5,16 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medai.saliency import MIN_GRID, Box, choose_block, gradcam, overlay, pointing_hit
+from medai.saliency import (
+    MIN_GRID,
+    Box,
+    cell_centres,
+    choose_block,
+    gradcam,
+    overlay,
+    pointing_hit,
+)
 
 
 def test_block_choice_keeps_a_usable_grid(tiny_model_dir):
     from medai.artifact import load_model_dir
 
-    model = load_model_dir(tiny_model_dir).model  # 75 px: mixed3+ are 3x3 or smaller
+    model = load_model_dir(tiny_model_dir).model  # 75 px: mixed0-2 are 7x7, mixed3+ 3x3 or less
     block = choose_block(model)
     grid = model.get_layer("inception_v3").get_layer(block).output.shape[1]
-    assert block == "mixed2" and grid >= MIN_GRID
+    # No grid reaches MIN_GRID at 75 px: the deepest block of the finest grid.
+    assert block == "mixed2" and grid == 7 < MIN_GRID
 
 
 def test_heatmaps_are_normalised_and_finite(tiny_model_dir):
@@ -41,3 +50,57 @@ def test_output_index_is_checked(tiny_model_dir):
     model = load_model_dir(tiny_model_dir).model
     with pytest.raises(ValueError, match="out of range: the model has 1 output"):
         gradcam(model, np.zeros((1, 75, 75, 1), np.uint8), output=1)
+
+
+def _support_centre(model, inputs, cell: int) -> float:
+    """Centre of the rows of ``inputs`` that the output cell (``cell``, ``cell``) depends on."""
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(inputs)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = tf.reduce_sum(model(x, training=False)[0, cell, cell, :])
+    rows = np.nonzero(np.abs(tape.gradient(value, x).numpy()[0]).sum(axis=(1, 2)))[0]
+    return (rows.min() + rows.max()) / 2
+
+
+def test_cell_centres_are_the_receptive_field_centres():
+    """Each cell's heatmap value is placed where its receptive field is centred.
+
+    At 299 px the receptive fields of mixed0-mixed3 cells fit inside the image, so the centre
+    of their gradient support is measured on the input. Deeper fields overflow any test image:
+    mixed4-7 keep mixed3's grid (stride 1, same padding), and mixed8's reduction is measured
+    on mixed7's grid (mixed9-10 keep mixed8's).
+    """
+    import keras
+
+    rng = np.random.default_rng(0)
+    base = keras.applications.InceptionV3(
+        include_top=False, weights=None, input_shape=(299, 299, 3)
+    )
+    image = rng.uniform(-1, 1, (1, 299, 299, 3)).astype(np.float32)
+    for block in ("mixed0", "mixed2", "mixed3"):
+        cells = base.get_layer(block).output.shape[1]
+        probe = keras.Model(base.input, base.get_layer(block).output)
+        for cell in (cells // 2 - 3, cells // 2, cells // 2 + 3):  # fields clear of the edges
+            assert _support_centre(probe, image, cell) == cell_centres(block, cells)[cell]
+    for block in ("mixed4", "mixed7"):
+        assert base.get_layer(block).output.shape[1] == base.get_layer("mixed3").output.shape[1]
+    mixed7 = base.get_layer("mixed7").output
+    reduction = keras.Model(mixed7, base.get_layer("mixed8").output)
+    maps = rng.uniform(0, 1, (1, *mixed7.shape[1:])).astype(np.float32)
+    coarse, fine = cell_centres("mixed8", 8), cell_centres("mixed7", 17)
+    for cell in (2, 3, 4):  # their fields (9 cells of mixed7) fit inside its 17
+        assert fine[int(_support_centre(reduction, maps, cell))] == coarse[cell]
+
+
+def test_heatmap_peaks_on_the_cell_centre():
+    """One hot cell puts the heatmap's maximum on that cell's receptive-field centre."""
+    from medai.saliency import _placement
+
+    cam = np.zeros((1, 13, 13))
+    cam[0, 2, 9] = 1.0
+    rows, cols = _placement("mixed2", 13, 128), _placement("mixed2", 13, 128)
+    heat = np.einsum("pi,nij,qj->npq", rows, cam, cols)[0]
+    assert np.unravel_index(np.argmax(heat), heat.shape) == (8 * 2 + 13, 8 * 9 + 13)
+    assert np.allclose(rows.sum(axis=1), 1.0)  # a partition of unity: no cell gains weight

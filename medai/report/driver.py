@@ -123,22 +123,18 @@ def run_report(config: ReportConfig) -> dict:
     explainer, saliency = _explainer(config, inputs)
     report["saliency"] = saliency
     shown = example_sources(chosen) if config.images else []
-    boxed = []
-    if explainer is not None and inputs.boxes is not None:
-        boxed = [
-            s
-            for m in models
-            if m.model_id == explainer.model_id
-            for s in boxed_sources(m, inputs.boxes)
-        ]
+    # The one model whose boxed images the pointing game plays: the --model network's.
+    explained = next(
+        (m for m in models if explainer is not None and m.model_id == explainer.model_id), None
+    )
+    located = explained if explained is not None and inputs.boxes is not None else None
+    boxed = boxed_sources(located, inputs.boxes) if located is not None else []
     decoded = read_images(
         shown + boxed, thumbnails=shown, model_size=explainer.image_size if explainer else None
     )
     report["localization"] = []
-    if explainer is not None and inputs.boxes is not None:
-        for model in models:
-            if model.model_id == explainer.model_id:
-                report["localization"] = localization(explainer, model, inputs.boxes, decoded)
+    if located is not None:
+        report["localization"] = localization(explainer, located, inputs.boxes, decoded)
         _log_localization(report["localization"])
     names = [attribute.name for attribute in attributes]
     failures: dict[str, dict[str, dict | None]] = {}
