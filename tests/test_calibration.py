@@ -111,7 +111,10 @@ def test_calibrate_output_folds_or_keeps_the_model():
     original = model.get_layer("score").get_weights()
     before, after, block = calibrate_output(model, features, labels)
     assert block["method"] == "platt" and block["a"] > 0, block
-    np.testing.assert_allclose(after, expit(block["a"] * logits + block["b"]), atol=1e-5)
+    # The fitted slope is about 1.2e5 here (untrained logits barely spread), and the folded
+    # kernel a * w rounds in float32: an AVX2 CPU's kernels came 1.3e-5 from the float64
+    # reference, an AVX-512 CPU's within 1e-5.
+    np.testing.assert_allclose(after, expit(block["a"] * logits + block["b"]), atol=5e-5)
     assert block["val_ece_after"] < block["val_ece_before"]
     assert block["val_brier_after"] < block["val_brier_before"]
     # Labels against the ranking: the fit would reverse it and is rejected, model untouched.
