@@ -139,9 +139,7 @@ def gradcam(model, images: np.ndarray, output: int = 0, block: str | None = None
     grads = tape.gradient(target, maps)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1)).numpy()
-    rows = _placement(block, cam.shape[1], images.shape[1])
-    cols = _placement(block, cam.shape[2], images.shape[2])
-    heat = np.einsum("pi,nij,qj->npq", rows, cam, cols)
+    heat = place_cells(cam, block, images.shape[1:3])
     peak = heat.max(axis=(1, 2), keepdims=True)
     return np.divide(heat, peak, out=np.zeros_like(heat), where=peak > 0).astype(np.float32)
 
@@ -155,6 +153,13 @@ def cell_centres(block: str, cells: int) -> np.ndarray:
     """
     stride, offset = _GEOMETRY[block]
     return offset + stride * np.arange(cells, dtype=np.float64)
+
+
+def place_cells(cam: np.ndarray, block: str, size: tuple[int, int]) -> np.ndarray:
+    """``(N, H, W)`` maps from ``(N, rows, cols)`` grid values, each on its cell's centre."""
+    rows = _placement(block, cam.shape[1], size[0])
+    cols = _placement(block, cam.shape[2], size[1])
+    return np.einsum("pi,nij,qj->npq", rows, cam, cols)
 
 
 def _placement(block: str, cells: int, size: int) -> np.ndarray:

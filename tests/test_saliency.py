@@ -96,11 +96,11 @@ def test_cell_centres_are_the_receptive_field_centres():
 
 def test_heatmap_peaks_on_the_cell_centre():
     """One hot cell puts the heatmap's maximum on that cell's receptive-field centre."""
-    from medai.saliency import _placement
+    from medai.saliency import _placement, place_cells
 
     cam = np.zeros((1, 13, 13))
     cam[0, 2, 9] = 1.0
-    rows, cols = _placement("mixed2", 13, 128), _placement("mixed2", 13, 128)
-    heat = np.einsum("pi,nij,qj->npq", rows, cam, cols)[0]
+    heat = place_cells(cam, "mixed2", (128, 128))[0]
     assert np.unravel_index(np.argmax(heat), heat.shape) == (8 * 2 + 13, 8 * 9 + 13)
-    assert np.allclose(rows.sum(axis=1), 1.0)  # a partition of unity: no cell gains weight
+    # A partition of unity: no cell gains weight.
+    assert np.allclose(_placement("mixed2", 13, 128).sum(axis=1), 1.0)
