@@ -161,6 +161,18 @@ def shuffle_buffer_rows(train_rows: int, world: int, image_size: int, batch_size
     return max(batch_size, min(shard, cap))
 
 
+def image_batches(model) -> list:
+    """A ``tf.function`` input signature for batches of any length of ``model``'s images.
+
+    Tracing InceptionV3 takes tens of seconds on 2 cores; without a signature the last,
+    shorter validation batch costs a second trace.
+    """
+    import tensorflow as tf
+
+    spec = model.inputs[0]
+    return [tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)]
+
+
 def _make_steps(model, optimizer, augment, strategy, global_batch: int):
     import tensorflow as tf
 
@@ -171,7 +183,7 @@ def _make_steps(model, optimizer, augment, strategy, global_batch: int):
         stats = strategy.run(replica_step, args=(images, labels, weights))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, stats, axis=None)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=image_batches(model))
     def predict_step(images):
         return model(images, training=False)
 
@@ -357,7 +369,9 @@ def _calibrate_best(val, workdir: Path, batch_size: int, findings: list[str], co
     keras.config.set_dtype_policy("float32")  # training is over; the saved model is fp32
     model = keras.saving.load_model(workdir / BEST_MODEL, compile=False)
     head_inputs = head_inputs_model(model)
-    features_of = tf.function(lambda x: head_inputs(x, training=False), reduce_retracing=True)
+    features_of = tf.function(
+        lambda x: head_inputs(x, training=False), input_signature=image_batches(model)
+    )
     features, labels = [], []
     for batch in val.iter_batches(batch_size=batch_size, batch_format="numpy"):
         features.append(np.asarray(features_of(batch["image"])))

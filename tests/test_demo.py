@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from medai.demo import DemoConfig, phantom_test_calibration, run_demo
 
 
+@pytest.mark.slow  # 426 s on a 2-core AVX2 host: the whole demo, a 4-epoch training included
 def test_demo_end_to_end_reaches_auc_0_9_with_calibrated_scores(ray_session, tmp_path, caplog):
     with caplog.at_level("INFO", logger="medai.demo"):
         report = run_demo(DemoConfig(out=str(tmp_path / "demo")))

@@ -34,6 +34,7 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.slow  # 48 s on a 2-core AVX2 host: a CLI export in its own process
 def test_fp32_export_writes_ir_and_card(tiny_model_dir, tmp_path):
     folder = _copy(tiny_model_dir, tmp_path)
     model_id = read_card(folder)["model_id"]

@@ -40,6 +40,7 @@ def arrivals(folder, first_patient, archive_number, n_patients, seed):
     return pd.read_csv(labels, index_col=False)
 
 
+@pytest.mark.slow  # 102 s on a 2-core AVX2 host: three nightly runs
 def test_days_new_model_and_ledger(ray_session, tiny_model_dir, tmp_path, capsys):
     store = tmp_path / "store"
     day1 = arrivals(tmp_path, 1, 1, 30, seed=1)
@@ -92,6 +93,7 @@ def test_second_run_on_the_same_store_refuses(tiny_model_dir, tmp_path):
     assert read_ledger(store) == []
 
 
+@pytest.mark.slow  # 70 s on a 2-core AVX2 host: a killed nightly process and a rerun
 def test_killed_run_is_completed_by_the_next(ray_session, tiny_model_dir, tmp_path):
     arrivals(tmp_path, 1, 1, 300, seed=4)
     store = tmp_path / "store"

@@ -100,6 +100,7 @@ def test_schema_is_documented_and_readable_without_medai(
     assert (frame["engine"] == "tensorflow").all() and (frame["precision"] == "fp32").all()
 
 
+@pytest.mark.slow  # 73 s on a 2-core AVX2 host: three scoring runs
 def test_rerun_skips_and_new_model_scores_beside(
     ray_session, tiny_model_dir, phantom_archive, tmp_path
 ):
@@ -251,6 +252,7 @@ def test_scorer_takes_batches_of_any_length(tiny_model_dir):
     np.testing.assert_allclose(parts, whole, atol=1e-5)
 
 
+@pytest.mark.slow  # 33 s on a 2-core AVX2 host
 def test_several_actors_on_a_small_node_finish(
     ray_session, tiny_model_dir, tmp_path, phantom_archive
 ):
@@ -279,6 +281,7 @@ def assert_one_row_per_key(out: Path) -> pd.DataFrame:
     return frame.set_index("image_id")
 
 
+@pytest.mark.slow  # 58 s on a 2-core AVX2 host: three scoring runs
 def test_three_reruns_over_a_truncated_archive_keep_one_row_per_key(
     ray_session, tiny_model_dir, mixed_inputs, tmp_path
 ):
@@ -305,6 +308,7 @@ def test_three_reruns_over_a_truncated_archive_keep_one_row_per_key(
     assert (third.loc[scored, "scored_at"] == first.loc[scored, "scored_at"]).all()
 
 
+@pytest.mark.slow  # 40 s on a 2-core AVX2 host: two scoring runs
 def test_read_errors_clear_on_the_next_run(ray_session, tiny_model_dir, tmp_path):
     from images_kit import png
 
@@ -333,6 +337,7 @@ def test_read_errors_clear_on_the_next_run(ray_session, tiny_model_dir, tmp_path
     assert (second.loc[read_before, "scored_at"] == first.loc[read_before, "scored_at"]).all()
 
 
+@pytest.mark.slow  # 45 s on a 2-core AVX2 host: a scoring process and a second run beside it
 def test_second_concurrent_run_on_one_out_refuses(
     ray_session, tiny_model_dir, phantom_archive, tmp_path
 ):
@@ -374,6 +379,7 @@ def with_threshold(model_dir: Path, folder: Path, threshold: float) -> Path:
     return folder
 
 
+@pytest.mark.slow  # 63 s on a 2-core AVX2 host: two scoring runs and two predictions
 def test_a_score_exactly_at_the_threshold_is_positive_everywhere(
     ray_session, tiny_model_dir, tmp_path
 ):

@@ -574,6 +574,7 @@ def test_missing_token_says_what_is_missing(
         assert f"{home}/.ray/auth_token does not exist" in result.stderr
 
 
+@pytest.mark.slow  # 84 s on a 2-core AVX2 host: a scoring job through a second Ray head
 def test_submit_score_job(
     with_token: RayHead,
     tiny_model_dir: Path,

@@ -121,6 +121,7 @@ def test_calibrated_card_of_the_trained_model(trained_model):
     assert best["val_accuracy"] >= 0.75, card["history"]
 
 
+@pytest.mark.slow  # 320 s on a 2-core AVX2 host: a second 4-epoch training
 def test_one_worker_from_the_same_seed_is_comparable(trained_model, phantom_archive, tmp_path):
     _, two = trained_model
     one = run_training(
@@ -190,6 +191,7 @@ def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp
     assert card4["history"][:3] == card["history"]
 
 
+@pytest.mark.slow  # 154 s on a 2-core AVX2 host: a 2-worker training of its own
 def test_one_epoch_on_the_real_sample(ray_session, sample_dir, tmp_path):
     card = run_training(
         TrainConfig(
@@ -362,6 +364,7 @@ def test_too_many_unreadable_images_stop_before_training(
     assert not (out / "checkpoints").exists() and not (out / "model.keras").exists()
 
 
+@pytest.mark.slow  # 128 s on a 2-core AVX2 host: a bf16 training of its own
 def test_messy_archive_trains_without_its_unreadable_images_bf16(
     ray_session, messy_archive, tmp_path
 ):
