@@ -125,7 +125,7 @@ def test_kill_mid_run_then_rerun_completes_exactly_once(ray_session, tiny_model_
     from medai.phantoms import PhantomSpec, write_phantom_archive
 
     data = tmp_path / "data"
-    write_phantom_archive(data, PhantomSpec(n_patients=400, size=128, seed=5))
+    write_phantom_archive(data, PhantomSpec(n_patients=200, size=128, seed=5))
     total = n_images(data)
     out = tmp_path / "pred"
     command = MarkedCommand(

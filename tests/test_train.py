@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PHANTOM_SIZE
+from conftest import PHANTOM_SIZE, TRAINED_EPOCHS
 from processes import MarkedCommand
 
 from medai.artifact import file_sha256, load_model_dir
@@ -84,7 +84,7 @@ def check_model_dir(model_dir: Path, labels_dir: Path, epochs: int) -> dict:
 
 def test_two_workers_learn_the_phantoms(trained_model, phantom_archive):
     model_dir, card = trained_model
-    check_model_dir(model_dir, phantom_archive, epochs=4)
+    check_model_dir(model_dir, phantom_archive, epochs=TRAINED_EPOCHS)
     split = pd.read_csv(model_dir / "split.csv", dtype=str)
     for name in ("train", "val"):  # a clean archive: every labelled image used
         assert card["counts"][name]["images"] == int((split["split"] == name).sum())
@@ -121,7 +121,7 @@ def test_calibrated_card_of_the_trained_model(trained_model):
     assert best["val_accuracy"] >= 0.75, card["history"]
 
 
-@pytest.mark.slow  # 320 s on a 2-core AVX2 host: a second 4-epoch training
+@pytest.mark.slow  # 320 s on a 2-core AVX2 host: a second training
 def test_one_worker_from_the_same_seed_is_comparable(trained_model, phantom_archive, tmp_path):
     _, two = trained_model
     one = run_training(
@@ -129,7 +129,7 @@ def test_one_worker_from_the_same_seed_is_comparable(trained_model, phantom_arch
             labels=str(phantom_archive / "Data_Entry_2017.csv"),
             images=(str(phantom_archive),),
             out=str(tmp_path / "one"),
-            epochs=4,
+            epochs=TRAINED_EPOCHS,
             batch_size=32,
             image_size=PHANTOM_SIZE,
             weights="none",
