@@ -1,13 +1,24 @@
 """Where the model looks: Grad-CAM heatmaps and the pointing-game localisation check.
 
 Grad-CAM (Selvaraju et al., 2017) weights the feature maps of one convolutional block by the
-spatial mean of the gradient of a finding's logit with respect to them, keeps the positive
-part, and places each cell's value on the centre of its receptive field, interpolating
-between them. Which InceptionV3 block depends on the input size (:func:`choose_block`): the
-deepest whose grid is at least :data:`MIN_GRID` cells wide (``mixed2``, 13x13, at 128 px;
-``mixed7`` from 224 px, ``mixed10`` from 440 px). On four phantom models the coarser blocks
-pointed worse: Grad-CAM's maximum fell in the lesion box for 41-48% of test lesions at
-``mixed2`` and 7-23% at ``mixed7`` (6x6 at 128 px, each cell's field the whole image).
+spatial mean of the gradient of a finding's logit with respect to them and keeps the positive
+part. Each grid cell's value is then spread over the pixels it sees: a Gaussian centred on its
+receptive field, as wide as the block's effective receptive field (Luo et al., 2016), rather
+than interpolated between cell centres.
+
+Which block (:func:`choose_block`): ``mixed5``, the middle of InceptionV3's 17x17 stage (6x6
+at 128 px, 14x14 at 256 px), wherever its grid is at least :data:`MIN_GRID` cells wide (inputs
+from 128 px); below that, ``mixed2``, the deepest block of the finer grid (9x9 at 96 px).
+
+Why, measured on the 44 boxed test lesions of six 128 px from-scratch phantom models: with
+interpolation between cell centres, ``mixed2``'s maximum sat on the lesion's rim, where its
+cells fire most, just outside the box (hit rates 0.18-0.48), and the coarse blocks did worse
+(``mixed4`` 0.09-0.84, ``mixed7`` 0.07-0.23). Spread over their effective fields, the five
+models trained with exposure jitter (which must find the lesion to separate the classes) hit
+0.70-0.95 at ``mixed5`` (four of them 0.86 or more), against 0.57-0.98 at ``mixed2`` and
+0.70-0.86 at ``mixed7``. The sixth, trained without it, separates the classes partly by overall
+brightness and hits about 0.4 at every block (README, Limitations). Larger inputs were not
+measured on phantoms.
 
 The pointing game (Zhang et al., 2016) counts a hit when the heatmap's maximum falls inside
 the finding's bounding box.
@@ -22,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "BLOCK",
+    "FALLBACK_BLOCK",
     "MIN_GRID",
     "Box",
     "Explainer",
@@ -35,10 +48,11 @@ __all__ = [
 
 log = logging.getLogger("medai.saliency")
 
-MIN_GRID = 12
+MIN_GRID = 6
+BLOCK = "mixed5"
+FALLBACK_BLOCK = "mixed2"
 _BATCH = 16  # Grad-CAM batch: bounded memory at 512 px and above
 _BASE = "inception_v3"
-_BLOCKS = tuple(f"mixed{i}" for i in range(11))
 # Where each block's grid lies on the input: cell i's receptive field is centred on pixel
 # offset + stride * i (stride, offset below). InceptionV3's unpadded stem and reductions leave
 # the grid off the image's corners (at 128 px mixed2's 13 cells are centred on pixels 13..109),
@@ -48,6 +62,25 @@ _GEOMETRY = {
     **{f"mixed{i}": (8, 13) for i in range(3)},
     **{f"mixed{i}": (16, 21) for i in range(3, 8)},
     **{f"mixed{i}": (32, 37) for i in range(8, 11)},
+}
+
+
+# Each block's effective receptive field: the spatial standard deviation, in input pixels, of
+# the mean |d(cell) / d(input)| of a central cell, measured on an untrained InceptionV3 at
+# 299 px (where the fields of every block fit inside the image). Trained phantom models
+# measured 17-21 px at mixed1-2. tests/test_saliency.py re-measures mixed0-3.
+_ERF_SIGMA = {
+    "mixed0": 12.0,
+    "mixed1": 16.0,
+    "mixed2": 18.0,
+    "mixed3": 19.0,
+    "mixed4": 35.0,
+    "mixed5": 40.0,
+    "mixed6": 43.0,
+    "mixed7": 44.0,
+    "mixed8": 45.0,
+    "mixed9": 46.0,
+    "mixed10": 50.0,
 }
 
 
@@ -79,17 +112,12 @@ def choose_block(model) -> str:
         model: A medai classifier (:func:`medai.model.build_model`).
 
     Returns:
-        The block's layer name inside the model's InceptionV3 base: the deepest whose grid
-        is at least MIN_GRID cells wide, or at inputs too small for any, the deepest block
-        of the finest grid.
+        :data:`BLOCK` where its grid is at least :data:`MIN_GRID` cells wide, else
+        :data:`FALLBACK_BLOCK`.
     """
     base = model.get_layer(_BASE)
-    grids = {name: int(base.get_layer(name).output.shape[1]) for name in _BLOCKS}
-    usable = [name for name in _BLOCKS if grids[name] >= MIN_GRID]
-    if usable:
-        return usable[-1]
-    finest = max(grids.values())
-    return [name for name in _BLOCKS if grids[name] == finest][-1]
+    grid = int(base.get_layer(BLOCK).output.shape[1])
+    return BLOCK if grid >= MIN_GRID else FALLBACK_BLOCK
 
 
 def _heads(model) -> tuple[list, list]:
@@ -156,21 +184,17 @@ def cell_centres(block: str, cells: int) -> np.ndarray:
 
 
 def place_cells(cam: np.ndarray, block: str, size: tuple[int, int]) -> np.ndarray:
-    """``(N, H, W)`` maps from ``(N, rows, cols)`` grid values, each on its cell's centre."""
+    """``(N, H, W)`` maps from ``(N, rows, cols)`` grid values, each spread over its field."""
     rows = _placement(block, cam.shape[1], size[0])
     cols = _placement(block, cam.shape[2], size[1])
     return np.einsum("pi,nij,qj->npq", rows, cam, cols)
 
 
 def _placement(block: str, cells: int, size: int) -> np.ndarray:
-    """``(size, cells)`` weights that interpolate a grid line linearly between cell centres.
-
-    Beyond the outermost centres the edge cell's value holds (``np.interp`` clamps).
-    """
+    """``(size, cells)`` weights: a Gaussian per cell on its centre, width the block's field."""
     centres = cell_centres(block, cells)
-    basis = np.eye(cells)
-    pixels = np.arange(size, dtype=np.float64)
-    return np.stack([np.interp(pixels, centres, basis[k]) for k in range(cells)], axis=1)
+    pixels = np.arange(size, dtype=np.float64)[:, None]
+    return np.exp(-0.5 * ((pixels - centres[None, :]) / _ERF_SIGMA[block]) ** 2)
 
 
 def pointing_hit(heatmap: np.ndarray, box: Box, original_size: tuple[int, int]) -> bool:

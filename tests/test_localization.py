@@ -153,7 +153,7 @@ def test_pointing_game_over_the_boxed_test_images(located, phantom_archive):
     boxes = boxes[boxes["image_id"].isin(test)].set_index("image_id")
     assert entry["finding"] == "Mass" and entry["n"] == len(boxes) > 10 and entry["unreadable"] == 0
     explainer = load_explainer(located["model"])
-    assert entry["block"] == metrics["saliency"]["block"] == explainer.block == "mixed2"
+    assert entry["block"] == metrics["saliency"]["block"] == explainer.block == "mixed5"
     found = {
         Path(name).name: data
         for name, data in iter_archive(str(phantom_archive / "images_001.tar.gz"))
@@ -189,7 +189,7 @@ def test_report_overlays_heatmaps_and_names_the_block(located):
     assert saliency["heatmaps"] and saliency["localization"]
     assert saliency["model_id"] == located["card"]["model_id"]
     page = (located["out"] / "report.html").read_text()
-    assert "Localisation: pointing game" in page and "<code>mixed2</code>" in page
+    assert "Localisation: pointing game" in page and "<code>mixed5</code>" in page
     assert saliency["skipped"] == []
 
 
@@ -227,3 +227,35 @@ def test_predict_writes_one_heatmap_per_image_and_finding(located, phantom_archi
     (tmp_path / "file").write_text("")
     model = str(located["model"])
     assert main(["predict", "--model", model, sources[0], "--heatmap", str(tmp_path / "file")]) == 2
+
+
+# Phantoms a model can only separate by finding the lesion: exposure jitter hides the overall
+# brightness a lesion adds; sphere-profile lesions end at their box.
+LOCALISING_PHANTOMS = PhantomSpec(
+    n_patients=200,
+    size=128,
+    seed=1,
+    exposure_jitter=0.15,
+    lesion_contrast=110.0,
+    lesion_profile="sphere",
+)
+
+
+@pytest.mark.slow  # 392 s on a 2-core AVX2 host: a 6-epoch training of its own
+def test_trained_phantom_model_points_at_the_lesion(ray_session, tmp_path):
+    """Grad-CAM's maximum falls in the lesion box for most boxed test lesions of a model trained
+    by `medai train` on lesion-only phantoms. Five trainings on such phantoms measured 0.70-0.95
+    at mixed5 (0.89 and 0.70 in two runs of this very recipe); chance, a point anywhere in the
+    lungs, is about 0.2, and interpolating cells instead of spreading them scored 0.18-0.48.
+    Issue 12's 0.8 is not asserted: one of the five trainings missed it (README, Limitations).
+    """
+    from conftest import train_phantoms
+
+    archive = tmp_path / "phantoms"
+    write_phantom_archive(archive, LOCALISING_PHANTOMS)
+    model_dir, card = train_phantoms(archive, tmp_path, num_workers=1, epochs=6)
+    located = locate(model_dir, card, archive, tmp_path / "located")
+    (entry,) = located["metrics"]["localization"]
+    print(f"pointing game: {entry['hits']}/{entry['n']} = {entry['pointing_hit_rate']:.3f}")
+    assert entry["block"] == "mixed5" and entry["n"] >= 40
+    assert entry["pointing_hit_rate"] >= 0.6

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from medai.saliency import (
+    BLOCK,
+    FALLBACK_BLOCK,
     MIN_GRID,
     Box,
     cell_centres,
@@ -18,12 +20,15 @@ from medai.saliency import (
 
 def test_block_choice_keeps_a_usable_grid(tiny_model_dir):
     from medai.artifact import load_model_dir
+    from medai.model import ModelSpec, build_model
 
     model = load_model_dir(tiny_model_dir).model  # 75 px: mixed0-2 are 7x7, mixed3+ 3x3 or less
-    block = choose_block(model)
-    grid = model.get_layer("inception_v3").get_layer(block).output.shape[1]
-    # No grid reaches MIN_GRID at 75 px: the deepest block of the finest grid.
-    assert block == "mixed2" and grid == 7 < MIN_GRID
+    base = model.get_layer("inception_v3")
+    assert base.get_layer(BLOCK).output.shape[1] == 3 < MIN_GRID
+    assert choose_block(model) == FALLBACK_BLOCK == "mixed2"
+    model = build_model(ModelSpec(128, "gap", "none"))
+    assert model.get_layer("inception_v3").get_layer(BLOCK).output.shape[1] == 6 == MIN_GRID
+    assert choose_block(model) == BLOCK == "mixed5"
 
 
 def test_heatmaps_are_normalised_and_finite(tiny_model_dir):
@@ -95,12 +100,54 @@ def test_cell_centres_are_the_receptive_field_centres():
 
 
 def test_heatmap_peaks_on_the_cell_centre():
-    """One hot cell puts the heatmap's maximum on that cell's receptive-field centre."""
-    from medai.saliency import _placement, place_cells
+    """One hot cell puts the heatmap's maximum on that cell's receptive-field centre, falling
+    to exp(-1/2) of it one effective-field width (18 px at mixed2) away."""
+    from medai.saliency import place_cells
 
     cam = np.zeros((1, 13, 13))
     cam[0, 2, 9] = 1.0
     heat = place_cells(cam, "mixed2", (128, 128))[0]
-    assert np.unravel_index(np.argmax(heat), heat.shape) == (8 * 2 + 13, 8 * 9 + 13)
-    # A partition of unity: no cell gains weight.
-    assert np.allclose(_placement("mixed2", 13, 128).sum(axis=1), 1.0)
+    row, col = 8 * 2 + 13, 8 * 9 + 13
+    assert np.unravel_index(np.argmax(heat), heat.shape) == (row, col)
+    assert heat[row, col - 18] == pytest.approx(np.exp(-0.5) * heat[row, col])
+
+
+def test_a_ring_of_cells_peaks_at_its_centre():
+    """A lesion's rim lights a ring of cells around it; the heatmap's maximum is the centre."""
+    from medai.saliency import place_cells
+
+    cam = np.zeros((1, 13, 13))
+    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, 1), (-1, 1), (1, -1)):
+        cam[0, 6 + dr, 4 + dc] = 1.0
+    heat = place_cells(cam, "mixed2", (128, 128))[0]
+    assert np.unravel_index(np.argmax(heat), heat.shape) == (8 * 6 + 13, 8 * 4 + 13)
+
+
+@pytest.mark.parametrize("block", ["mixed0", "mixed2", "mixed3"])
+def test_field_widths_are_the_measured_effective_fields(block):
+    """The Gaussian width of each block is the spatial standard deviation of a central cell's
+    mean input gradient on an untrained InceptionV3 at 299 px (Luo et al., 2016)."""
+    import keras
+    import tensorflow as tf
+
+    from medai.saliency import _ERF_SIGMA
+
+    keras.utils.set_random_seed(0)
+    base = keras.applications.InceptionV3(
+        include_top=False, weights=None, input_shape=(299, 299, 3)
+    )
+    probe = keras.Model(base.input, base.get_layer(block).output)
+    x = tf.convert_to_tensor(
+        np.random.default_rng(0).uniform(-1, 1, (4, 299, 299, 3)).astype(np.float32)
+    )
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        maps = probe(x, training=False)
+        centre = maps.shape[1] // 2
+        value = tf.reduce_sum(maps[:, centre, centre, :])
+    weight = np.abs(tape.gradient(value, x).numpy()).sum(axis=(0, 3))
+    rows = weight.sum(axis=1) / weight.sum()
+    pixels = np.arange(299)
+    spread = np.sqrt((rows * (pixels - (rows * pixels).sum()) ** 2).sum())
+    print(f"{block}: measured {spread:.1f} px, table {_ERF_SIGMA[block]}")
+    assert spread == pytest.approx(_ERF_SIGMA[block], rel=0.15)
