@@ -69,7 +69,18 @@ def _support_centre(model, inputs, cell: int) -> float:
     return (rows.min() + rows.max()) / 2
 
 
-def test_cell_centres_are_the_receptive_field_centres():
+@pytest.fixture(scope="module")
+def base_299():
+    """An untrained InceptionV3 base at 299 px, where the fields of every block fit."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.applications.InceptionV3(
+        include_top=False, weights=None, input_shape=(299, 299, 3)
+    )
+
+
+def test_cell_centres_are_the_receptive_field_centres(base_299):
     """Each cell's heatmap value is placed where its receptive field is centred.
 
     At 299 px the receptive fields of mixed0-mixed3 cells fit inside the image, so the centre
@@ -80,9 +91,7 @@ def test_cell_centres_are_the_receptive_field_centres():
     import keras
 
     rng = np.random.default_rng(0)
-    base = keras.applications.InceptionV3(
-        include_top=False, weights=None, input_shape=(299, 299, 3)
-    )
+    base = base_299
     image = rng.uniform(-1, 1, (1, 299, 299, 3)).astype(np.float32)
     for block in ("mixed0", "mixed2", "mixed3"):
         cells = base.get_layer(block).output.shape[1]
@@ -124,7 +133,7 @@ def test_a_ring_of_cells_peaks_at_its_centre():
 
 
 @pytest.mark.parametrize("block", ["mixed0", "mixed2", "mixed3"])
-def test_field_widths_are_the_measured_effective_fields(block):
+def test_field_widths_are_the_measured_effective_fields(base_299, block):
     """The Gaussian width of each block is the spatial standard deviation of a central cell's
     mean input gradient on an untrained InceptionV3 at 299 px (Luo et al., 2016)."""
     import keras
@@ -132,11 +141,7 @@ def test_field_widths_are_the_measured_effective_fields(block):
 
     from medai.saliency import _ERF_SIGMA
 
-    keras.utils.set_random_seed(0)
-    base = keras.applications.InceptionV3(
-        include_top=False, weights=None, input_shape=(299, 299, 3)
-    )
-    probe = keras.Model(base.input, base.get_layer(block).output)
+    probe = keras.Model(base_299.input, base_299.get_layer(block).output)
     x = tf.convert_to_tensor(
         np.random.default_rng(0).uniform(-1, 1, (4, 299, 299, 3)).astype(np.float32)
     )
