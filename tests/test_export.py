@@ -126,3 +126,19 @@ def test_int8_accepted_by_gate_and_loaded(trained_model, tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (4, size, size, 1), dtype=np.uint8)
     fp32 = load_engine(folder, "openvino", "fp32").predict(images)
     assert float(np.abs(engine.predict(images) - fp32).max()) < 0.5
+
+
+@pytest.mark.slow
+def test_accuracy_control_runs_within_its_bound_and_is_gated(trained_model, tmp_path):
+    """NNCF accuracy control (the default second attempt) runs end to end, bounded to one
+    reverted group here, and its model meets the same gate: refused, with its measurements."""
+    folder = _copy(trained_model[0], tmp_path)
+    before = (folder / "model_card.json").read_text()
+    attempt = Int8Attempt("accuracy-control", accuracy_control=True, max_reverted=1)
+    assert DEFAULT_ATTEMPTS[1].accuracy_control and DEFAULT_ATTEMPTS[1].max_reverted > 1
+    impossible = Int8Gate(max_auc_change=0.0, min_agreement=1.0)
+    with pytest.raises(ExportError, match="accuracy-control: AUC") as refused:
+        export_openvino(folder, int8=True, gate=impossible, attempts=(attempt,))
+    assert "decision agreement" in str(refused.value)
+    assert (folder / "model_card.json").read_text() == before
+    assert _leftovers(folder) == []
