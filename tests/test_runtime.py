@@ -158,3 +158,27 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(tmp_path: Path) -> N
             os.killpg(child.pid, signal.SIGKILL)
             child.wait(timeout=10)
         child.stdout.close()
+
+
+def test_local_ray_keeps_a_pipelines_workers_warm(ray_session):
+    """Workers of a burst of tasks beyond the CPU count stay alive between pipeline stages
+    (Ray's default kills idle workers above one per CPU after a second, and a scoring run
+    then restarts a worker every few seconds)."""
+    import ray
+
+    from medai.runtime import idle_workers
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    burst = cpus + 3
+    assert burst <= idle_workers(cpus)
+
+    @ray.remote(num_cpus=0)
+    def pid_after(seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    pids = set(ray.get([pid_after.remote(2.0) for _ in range(burst)]))
+    assert len(pids) == burst  # one worker each: the tasks overlapped
+    time.sleep(4.0)  # well past Ray's 1 s idle-worker kill threshold
+    alive = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+    assert alive == pids
