@@ -666,7 +666,23 @@ def cpu_bounds(base: dict) -> list[tuple[str, str]]:
         ("bound / (b): the highest (c)/(b) possible here", f"{fp32 / base['ceiling']:.2f}x"),
         (f"bound for any bf16 pipeline on {cores} cores (img/s)", _num(bf16)),
         ("bf16 bound / fp32 bound: the highest (d)/(c) possible here", f"{bf16 / fp32:.2f}x"),
+        *_openvino_bounds(base, cores, fp32),
     ]
+
+
+def _openvino_bounds(base: dict, cores: int, tf_fp32: float) -> list[tuple[str, str]]:
+    """The same bound for OpenVINO pipelines, and the (e)/(c) and (f)/(c) it allows."""
+    rows = []
+    for precision, row in (("fp32", "(e)"), ("bf16", "(f)")):
+        measured = base["openvino"][precision]
+        bound = cores / (measured["cpu"] + base["decode_cpu"])
+        ran = measured["ran"]
+        rows += [
+            (f"model CPU per image, OpenVINO {ran} (ms)", _num(1e3 * measured["cpu"])),
+            (f"bound for any OpenVINO {ran} pipeline (img/s)", _num(bound)),
+            (f"its bound / TensorFlow fp32 bound: highest {row}/(c)", f"{bound / tf_fp32:.2f}x"),
+        ]
+    return rows
 
 
 def report_lines(
