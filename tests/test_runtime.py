@@ -160,25 +160,65 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(tmp_path: Path) -> N
         child.stdout.close()
 
 
-def test_local_ray_keeps_a_pipelines_workers_warm(ray_session):
+WARM_CHILD = """
+import json, os, time
+from pathlib import Path
+import ray
+from medai.runtime import idle_workers, init_ray
+init_ray(num_cpus=2, dashboard=False)
+burst = 2 + 3
+
+@ray.remote(num_cpus=0)
+class Barrier:
+    def __init__(self):
+        self.arrived = 0
+
+    def arrive(self):
+        self.arrived += 1
+
+    def count(self):
+        return self.arrived
+
+
+@ray.remote(num_cpus=0)
+def pid_when_all_arrived(barrier, n):
+    # Each task holds its worker until every task has one: one worker per task, however
+    # slowly Ray starts them.
+    ray.get(barrier.arrive.remote())
+    while ray.get(barrier.count.remote()) < n:
+        time.sleep(0.05)
+    return os.getpid()
+
+
+barrier = Barrier.remote()
+tasks = [pid_when_all_arrived.remote(barrier, burst) for _ in range(burst)]
+pids = set(ray.get(tasks, timeout=180))
+time.sleep(4.0)  # well past Ray's 1 s idle-worker kill threshold
+alive = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+print(json.dumps({"burst": burst, "limit": idle_workers(2), "pids": sorted(pids),
+                  "alive": sorted(alive)}), flush=True)
+ray.shutdown()
+"""
+
+
+def test_local_ray_keeps_a_pipelines_workers_warm(tmp_path: Path) -> None:
     """Workers of a burst of tasks beyond the CPU count stay alive between pipeline stages
     (Ray's default kills idle workers above one per CPU after a second, and a scoring run
-    then restarts a worker every few seconds)."""
-    import ray
-
-    from medai.runtime import idle_workers
-
-    cpus = int(ray.cluster_resources()["CPU"])
-    burst = cpus + 3
-    assert burst <= idle_workers(cpus)
-
-    @ray.remote(num_cpus=0)
-    def pid_after(seconds: float) -> int:
-        time.sleep(seconds)
-        return os.getpid()
-
-    pids = set(ray.get([pid_after.remote(2.0) for _ in range(burst)]))
-    assert len(pids) == burst  # one worker each: the tasks overlapped
-    time.sleep(4.0)  # well past Ray's 1 s idle-worker kill threshold
-    alive = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
-    assert alive == pids
+    then restarts a worker every few seconds). A fresh Ray in a child process: the session's
+    Ray holds idle workers of earlier tests, which count against the same limit."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_CHILD],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["burst"] <= result["limit"]
+    assert len(result["pids"]) == result["burst"]  # one worker per task (the barrier)
+    assert result["alive"] == result["pids"]
