@@ -656,8 +656,8 @@ def cpu_bounds(base: dict) -> list[tuple[str, str]]:
     as (b); so no pipeline can exceed ``cores / (model + decode)`` images/s.
     """
     cores = len(os.sched_getaffinity(0))
-    fp32 = cores / (base["model_cpu"] + base["decode_cpu"])
-    bf16 = cores / (base["model_cpu_bf16"] + base["decode_cpu"])
+    fp32 = _bound(cores, base["model_cpu"], base)
+    bf16 = _bound(cores, base["model_cpu_bf16"], base)
     return [
         ("model CPU per image, fp32 (ms, all threads, from (b))", _num(1e3 * base["model_cpu"])),
         ("model CPU per image, bf16 (ms)", _num(1e3 * base["model_cpu_bf16"])),
@@ -670,12 +670,17 @@ def cpu_bounds(base: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _bound(cores: int, model_cpu: float, base: dict) -> float:
+    """Images/s when every image costs ``model_cpu`` plus ``decode_image`` on ``cores``."""
+    return cores / (model_cpu + base["decode_cpu"])
+
+
 def _openvino_bounds(base: dict, cores: int, tf_fp32: float) -> list[tuple[str, str]]:
     """The same bound for OpenVINO pipelines, and the (e)/(c) and (f)/(c) it allows."""
     rows = []
     for precision, row in (("fp32", "(e)"), ("bf16", "(f)")):
         measured = base["openvino"][precision]
-        bound = cores / (measured["cpu"] + base["decode_cpu"])
+        bound = _bound(cores, measured["cpu"], base)
         ran = measured["ran"]
         rows += [
             (f"model CPU per image, OpenVINO {ran} (ms)", _num(1e3 * measured["cpu"])),

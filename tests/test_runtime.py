@@ -38,6 +38,13 @@ ray.shutdown()
 """
 
 
+def _child_env() -> dict[str, str]:
+    """This environment for a child that starts its own local Ray with Ray's defaults."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
 def _descendants(root: int) -> set[int]:
     parents: dict[int, int] = {}
     for name in os.listdir("/proc"):
@@ -113,8 +120,7 @@ def test_address_decoding() -> None:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")
 def test_local_ray_listens_on_loopback_only_with_token_auth(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env = _child_env()
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD],
         stdin=subprocess.PIPE,
@@ -206,8 +212,7 @@ def test_local_ray_keeps_a_pipelines_workers_warm(tmp_path: Path) -> None:
     (Ray's default kills idle workers above one per CPU after a second, and a scoring run
     then restarts a worker every few seconds). A fresh Ray in a child process: the session's
     Ray holds idle workers of earlier tests, which count against the same limit."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env = _child_env()
     done = subprocess.run(
         [sys.executable, "-c", WARM_CHILD],
         capture_output=True,
