@@ -621,7 +621,7 @@ def _card_fields(
                 }
                 for finding, column in zip(findings, plan.columns, strict=True)
             },
-            "best_by": "mean validation AUC over findings",
+            "best_by": "mean validation AUC over findings, ties by lower validation loss",
             "top_level_keys": "describe the first finding, except val_auc: the mean over "
             "findings of their calibrated validation AUCs",
         }

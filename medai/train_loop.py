@@ -48,6 +48,7 @@ __all__ = [
     "train_loop_per_worker",
     "make_replica_step",
     "augmenter_for",
+    "is_better",
     "shuffle_buffer_rows",
     "validation_summary",
     "validation_summaries",
@@ -481,9 +482,7 @@ def train_loop_per_worker(config: dict) -> None:
             }
         row["seconds"] = round(time.perf_counter() - started, 2)
         row["images_per_second"] = round(row["train_images"] / max(row["seconds"], 1e-9), 2)
-        improved = state["best"] is None or (row["val_auc"] or 0.0) > (
-            state["best"]["val_auc"] or 0.0
-        )
+        improved = is_better(row, state["best"])
         if improved:
             state["best"] = {
                 "epoch": epoch,
@@ -550,6 +549,27 @@ def _quiet_ray_loggers() -> None:
     # Ray Train names this logger by file path; only its level is changed here.
     for name in ("ray.train", "ray.data", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def is_better(row: dict, best: dict | None) -> bool:
+    """Whether an epoch's validation beats the best so far: a higher (mean) AUC, or the same
+    AUC with a lower loss.
+
+    The tie matters on small validation sets, where AUC saturates at 1.0 within a few epochs:
+    without it the first epoch to separate the classes is kept however much surer later ones
+    are (a phantom model kept epoch 5 of 12 at validation loss 0.0082 over epoch 11's 0.0029).
+
+    Args:
+        row: The epoch's ``val_auc`` and ``val_loss`` (either may be ``None``).
+        best: The best epoch's, or ``None`` before the first.
+    """
+    if best is None:
+        return True
+    auc, best_auc = row["val_auc"] or 0.0, best["val_auc"] or 0.0
+    if auc != best_auc:
+        return auc > best_auc
+    loss, best_loss = row.get("val_loss"), best.get("val_loss")
+    return loss is not None and (best_loss is None or loss < best_loss)
 
 
 def _epoch_line(row: dict, epochs: int, improved: bool) -> str:

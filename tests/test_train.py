@@ -472,6 +472,20 @@ def test_inventory_counts_unreadable_images_per_split():
 # --- the loop's parts ----------------------------------------------------------------------------
 
 
+def test_best_epoch_by_auc_then_by_loss():
+    from medai.train_loop import is_better
+
+    best = {"val_auc": 1.0, "val_loss": 0.0082}
+    assert is_better({"val_auc": 0.9, "val_loss": 0.5}, None)
+    assert is_better({"val_auc": 1.0, "val_loss": 0.0029}, best)  # same AUC, surer
+    assert not is_better({"val_auc": 1.0, "val_loss": 0.0214}, best)
+    assert not is_better({"val_auc": 0.99, "val_loss": 0.0001}, best)  # AUC comes first
+    assert is_better({"val_auc": 0.95, "val_loss": 0.3}, {"val_auc": 0.9, "val_loss": 0.1})
+    # no validation AUC (one class only): only a measured loss can improve on the best
+    assert not is_better({"val_auc": None, "val_loss": None}, {"val_auc": None, "val_loss": 0.2})
+    assert is_better({"val_auc": None, "val_loss": 0.1}, {"val_auc": None, "val_loss": 0.2})
+
+
 def test_youden_threshold_and_auc_use_unclipped_scores():
     from medai.train_loop import validation_summary
 
