@@ -22,7 +22,11 @@ from medai.export import (
 )
 
 NNCF_DEFAULTS = Int8Attempt(
-    "nncf-defaults", keep_ends=False, preset="performance", fast_bias_correction=True
+    "nncf-defaults",
+    keep_ends=False,
+    preset="performance",
+    fast_bias_correction=True,
+    activation_ranges="mean-minmax",
 )
 
 
@@ -77,6 +81,12 @@ def test_gate_verdict():
         Int8Gate(min_agreement=1.5)
 
 
+def test_attempts_name_their_activation_ranges():
+    assert [a.activation_ranges for a in DEFAULT_ATTEMPTS[:2]] == ["minmax", "mean-minmax"]
+    with pytest.raises(ExportError, match="activation_ranges must be one of"):
+        Int8Attempt("typo", activation_ranges="histogram")
+
+
 def test_measure_agreement_uses_the_decision_rule():
     reference = np.array([0.2, 0.5, 0.7, 0.9], np.float32)
     scores = np.array([0.2, 0.4999, 0.7, 0.95], np.float32)
@@ -119,6 +129,7 @@ def test_int8_accepted_by_gate_and_loaded(trained_model, tmp_path):
     measured = int8["gate"]["measured"]
     assert abs(measured["auc_change"]) <= 0.05 and measured["decision_agreement"] >= 0.8
     assert int8["calibration"]["split"] == "train" and int8["calibration"]["images"] > 0
+    assert int8["quantization"]["activation_ranges"] == "minmax"
     assert int8["sha256"]["bin"] == file_sha256(folder / "openvino" / "model-int8.bin")
     engine = load_engine(folder, "auto", "int8")
     assert (engine.name, engine.precision) == ("openvino", "int8")
@@ -135,7 +146,7 @@ def test_accuracy_control_runs_within_its_bound_and_is_gated(trained_model, tmp_
     folder = _copy(trained_model[0], tmp_path)
     before = (folder / "model_card.json").read_text()
     attempt = Int8Attempt("accuracy-control", accuracy_control=True, max_reverted=1)
-    assert DEFAULT_ATTEMPTS[1].accuracy_control and DEFAULT_ATTEMPTS[1].max_reverted > 1
+    assert DEFAULT_ATTEMPTS[-1].accuracy_control and DEFAULT_ATTEMPTS[-1].max_reverted > 1
     impossible = Int8Gate(max_auc_change=0.0, min_agreement=1.0)
     with pytest.raises(ExportError, match="accuracy-control: AUC") as refused:
         export_openvino(folder, int8=True, gate=impossible, attempts=(attempt,))
