@@ -404,6 +404,11 @@ def _training_datasets(dataset, seed: int) -> dict:
     usable["train"] = usable["train"].randomize_block_order(
         seed=RandomSeedConfig(seed=seed, reseed_after_execution=True)
     )
+    for materialized in usable.values():
+        # Workers run these once per epoch: Ray Data's bars and start lines, drawn into the
+        # workers' logs between medai's epoch lines, said nothing those lines do not.
+        materialized.context.enable_progress_bars = False
+        materialized.context.print_on_execution_start = False
     return usable
 
 

@@ -187,6 +187,9 @@ def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp
     assert resumed.returncode == 0, resumed.stdout[-5000:]
     assert "resumed from checkpoint after epoch 3" in resumed.stdout
     assert resumed.stdout.count("epoch 4/4") >= 1 and "epoch 1/4" not in resumed.stdout
+    # Each epoch's pass over the train and val datasets draws no Ray Data bars into the log.
+    for line in ("Running Dataset train_", "Running Dataset val_", "execution of Dataset train_"):
+        assert line not in resumed.stdout
     card4 = check_model_dir(out, phantom_archive, epochs=4)
     assert card4["history"][:3] == card["history"]
 
@@ -576,6 +579,9 @@ def test_every_epoch_shuffles_the_whole_training_set(ray_session):
     orders = [[r["image_id"] for r in datasets["train"].iter_rows()] for _ in range(2)]
     assert sorted(orders[0]) == sorted(orders[1]) and len(orders[0]) == 319
     assert orders[0] != orders[1]  # a new block order every epoch (execution)
+    for split in datasets.values():  # workers run these every epoch: no bars in their logs
+        assert not split.context.enable_progress_bars
+        assert not split.context.print_on_execution_start
     # A worker's buffer holds its whole shard, up to the memory cap.
     assert shuffle_buffer_rows(300, 2, 96, 16) == 150
     assert shuffle_buffer_rows(80_000, 2, 256, 16) == SHUFFLE_BYTES // (256 * 256)
