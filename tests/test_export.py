@@ -141,7 +141,7 @@ def test_int8_accepted_by_gate_and_loaded(trained_model, tmp_path):
 
 @pytest.mark.slow
 def test_accuracy_control_runs_within_its_bound_and_is_gated(trained_model, tmp_path):
-    """NNCF accuracy control (the default second attempt) runs end to end, bounded to one
+    """NNCF accuracy control (the default last attempt) runs end to end, bounded to one
     reverted group here, and its model meets the same gate: refused, with its measurements."""
     folder = _copy(trained_model[0], tmp_path)
     before = (folder / "model_card.json").read_text()
