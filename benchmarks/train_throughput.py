@@ -9,8 +9,10 @@ images each, ``--image-size`` px PNGs) and the same architecture,
   :func:`medai.images.decode_image` into in-memory ``uint8`` arrays, then
   :mod:`medai.train_loop`'s own replica step (``make_replica_step``: augmentation,
   ``GradientTape``, Adam, weighted binary cross-entropy) in a ``tf.function``, without a
-  distribution strategy, and after each epoch a prediction pass over
-  the validation images, because the Ray Train epoch time includes that pass too. TensorFlow
+  distribution strategy, and after each epoch, as medai's loop does and its epoch time
+  includes, the BatchNorm re-estimation of a model trained from random weights
+  (:mod:`medai.batchnorm`, over the epoch's last ``BN_BATCHES`` batches) and a prediction pass
+  over the validation images. TensorFlow
   gets the thread count of a 1-worker Ray Train worker: ``configure_tensorflow`` with the CPUs
   :func:`medai.train._workers` grants it.
 * Ray Train: :func:`medai.train.run_training` with ``num_workers`` 1 and 2; its model card's
@@ -171,8 +173,10 @@ def plain_keras(config: TrainConfig, cpus: float) -> dict:
     import keras
     import tensorflow as tf
 
+    from medai.batchnorm import make_bn_reestimation
     from medai.model import build_augmenter, build_model
     from medai.train import _class_weights, prepare_training
+    from medai.train_loop import BN_BATCHES
 
     plan = prepare_training(config)
     data = _decode_split(plan)
@@ -189,18 +193,29 @@ def plain_keras(config: TrainConfig, cpus: float) -> dict:
     train_step, predict_step = _make_steps(
         model, optimizer, build_augmenter(config.seed), config.batch_size
     )
+    # medai's loop re-estimates BatchNorm statistics before each validation of a model trained
+    # from random weights (medai.batchnorm): the same work here keeps the compute equal.
+    reestimate = (
+        None
+        if config.spec.pretrained
+        else make_bn_reestimation(model, tf.distribute.get_strategy())
+    )
     rng = np.random.default_rng(config.seed)
     batch, history = config.batch_size, []
     for epoch in range(1, config.epochs + 1):
         order = rng.permutation(len(x_train))
         started = time.perf_counter()
-        for start in range(0, len(order) - batch + 1, batch):  # drop_last, as medai
+        starts = range(0, len(order) - batch + 1, batch)  # drop_last, as medai
+        for start in starts:
             index = order[start : start + batch]
             labels = y_train[index].reshape(-1, 1)
             np.asarray(
                 train_step(x_train[index], labels, weights_of[labels.astype(np.int64)[:, 0]])
             )
         train_seconds = time.perf_counter() - started
+        if reestimate is not None:  # over the epoch's last BN_BATCHES batches, as medai
+            reestimate(x_train[order[s : s + batch]] for s in starts[-BN_BATCHES:])
+        bn_seconds = time.perf_counter() - started - train_seconds
         for start in range(0, len(x_val), 2 * batch):
             np.asarray(predict_step(x_val[start : start + 2 * batch]))
         history.append(
@@ -209,6 +224,7 @@ def plain_keras(config: TrainConfig, cpus: float) -> dict:
                 "train_images": len(order) // batch * batch,
                 "seconds": time.perf_counter() - started,
                 "train_seconds": train_seconds,
+                "bn_seconds": bn_seconds,
             }
         )
     threads = (
@@ -234,8 +250,9 @@ def run_plain(config: TrainConfig, cpus: float) -> Measured:
     steady = measured.steady
     train_only = sum(r["train_images"] for r in steady) / sum(r["train_seconds"] for r in steady)
     measured.notes.append(
-        f"plain Keras {config.precision}, train steps only (no validation "
-        f"pass): {train_only:.1f} images/s"
+        f"plain Keras {config.precision}, train steps only (no BatchNorm re-estimation, no "
+        f"validation pass): {train_only:.1f} images/s; BatchNorm re-estimation "
+        f"{np.mean([r['bn_seconds'] for r in steady]):.1f} s per epoch"
     )
     return measured
 
@@ -343,6 +360,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", type=int, help=f"per worker, as medai train (default {FULL['batch_size']})"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        choices=WORKER_COUNTS,
+        default=list(WORKER_COUNTS),
+        help="Ray Train worker counts to run (default: 1 2); plain Keras always runs",
+    )
     add_quick_flag(parser, QUICK)
     args = parse_with_presets(parser, argv, QUICK, FULL)
     if args.epochs < 2:
@@ -368,13 +393,14 @@ def main(argv: list[str] | None = None) -> int:
         init_ray(num_cpus=os.cpu_count())
         try:
             cpus = {
-                w: _workers(train_config(args, labels, root, w, "fp32"))[1] for w in WORKER_COUNTS
+                w: _workers(train_config(args, labels, root, w, "fp32"))[1]
+                for w in {1, *args.workers}
             }
             for precision in PRECISIONS:
                 print(f"plain Keras {precision} ...", flush=True)
                 config = train_config(args, labels, root / f"plain-{precision}", 1, precision)
                 results.append(run_plain(config, cpus[1]))
-            for workers in WORKER_COUNTS:
+            for workers in args.workers:
                 for precision in PRECISIONS:
                     print(f"Ray Train {workers} worker(s) {precision} ...", flush=True)
                     out = root / f"ray{workers}-{precision}"
