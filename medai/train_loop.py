@@ -421,14 +421,12 @@ def train_loop_per_worker(config: dict) -> None:
     # it was given 8).
     configure_tensorflow(assigned_cpus(config["cpus_per_worker"]))
     import keras
-    import ray.data
     import ray.train
     import tensorflow as tf
 
     from medai.batchnorm import make_bn_reestimation, make_bn_sync
     from medai.model import ModelSpec, build_model
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     keras.utils.set_random_seed(config["seed"])
