@@ -140,8 +140,9 @@ def locate(model_dir: Path, card: dict, archive: Path, folder: Path) -> dict:
 def test_pointing_game_over_the_boxed_test_images(located, phantom_archive):
     """metrics.json's localisation equals Grad-CAM + pointing_hit run here image by image.
 
-    Issue 12 asks for a hit rate >= 0.8 on a trained phantom model; this model does not reach
-    it (see the README's limitations), so the test checks the measurement, not that target.
+    This fixture's model, trained without exposure jitter, can separate the classes partly by
+    brightness and need not point at the lesion (README, Limitations), so this checks the
+    measurement; the slow test below holds a lesion-finding model to issue 12's 0.8.
     """
     from medai.images import decode_image, image_size_of, iter_archive
     from medai.saliency import Box, gradcam, load_explainer, pointing_hit
@@ -162,7 +163,7 @@ def test_pointing_game_over_the_boxed_test_images(located, phantom_archive):
     ids = sorted(found)
     images = np.stack([decode_image(found[i], explainer.image_size) for i in ids])
     heats = np.concatenate(
-        [gradcam(explainer.model, images[k : k + 32]) for k in range(0, len(ids), 32)]
+        [gradcam(explainer.model, images[k : k + 8]) for k in range(0, len(ids), 8)]
     )
     hits = sum(
         pointing_hit(
@@ -243,13 +244,13 @@ LOCALISING_PHANTOMS = PhantomSpec(
 
 @pytest.mark.slow  # 392 s on a 2-core AVX2 host: a 6-epoch training of its own
 def test_trained_phantom_model_points_at_the_lesion(ray_session, tmp_path):
-    """Grad-CAM's maximum falls in the lesion box for most boxed test lesions of a model trained
-    by `medai train` on lesion-only phantoms. Five trainings on such phantoms measured 0.70-0.95
-    at mixed5 (0.89 and 0.70 in two runs of this very recipe); chance, a point anywhere in the
-    lungs, is about 0.2, and interpolating cells instead of spreading them scored 0.18-0.48.
-    Issue 12's 0.8 is not asserted: one of the five trainings missed it, and ten more (seeds
-    0-4 at 6 and 12 epochs, README's Limitations) hit 0.39-1.00 on the test lesions. This
-    recipe (seed 0, 6 epochs) measured 0.89 on this host; its best epoch is 6 by AUC alone.
+    """Grad-CAM's maximum falls in the lesion box for at least 0.8 of the boxed test lesions
+    (issue 12) of a model trained by `medai train` on lesion-only phantoms. With the heatmap
+    summed over the image's mirror images, ten trainings of this recipe's kind (seeds 0-4, 6
+    and 12 epochs) hit 0.82-1.00 on their test lesions but one (seed 4, 6 epochs: 0.64, its
+    heatmap pulled towards the mediastinum); this recipe (seed 0, 6 epochs) hit 1.00 there,
+    0.97 on 203 unseen lesions. Each image's own Grad-CAM alone hit 0.39-1.00, 6 of 10 at 0.8
+    or more; chance, a point anywhere in the lungs, is about 0.2.
     """
     from conftest import train_phantoms
 
@@ -260,4 +261,4 @@ def test_trained_phantom_model_points_at_the_lesion(ray_session, tmp_path):
     (entry,) = located["metrics"]["localization"]
     print(f"pointing game: {entry['hits']}/{entry['n']} = {entry['pointing_hit_rate']:.3f}")
     assert entry["block"] == "mixed5" and entry["n"] >= 40
-    assert entry["pointing_hit_rate"] >= 0.6
+    assert entry["pointing_hit_rate"] >= 0.8

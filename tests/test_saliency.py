@@ -42,6 +42,30 @@ def test_heatmaps_are_normalised_and_finite(tiny_model_dir):
     assert overlay(images[0], maps[0]).shape == (75, 75, 3)
 
 
+def _mirror(array: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+    array = array[:, ::-1] if rows else array
+    return np.ascontiguousarray(array[:, :, ::-1] if cols else array)
+
+
+def test_mirrored_heatmaps_follow_the_image_when_it_is_flipped(tiny_model_dir):
+    """Summed over the image's mirror images, a heatmap no longer carries the direction in which
+    the network's features sit off the object they detect: flipping the input flips the map.
+    The image's own Grad-CAM alone does not have that symmetry (the check can fail)."""
+    from medai.artifact import load_model_dir
+    from medai.saliency import MIRRORS
+
+    model = load_model_dir(tiny_model_dir).model
+    images = np.random.default_rng(1).integers(0, 255, (2, 75, 75, 1), dtype=np.uint8)
+    mirrored, single = gradcam(model, images), gradcam(model, images, mirrored=False)
+    assert len(MIRRORS) == 4 and single.max() == 1.0
+    for rows, cols in MIRRORS[1:]:
+        flipped = _mirror(images, rows, cols)
+        back = _mirror(gradcam(model, flipped), rows, cols)
+        np.testing.assert_allclose(back, mirrored, atol=1e-4)
+        back = _mirror(gradcam(model, flipped, mirrored=False), rows, cols)
+        assert np.abs(back - single).max() > 0.05
+
+
 def test_pointing_hit_uses_original_coordinates():
     heat = np.zeros((8, 8), np.float32)
     heat[1, 6] = 1.0  # centre of that cell at (6.5, 1.5) of 8 -> (832, 192) of 1024
