@@ -1013,6 +1013,30 @@ def test_multi_finding_summary_in_json_and_html(multi) -> None:
     assert len(html_images(text).images) == len(plots) + 1  # + the ROC with all findings
 
 
+def test_worker_processes_do_not_change_the_report(multi, tmp_path) -> None:
+    """The findings' bootstraps and figures run in worker processes (``--processes``): two
+    workers and none give the same metrics.json and the same plot files, byte for byte."""
+    reports, plots = [], []
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        cfg = config(multi["preds"], multi["labels"], out, bootstrap=200, processes=processes)
+        report = run_report(cfg)
+        assert report["config"]["processes"] == processes
+        reports.append({k: v for k, v in report.items() if k not in ("config", "generated_at")})
+        plots.append({f.name: f.read_bytes() for f in sorted((out / "plots").iterdir())})
+    assert reports[0] == reports[1]
+    assert plots[0].keys() == plots[1].keys() and len(plots[0]) >= 3 * len(MULTI) + 1
+    assert plots[0] == plots[1]
+
+
+def test_processes_flag_is_checked(tmp_path) -> None:
+    from medai.cli import main
+
+    args = ["report", "--predictions", str(tmp_path), "--labels", str(tmp_path / "l.csv")]
+    assert main([*args, "--out", str(tmp_path / "out"), "--processes", "-1"]) == 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_multi_finding_roc_has_one_curve_per_finding(multi) -> None:
     from medai import plots
     from medai.report import accounting, evaluation, figures, inputs

@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,11 @@ class FindingRows:
     @property
     def scores(self) -> np.ndarray:
         return self.rows["score"].to_numpy(dtype=np.float64)
+
+    def numeric(self) -> FindingRows:
+        """A copy keeping only ``score``, ``label`` and ``label_row``: what the metrics and
+        figures read, cheap to send to a worker process (no image ids or sources)."""
+        return replace(self, rows=self.rows[["score", "label", "label_row"]])
 
 
 @dataclass

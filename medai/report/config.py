@@ -77,6 +77,9 @@ class ReportConfig:
             the page and the plots folder, for reports that leave the institution.
         boxes: NIH ``BBox_List_2017.csv`` (or the columns of :data:`medai.boxes.BOX_COLUMNS`)
             for the pointing-game localisation check; needs ``model``.
+        processes: Worker processes for the findings' bootstraps and figures (findings are
+            independent); ``0``: one per CPU this process may use, ``1``: all in this process.
+            The results do not depend on it.
     """
 
     predictions: str | Path
@@ -92,6 +95,7 @@ class ReportConfig:
     seed: int = 0
     images: bool = True
     boxes: str | Path | None = None
+    processes: int = 0
 
 
 # ----------------------------------------------------------------------------- command line
@@ -157,6 +161,14 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="worker processes for the findings' bootstraps and figures; 0: one per usable "
+        "CPU, 1: none (default: 0; the results are the same)",
+    )
+    parser.add_argument(
         "--no-images",
         dest="images",
         action="store_false",
@@ -201,6 +213,7 @@ def config_from_args(namespace: argparse.Namespace) -> ReportConfig:
         seed=namespace.seed,
         images=getattr(namespace, "images", True),
         boxes=getattr(namespace, "boxes", None),
+        processes=getattr(namespace, "processes", 0),
     )
     check_config(config)
     return config
@@ -226,7 +239,7 @@ def check_config(config: ReportConfig) -> None:
         or not 0.0 <= config.threshold <= 1.0
     ):
         raise ReportError(f"--threshold must be a number in [0, 1], not {config.threshold!r}")
-    for name in ("bootstrap", "seed"):
+    for name in ("bootstrap", "seed", "processes"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ReportError(f"--{name} must be a non-negative integer, not {value!r}")

@@ -23,17 +23,12 @@ from medai.report.examples import (
     read_images,
     thumbnails_of,
 )
-from medai.report.figures import (
-    comparison_plot,
-    examples_figure,
-    finding_plots,
-    model_plots,
-    slug,
-)
+from medai.report.figures import Titles, comparison_plot, draw_finding, model_plots, slug
 from medai.report.inputs import prepare, resolved_config
 from medai.report.render import fmt, render_html
 from medai.report.saliency import boxed_sources, localization, overlays
 from medai.report.subgroups import attributes_of
+from medai.report.workers import finding_pool, pool_map
 from medai.saliency import Explainer, load_explainer
 
 __all__ = ["run_report"]
@@ -117,63 +112,70 @@ def run_report(config: ReportConfig) -> dict:
         report["reasons"].append("the prediction files hold no rows")
     for model_id, finding in inputs.skipped_models.items():
         report["reasons"].append(f"model {model_id} skipped: it scores {finding!r}")
-    sections = {m.model_id: model_section(m, config, attributes) for m in models}
-    _log_summary(sections)
-    chosen = choose_examples(models, sections)
-    explainer, saliency = _explainer(config, inputs)
-    report["saliency"] = saliency
-    shown = example_sources(chosen) if config.images else []
-    # The one model whose boxed images the pointing game plays: the --model network's.
-    explained = next(
-        (m for m in models if explainer is not None and m.model_id == explainer.model_id), None
-    )
-    located = explained if explained is not None and inputs.boxes is not None else None
-    boxed = boxed_sources(located, inputs.boxes) if located is not None else []
-    decoded = read_images(
-        shown + boxed, thumbnails=shown, model_size=explainer.image_size if explainer else None
-    )
-    report["localization"] = []
-    if located is not None:
-        report["localization"] = localization(explainer, located, inputs.boxes, decoded)
-        _log_localization(report["localization"])
-    names = [attribute.name for attribute in attributes]
-    failures: dict[str, dict[str, dict | None]] = {}
-    figures: dict[str, tuple[dict[str, bytes], dict[str, dict[str, bytes]]]] = {}
-    for index, model in enumerate(models):
-        section = sections[model.model_id]
-        prefix = slug(index, model.model_id)
-        model_figures, per_finding = model_plots(model, section), {}
-        failures[model.model_id] = {}
-        for finding in model.findings:
-            entry = section["findings"][finding.name]
-            table = failure_table(finding, entry, inputs.labels, names)
-            entry["failures"] = failures[model.model_id][finding.name] = table
-            groups = chosen[model.model_id, finding.name]
-            thumbnails, note = _thumbnails(explainer, model, finding.name, groups, decoded)
-            examples = examples_figure(
-                model, finding, entry, groups, thumbnails, config.images, note
-            )
-            drawn = finding_plots(model, finding, entry, examples, with_roc=model.single)
-            if model.single:
-                section["examples"] = entry["examples"]
-                section["failures"] = table
-                model_figures = {**drawn, **model_figures}
-                entry["plots"] = {}
-                continue
-            name = re.sub(r"[^A-Za-z0-9_]", "", finding.name) or "finding"
-            entry["plots"] = {
-                kind: _write_png(plots_dir, f"{prefix}_{name}_{kind}.png", png)
-                for kind, png in drawn.items()
+    with finding_pool(config.processes, sum(len(m.findings) for m in models)) as pool:
+        sections = {m.model_id: model_section(m, config, attributes, pool) for m in models}
+        _log_summary(sections)
+        chosen = choose_examples(models, sections)
+        explainer, saliency = _explainer(config, inputs)
+        report["saliency"] = saliency
+        shown = example_sources(chosen) if config.images else []
+        # The one model whose boxed images the pointing game plays: the --model network's.
+        explained = next(
+            (m for m in models if explainer is not None and m.model_id == explainer.model_id),
+            None,
+        )
+        located = explained if explained is not None and inputs.boxes is not None else None
+        boxed = boxed_sources(located, inputs.boxes) if located is not None else []
+        decoded = read_images(
+            shown + boxed, thumbnails=shown, model_size=explainer.image_size if explainer else None
+        )
+        report["localization"] = []
+        if located is not None:
+            report["localization"] = localization(explainer, located, inputs.boxes, decoded)
+            _log_localization(report["localization"])
+        names = [attribute.name for attribute in attributes]
+        failures: dict[str, dict[str, dict | None]] = {}
+        figures: dict[str, tuple[dict[str, bytes], dict[str, dict[str, bytes]]]] = {}
+        for index, model in enumerate(models):
+            section = sections[model.model_id]
+            prefix = slug(index, model.model_id)
+            model_figures, per_finding = model_plots(model, section), {}
+            failures[model.model_id] = {}
+            jobs = []
+            for finding in model.findings:
+                entry = section["findings"][finding.name]
+                table = failure_table(finding, entry, inputs.labels, names)
+                entry["failures"] = failures[model.model_id][finding.name] = table
+                groups = chosen[model.model_id, finding.name]
+                thumbnails, note = _thumbnails(explainer, model, finding.name, groups, decoded)
+                shown_here = _shown(thumbnails, groups)
+                jobs.append((finding.numeric(), entry, groups, shown_here, config.images, note))
+            titles = [Titles(model.model_id, model.single)] * len(jobs)
+            columns = [list(column) for column in zip(*jobs, strict=True)] or [[]] * 6
+            drawings = pool_map(pool, draw_finding, titles, *columns)
+            for finding, (drawn, examples) in zip(model.findings, drawings, strict=True):
+                entry = section["findings"][finding.name]
+                entry["examples"] = examples
+                if model.single:
+                    section["examples"] = examples
+                    section["failures"] = entry["failures"]
+                    model_figures = {**drawn, **model_figures}
+                    entry["plots"] = {}
+                    continue
+                name = re.sub(r"[^A-Za-z0-9_]", "", finding.name) or "finding"
+                entry["plots"] = {
+                    kind: _write_png(plots_dir, f"{prefix}_{name}_{kind}.png", png)
+                    for kind, png in drawn.items()
+                }
+                per_finding[finding.name] = drawn
+            section["plots"] = {
+                kind: _write_png(plots_dir, f"{prefix}_{kind}.png", png)
+                for kind, png in model_figures.items()
             }
-            per_finding[finding.name] = drawn
-        section["plots"] = {
-            kind: _write_png(plots_dir, f"{prefix}_{kind}.png", png)
-            for kind, png in model_figures.items()
-        }
-        if model.single:
-            entry["plots"] = {k: v for k, v in section["plots"].items() if k != "training"}
-        figures[model.model_id] = (model_figures, per_finding)
-        report["models"][model.model_id] = section
+            if model.single:
+                entry["plots"] = {k: v for k, v in section["plots"].items() if k != "training"}
+            figures[model.model_id] = (model_figures, per_finding)
+            report["models"][model.model_id] = section
     comparison_figures = []
     for first, second, section, shared in comparisons(models, config):
         png = comparison_plot(section, shared)
@@ -212,6 +214,14 @@ def _explainer(config: ReportConfig, inputs) -> tuple[Explainer | None, dict]:
     saliency |= {"model_id": explainer.model_id, "block": explainer.block}
     saliency |= {"heatmaps": config.images, "localization": inputs.boxes is not None}
     return explainer, saliency
+
+
+def _shown(thumbnails: dict, groups) -> dict:
+    """The thumbnails of the sources ``groups`` shows (all a worker needs of them)."""
+    if groups is None:
+        return {}
+    sources = {s for frame in groups.values() for s in frame["source"].tolist()}
+    return {source: pixels for source, pixels in thumbnails.items() if source in sources}
 
 
 def _thumbnails(explainer, model, finding: str, groups, decoded) -> tuple[dict, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from medai import metrics
 from medai.report.accounting import COUNT_KEYS, FindingRows, ModelRows, card_summary
 from medai.report.config import ECE_BINS, SUBGROUP_BOOTSTRAP, ReportConfig
 from medai.report.subgroups import Attribute, subgroup_entries
+from medai.report.workers import pool_map
 
 __all__ = ["comparisons", "model_section"]
 
@@ -136,7 +138,10 @@ def _summary_row(entry: Mapping, subgroups: Sequence[Mapping] = ()) -> dict:
 
 
 def model_section(
-    model: ModelRows, config: ReportConfig, attributes: Sequence[Attribute] = ()
+    model: ModelRows,
+    config: ReportConfig,
+    attributes: Sequence[Attribute] = (),
+    pool: Executor | None = None,
 ) -> dict:
     """The model's metrics.json section.
 
@@ -144,10 +149,21 @@ def model_section(
     ``summary`` (one :func:`_summary_row` per finding) and ``subgroups`` (every finding's
     subgroup entries, see :func:`medai.report.subgroups.subgroup_entries`). A single-finding
     section also keeps the keys it always had, the finding's entry spread at the top level.
+
+    Args:
+        model: The model's evaluated rows.
+        config: The report options (bootstrap resamples and seed).
+        attributes: The subgroup attributes of the label table.
+        pool: Worker processes for the findings (:func:`medai.report.workers.finding_pool`);
+            ``None`` evaluates them here.
     """
+    findings = [finding.numeric() for finding in model.findings]
+    done = pool_map(
+        pool, _finding_entry, findings, itertools.repeat(config), itertools.repeat(attributes)
+    )
     entries, subgroups = {}, []
-    for finding in model.findings:
-        entries[finding.name], found = _finding_entry(finding, config, attributes)
+    for finding, (entry, found) in zip(findings, done, strict=True):
+        entries[finding.name] = entry
         subgroups += found
     summary = [_summary_row(entry, subgroups) for entry in entries.values()]
     card = card_summary(model.card)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,9 @@ from medai.report.examples import EXAMPLE_GROUPS, example_cut_off
 from medai.report.render import fmt
 
 __all__ = [
+    "Titles",
     "comparison_plot",
+    "draw_finding",
     "examples_figure",
     "finding_plots",
     "findings_roc_arguments",
@@ -88,8 +91,46 @@ def _operating_marks(points: Mapping) -> tuple[list, dict, list]:
     return marks, cut_offs, confusion_panels
 
 
+@dataclass(frozen=True)
+class Titles:
+    """What a finding's figures say of their model (a :class:`ModelRows` without its rows).
+
+    Attributes:
+        model_id: The model's id.
+        single: The report has one finding for the model (single-finding layout).
+    """
+
+    model_id: str
+    single: bool
+
+
+def draw_finding(
+    titles: Titles,
+    finding: FindingRows,
+    entry: dict,
+    groups: Mapping[str, pd.DataFrame] | None,
+    thumbnails: Mapping[str, tuple[np.ndarray | None, str]],
+    images: bool,
+    note: str,
+) -> tuple[dict[str, bytes], dict | None]:
+    """Every figure of one finding (:func:`examples_figure`, then :func:`finding_plots`).
+
+    Returns:
+        The figures by kind, and the entry's ``examples`` record: this may run in a worker
+        process, where changes to ``entry`` stay behind.
+    """
+    entry = dict(entry)
+    examples = examples_figure(titles, finding, entry, groups, thumbnails, images, note)
+    figures = finding_plots(titles, finding, entry, examples, with_roc=titles.single)
+    return figures, entry["examples"]
+
+
 def finding_plots(
-    model: ModelRows, finding: FindingRows, entry: dict, examples: bytes | None, with_roc: bool
+    model: ModelRows | Titles,
+    finding: FindingRows,
+    entry: dict,
+    examples: bytes | None,
+    with_roc: bool,
 ) -> dict[str, bytes]:
     """The per-finding figures: ROC (single-finding layout only), histogram, confusion,
     calibration and the example grid drawn beforehand (``None``: no patient images)."""
@@ -141,7 +182,7 @@ def model_plots(model: ModelRows, section: dict) -> dict[str, bytes]:
 
 
 def examples_figure(
-    model: ModelRows,
+    model: ModelRows | Titles,
     finding: FindingRows,
     entry: dict,
     groups: Mapping[str, pd.DataFrame] | None,
