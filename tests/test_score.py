@@ -183,12 +183,20 @@ def test_predict_matches_batch_and_bf16_agrees(
     y = labels.set_index("Image Index").loc[fp32.index, "Finding Labels"].str.contains("Mass")
     diff = np.abs(fp32["score"].to_numpy() - bf16["score"].to_numpy())
     auc_fp32, auc_bf16 = safe_auc(y, fp32["score"]), safe_auc(y, bf16["score"])
-    print(f"bf16 vs fp32: max |score diff| {diff.max():.4f}, AUC {auc_fp32:.4f} vs {auc_bf16:.4f}")
+    print(
+        f"bf16 vs fp32: |score diff| max {diff.max():.4f}, median {np.median(diff):.4f}, "
+        f"mean {diff.mean():.4f}; AUC {auc_fp32:.4f} vs {auc_bf16:.4f}"
+    )
     # bf16 keeps ~3 significant digits: on a trained model's steep sigmoid a score near 0.5
-    # moves by up to ~0.2 (measured 0.20 here, 0.11 in issue 11), so the ranking is what must
-    # hold: the AUC and nearly every decision.
+    # can move a lot (largest change measured 0.11 in issue 11, 0.20 and 0.39 on this fixture's
+    # trainings: it separates the classes partly by overall brightness, a small difference bf16
+    # blurs), so no bound holds for the largest one. What must hold is the ranking (AUC),
+    # nearly every decision, and a small change for the typical image (a broken bf16 path
+    # moves them all).
     flips = (fp32["score"] >= card["threshold"]) != (bf16["score"] >= card["threshold"])
-    assert diff.max() < 0.25 and abs(auc_fp32 - auc_bf16) < 0.01 and flips.mean() <= 0.02
+    print(f"decisions flipped: {int(flips.sum())} of {len(flips)}")
+    assert abs(auc_fp32 - auc_bf16) < 0.01 and flips.mean() <= 0.02
+    assert np.median(diff) < 0.01 and diff.mean() < 0.05
 
 
 def test_bad_flags_and_model_dir_fail_before_work(tmp_path, phantom_archive):
