@@ -3,9 +3,10 @@
 At archive scale (14 findings over 112,120 images) a report spends most of its time in the
 findings' bootstraps and figures; they run in a pool of worker processes, by default one per
 CPU the process may use (its affinity mask, capped by a container's CPU limit). Processes
-rather than threads: Matplotlib draws in Python under the GIL. The pool starts its workers by ``spawn``, because the parent may hold TensorFlow's
-threads (``--model``), which a forked child does not survive. Work goes out in input order
-and comes back in it, so the report is the same with any number of processes.
+rather than threads: Matplotlib draws in Python under the GIL. The pool starts its workers by
+``spawn``, because the parent may hold TensorFlow's threads (``--model``), which a forked
+child does not survive. Work goes out in input order and comes back in it, so the report is
+the same with any number of processes.
 """
 
 from __future__ import annotations
