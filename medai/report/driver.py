@@ -141,18 +141,18 @@ def run_report(config: ReportConfig) -> dict:
             prefix = slug(index, model.model_id)
             model_figures, per_finding = model_plots(model, section), {}
             failures[model.model_id] = {}
-            jobs = []
+            titles, jobs = Titles(model.model_id, model.single), []
             for finding in model.findings:
                 entry = section["findings"][finding.name]
                 table = failure_table(finding, entry, inputs.labels, names)
                 entry["failures"] = failures[model.model_id][finding.name] = table
                 groups = chosen[model.model_id, finding.name]
                 thumbnails, note = _thumbnails(explainer, model, finding.name, groups, decoded)
-                shown_here = _shown(thumbnails, groups)
-                jobs.append((finding.numeric(), entry, groups, shown_here, config.images, note))
-            titles = [Titles(model.model_id, model.single)] * len(jobs)
-            columns = [list(column) for column in zip(*jobs, strict=True)] or [[]] * 6
-            drawings = pool_map(pool, draw_finding, titles, *columns)
+                thumbnails = _shown(thumbnails, groups)
+                jobs.append(
+                    (titles, finding.numeric(), entry, groups, thumbnails, config.images, note)
+                )
+            drawings = pool_map(pool, draw_finding, jobs)
             for finding, (drawn, examples) in zip(model.findings, drawings, strict=True):
                 entry = section["findings"][finding.name]
                 entry["examples"] = examples

@@ -158,9 +158,7 @@ def model_section(
             ``None`` evaluates them here.
     """
     findings = [finding.numeric() for finding in model.findings]
-    done = pool_map(
-        pool, _finding_entry, findings, itertools.repeat(config), itertools.repeat(attributes)
-    )
+    done = pool_map(pool, _finding_entry, [(f, config, attributes) for f in findings])
     entries, subgroups = {}, []
     for finding, (entry, found) in zip(findings, done, strict=True):
         entries[finding.name] = entry

@@ -81,8 +81,9 @@ def finding_pool(processes: int, findings: int) -> Iterator[Executor | None]:
         yield pool
 
 
-def pool_map(pool: Executor | None, function: Callable, *iterables: Iterable) -> list:
-    """``function`` over the zipped ``iterables``, in order: in ``pool``, or here without one."""
+def pool_map(pool: Executor | None, function: Callable, calls: Iterable[tuple]) -> list:
+    """``function(*arguments)`` for each tuple of ``calls``, in order: in ``pool``, or here."""
     if pool is None:
-        return list(map(function, *iterables))
-    return list(pool.map(function, *iterables))
+        return [function(*arguments) for arguments in calls]
+    futures = [pool.submit(function, *arguments) for arguments in calls]
+    return [future.result() for future in futures]
