@@ -334,9 +334,10 @@ class TensorFlowEngine:
     name = "tensorflow"
 
     def __init__(self, model_dir: str | Path, precision: str, threads: int | None):
+        from medai.cpus import usable_cpus
         from medai.runtime import configure_tensorflow
 
-        configure_tensorflow(threads or len(os.sched_getaffinity(0)))
+        configure_tensorflow(threads or usable_cpus())
         import tensorflow as tf
 
         from medai.artifact import load_model_dir

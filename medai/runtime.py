@@ -124,8 +124,14 @@ def idle_workers(num_cpus: int | None) -> int:
     29-30 instead of 26-28 images/s. The pipeline needs a fixed number of extra workers, not
     one per core, so six are added to Ray's default. An idle worker showed 350-370 MB RSS,
     much of it the shared object store mapping.
+
+    Args:
+        num_cpus: CPUs of the local Ray; ``None``: those this process may use
+            (:func:`medai.cpus.usable_cpus`: a container's CPU limit, not the host's cores).
     """
-    return (num_cpus or os.cpu_count() or 1) + 6
+    from medai.cpus import usable_cpus
+
+    return (num_cpus or usable_cpus()) + 6
 
 
 @contextlib.contextmanager

@@ -1114,24 +1114,3 @@ def test_template_is_package_data_of_a_built_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "medai/report/templates/report.html.j2" in names
     assert "medai/report/render.py" in names
-
-
-def test_usable_cpus_respect_a_container_cpu_limit(tmp_path) -> None:
-    """A pod's CPU limit caps the report's worker processes; no limit leaves the affinity mask."""
-    import os
-
-    from medai.report.workers import cgroup_cpu_limit, usable_cpus
-
-    affinity = len(os.sched_getaffinity(0))
-    v2, v1, none = tmp_path / "v2", tmp_path / "v1" / "cpu", tmp_path / "none"
-    v2.mkdir()
-    v1.mkdir(parents=True)
-    (v2 / "cpu.max").write_text("150000 100000\n")
-    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
-    (v1 / "cpu.cfs_period_us").write_text("100000\n")
-    assert cgroup_cpu_limit(v2) == 1.5 and usable_cpus(v2) == min(affinity, 2)
-    assert cgroup_cpu_limit(v1.parent) == 1.0 and usable_cpus(v1.parent) == 1
-    assert cgroup_cpu_limit(none) is None and usable_cpus(none) == affinity
-    (v2 / "cpu.max").write_text("max 100000\n")
-    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
-    assert cgroup_cpu_limit(v2) is None and cgroup_cpu_limit(v1.parent) is None
