@@ -8,10 +8,13 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from medai.report.accounting import collect_models
 from medai.report.config import SUBGROUP_BOOTSTRAP, ReportConfig
@@ -112,81 +115,25 @@ def run_report(config: ReportConfig) -> dict:
         report["reasons"].append("the prediction files hold no rows")
     for model_id, finding in inputs.skipped_models.items():
         report["reasons"].append(f"model {model_id} skipped: it scores {finding!r}")
+    names = [attribute.name for attribute in attributes]
+    failures: dict[str, dict[str, dict | None]] = {}
+    figures: dict[str, tuple[dict[str, bytes], dict[str, dict[str, bytes]]]] = {}
     with finding_pool(config.processes, sum(len(m.findings) for m in models)) as pool:
         sections = {m.model_id: model_section(m, config, attributes, pool) for m in models}
         _log_summary(sections)
         chosen = choose_examples(models, sections)
-        explainer, saliency = _explainer(config, inputs)
-        report["saliency"] = saliency
-        shown = example_sources(chosen) if config.images else []
-        # The one model whose boxed images the pointing game plays: the --model network's.
-        explained = next(
-            (m for m in models if explainer is not None and m.model_id == explainer.model_id),
-            None,
+        explainer, report["saliency"] = _explainer(config, inputs)
+        decoded, report["localization"] = _example_images(config, inputs, models, chosen, explainer)
+        drawing = _Drawing(
+            chosen, explainer, decoded, inputs.labels, names, config.images, plots_dir, pool
         )
-        located = explained if explained is not None and inputs.boxes is not None else None
-        boxed = boxed_sources(located, inputs.boxes) if located is not None else []
-        decoded = read_images(
-            shown + boxed, thumbnails=shown, model_size=explainer.image_size if explainer else None
-        )
-        report["localization"] = []
-        if located is not None:
-            report["localization"] = localization(explainer, located, inputs.boxes, decoded)
-            _log_localization(report["localization"])
-        names = [attribute.name for attribute in attributes]
-        failures: dict[str, dict[str, dict | None]] = {}
-        figures: dict[str, tuple[dict[str, bytes], dict[str, dict[str, bytes]]]] = {}
         for index, model in enumerate(models):
             section = sections[model.model_id]
-            prefix = slug(index, model.model_id)
-            model_figures, per_finding = model_plots(model, section), {}
-            failures[model.model_id] = {}
-            titles, jobs = Titles(model.model_id, model.single), []
-            for finding in model.findings:
-                entry = section["findings"][finding.name]
-                table = failure_table(finding, entry, inputs.labels, names)
-                entry["failures"] = failures[model.model_id][finding.name] = table
-                groups = chosen[model.model_id, finding.name]
-                thumbnails, note = _thumbnails(explainer, model, finding.name, groups, decoded)
-                thumbnails = _shown(thumbnails, groups)
-                jobs.append(
-                    (titles, finding.numeric(), entry, groups, thumbnails, config.images, note)
-                )
-            drawings = pool_map(pool, draw_finding, jobs)
-            for finding, (drawn, examples) in zip(model.findings, drawings, strict=True):
-                entry = section["findings"][finding.name]
-                entry["examples"] = examples
-                if model.single:
-                    section["examples"] = examples
-                    section["failures"] = entry["failures"]
-                    model_figures = {**drawn, **model_figures}
-                    entry["plots"] = {}
-                    continue
-                name = re.sub(r"[^A-Za-z0-9_]", "", finding.name) or "finding"
-                entry["plots"] = {
-                    kind: _write_png(plots_dir, f"{prefix}_{name}_{kind}.png", png)
-                    for kind, png in drawn.items()
-                }
-                per_finding[finding.name] = drawn
-            section["plots"] = {
-                kind: _write_png(plots_dir, f"{prefix}_{kind}.png", png)
-                for kind, png in model_figures.items()
-            }
-            if model.single:
-                entry["plots"] = {k: v for k, v in section["plots"].items() if k != "training"}
-            figures[model.model_id] = (model_figures, per_finding)
+            failures[model.model_id], figures[model.model_id] = _draw_model(
+                drawing, index, model, section
+            )
             report["models"][model.model_id] = section
-    comparison_figures = []
-    for first, second, section, shared in comparisons(models, config):
-        png = comparison_plot(section, shared)
-        suffix = "" if first.single and second.single else f"_{section['finding']}"
-        name = (
-            f"compare_{slug(models.index(first), first.model_id)}"
-            f"_{slug(models.index(second), second.model_id)}{suffix}.png"
-        )
-        section["plot"] = _write_png(plots_dir, name, png)
-        report["comparisons"].append(section)
-        comparison_figures.append(png)
+    comparison_figures = _draw_comparisons(models, config, plots_dir, report["comparisons"])
 
     report = json_safe(report)
     _write_json(out / "metrics.json", report)
@@ -195,6 +142,101 @@ def run_report(config: ReportConfig) -> dict:
     (out / "report.html").write_text(page, encoding="utf-8")
     log.info("report written to %s in %.1f s", out, time.perf_counter() - started)
     return report
+
+
+@dataclass(frozen=True)
+class _Drawing:
+    """What drawing each model's figures shares: the chosen examples and their images."""
+
+    chosen: dict
+    explainer: Explainer | None
+    decoded: dict
+    labels: pd.DataFrame
+    names: list[str]
+    images: bool
+    plots_dir: Path
+    pool: Executor | None
+
+
+def _example_images(config: ReportConfig, inputs, models, chosen, explainer) -> tuple[dict, list]:
+    """The decoded example and boxed images, and the pointing game's entries (maybe none)."""
+    shown = example_sources(chosen) if config.images else []
+    # The one model whose boxed images the pointing game plays: the --model network's.
+    explained = next(
+        (m for m in models if explainer is not None and m.model_id == explainer.model_id), None
+    )
+    located = explained if explained is not None and inputs.boxes is not None else None
+    boxed = boxed_sources(located, inputs.boxes) if located is not None else []
+    decoded = read_images(
+        shown + boxed, thumbnails=shown, model_size=explainer.image_size if explainer else None
+    )
+    if located is None:
+        return decoded, []
+    entries = localization(explainer, located, inputs.boxes, decoded)
+    _log_localization(entries)
+    return decoded, entries
+
+
+def _draw_model(drawing: _Drawing, index: int, model, section: dict) -> tuple[dict, tuple]:
+    """Draw one model's figures (its findings' in the pool) and write them under ``plots/``.
+
+    Fills the section's ``plots``, ``examples`` and ``failures`` entries.
+
+    Returns:
+        The model's failure tables by finding, and its figures: ``(model-wide PNGs by kind,
+        per-finding PNGs by finding and kind)``; a single-finding model has only the first.
+    """
+    prefix = slug(index, model.model_id)
+    model_figures, per_finding, failures = model_plots(model, section), {}, {}
+    titles, jobs = Titles(model.model_id, model.single), []
+    for finding in model.findings:
+        entry = section["findings"][finding.name]
+        table = failure_table(finding, entry, drawing.labels, drawing.names)
+        entry["failures"] = failures[finding.name] = table
+        groups = drawing.chosen[model.model_id, finding.name]
+        thumbnails, note = _thumbnails(
+            drawing.explainer, model, finding.name, groups, drawing.decoded
+        )
+        jobs.append((titles, finding.numeric(), entry, groups, thumbnails, drawing.images, note))
+    drawings = pool_map(drawing.pool, draw_finding, jobs)
+    for finding, (drawn, examples) in zip(model.findings, drawings, strict=True):
+        entry = section["findings"][finding.name]
+        entry["examples"] = examples
+        if model.single:
+            section["examples"] = examples
+            section["failures"] = entry["failures"]
+            model_figures = {**drawn, **model_figures}
+            entry["plots"] = {}
+            continue
+        name = re.sub(r"[^A-Za-z0-9_]", "", finding.name) or "finding"
+        entry["plots"] = {
+            kind: _write_png(drawing.plots_dir, f"{prefix}_{name}_{kind}.png", png)
+            for kind, png in drawn.items()
+        }
+        per_finding[finding.name] = drawn
+    section["plots"] = {
+        kind: _write_png(drawing.plots_dir, f"{prefix}_{kind}.png", png)
+        for kind, png in model_figures.items()
+    }
+    if model.single:
+        entry["plots"] = {k: v for k, v in section["plots"].items() if k != "training"}
+    return failures, (model_figures, per_finding)
+
+
+def _draw_comparisons(models, config: ReportConfig, plots_dir: Path, sections: list) -> list:
+    """Append each pair of models' comparison to ``sections``, with its plot; the PNGs."""
+    pngs = []
+    for first, second, section, shared in comparisons(models, config):
+        png = comparison_plot(section, shared)
+        suffix = "" if first.single and second.single else f"_{section['finding']}"
+        name = (
+            f"compare_{slug(models.index(first), first.model_id)}"
+            f"_{slug(models.index(second), second.model_id)}{suffix}.png"
+        )
+        section["plot"] = _write_png(plots_dir, name, png)
+        sections.append(section)
+        pngs.append(png)
+    return pngs
 
 
 def _explainer(config: ReportConfig, inputs) -> tuple[Explainer | None, dict]:
@@ -216,23 +258,17 @@ def _explainer(config: ReportConfig, inputs) -> tuple[Explainer | None, dict]:
     return explainer, saliency
 
 
-def _shown(thumbnails: dict, groups) -> dict:
-    """The thumbnails of the sources ``groups`` shows (all a worker needs of them)."""
-    if groups is None:
-        return {}
-    sources = {s for frame in groups.values() for s in frame["source"].tolist()}
-    return {source: pixels for source, pixels in thumbnails.items() if source in sources}
-
-
 def _thumbnails(explainer, model, finding: str, groups, decoded) -> tuple[dict, str]:
-    """The example thumbnails of one finding, with its heatmaps overlaid when there is a model."""
-    thumbnails = thumbnails_of(decoded)
-    if explainer is None or groups is None or model.model_id != explainer.model_id:
+    """The thumbnails of the sources one finding's examples show (all a worker needs of
+    them), with the finding's heatmaps overlaid when there is a model."""
+    if groups is None:
+        return {}, ""
+    sources = [s for frame in groups.values() for s in frame["source"].tolist()]
+    thumbnails = thumbnails_of({s: image for s, image in decoded.items() if s in set(sources)})
+    if explainer is None or model.model_id != explainer.model_id:
         return thumbnails, ""
-    sources = [
-        s for frame in groups.values() for s in frame["source"].tolist() if isinstance(s, str)
-    ]
-    for source, pixels in overlays(explainer, finding, sources, decoded).items():
+    shown = [s for s in sources if isinstance(s, str)]
+    for source, pixels in overlays(explainer, finding, shown, decoded).items():
         thumbnails[source] = (pixels, "")
     return thumbnails, f"\nGrad-CAM heatmaps of {finding} ({explainer.block})"
 
