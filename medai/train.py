@@ -218,7 +218,10 @@ def _load_images(plan: TrainPlan):
     labels = usable[columns].astype(int).itertuples(index=False, name=None)
     labels_of = dict(zip(usable["image_id"], labels, strict=True))
     split_of = dict(zip(usable["image_id"], usable["split"], strict=True))
-    dataset = image_dataset(plan.inputs, plan.config.image_size, wanted=set(labels_of))
+    # In input order: the same seed then sees the same training set and trains the same model.
+    dataset = image_dataset(
+        plan.inputs, plan.config.image_size, wanted=set(labels_of), ordered=True
+    )
     dataset = dataset.map_batches(
         _attach_labels,
         fn_kwargs={"labels_of": labels_of, "split_of": split_of, "columns": columns},

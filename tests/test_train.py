@@ -144,6 +144,39 @@ def test_one_worker_from_the_same_seed_is_comparable(trained_model, phantom_arch
     assert one["val_auc"] >= 0.85 and abs(one["val_auc"] - two["val_auc"]) <= 0.1
 
 
+@pytest.mark.slow  # 213 s on 2 cores: two 2-worker trainings
+def test_the_same_seed_trains_the_same_model(ray_session, tmp_path):
+    """Two trainings from one seed on a five-archive phantom set (archives read in parallel)
+    end with the same weights, bit for bit: same machine, same worker count."""
+    from medai.phantoms import PhantomSpec, write_phantom_archive
+
+    archive = tmp_path / "phantoms"
+    spec = PhantomSpec(n_patients=60, size=75, seed=1, images_per_archive=30)
+    write_phantom_archive(archive, spec)
+    assert len(list(archive.glob("images_*.tar.gz"))) >= 4
+    weights = []
+    for run in range(2):
+        card = run_training(
+            TrainConfig(
+                labels=str(archive / "Data_Entry_2017.csv"),
+                images=(str(archive),),
+                out=str(tmp_path / f"run{run}"),
+                epochs=2,
+                batch_size=8,
+                image_size=75,
+                weights="none",
+                num_workers=2,
+                seed=0,
+                export_openvino=False,
+            )
+        )
+        weights.append(load_model_dir(tmp_path / f"run{run}").model.get_weights())
+        assert card["optimizer"]["workers"] == 2
+    assert len(weights[0]) == len(weights[1])
+    for first, second in zip(*weights, strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
 @pytest.mark.slow  # 342 s on 2 cores (two trainings, a kill and two restarts)
 def test_killed_worker_restarts_from_checkpoint_then_resume(phantom_archive, tmp_path):
     out = tmp_path / "model"
