@@ -264,7 +264,8 @@ def _thumbnails(explainer, model, finding: str, groups, decoded) -> tuple[dict, 
     if groups is None:
         return {}, ""
     sources = [s for frame in groups.values() for s in frame["source"].tolist()]
-    thumbnails = thumbnails_of({s: image for s, image in decoded.items() if s in set(sources)})
+    wanted = set(sources)
+    thumbnails = thumbnails_of({s: image for s, image in decoded.items() if s in wanted})
     if explainer is None or model.model_id != explainer.model_id:
         return thumbnails, ""
     shown = [s for s in sources if isinstance(s, str)]
