@@ -276,6 +276,9 @@ def test_outputs_are_written_and_strict_json(rich) -> None:
         assert set(section["plots"]) >= {"roc", "histogram", "confusion", "calibration", "examples"}
         for relative in section["plots"].values():
             assert (out / relative).read_bytes().startswith(PNG_MAGIC)
+        # A single-finding model's one finding shows the model's figures, less its training.
+        (entry,) = section["findings"].values()
+        assert entry["plots"] == {k: v for k, v in section["plots"].items() if k != "training"}
     assert "training" in report["models"][MODEL_A]["plots"]  # the card has a history
     assert "training" not in report["models"][MODEL_B]["plots"]  # no card for B
 

@@ -206,7 +206,6 @@ def _draw_model(drawing: _Drawing, index: int, model, section: dict) -> tuple[di
             section["examples"] = examples
             section["failures"] = entry["failures"]
             model_figures = {**drawn, **model_figures}
-            entry["plots"] = {}
             continue
         name = re.sub(r"[^A-Za-z0-9_]", "", finding.name) or "finding"
         entry["plots"] = {
@@ -218,8 +217,11 @@ def _draw_model(drawing: _Drawing, index: int, model, section: dict) -> tuple[di
         kind: _write_png(drawing.plots_dir, f"{prefix}_{kind}.png", png)
         for kind, png in model_figures.items()
     }
-    if model.single:
-        entry["plots"] = {k: v for k, v in section["plots"].items() if k != "training"}
+    if model.single:  # its one finding's figures are the model's, less the training curves
+        (only,) = model.findings
+        section["findings"][only.name]["plots"] = {
+            kind: path for kind, path in section["plots"].items() if kind != "training"
+        }
     return failures, (model_figures, per_finding)
 
 
