@@ -43,6 +43,7 @@ __all__ = [
     "card_findings",
     "card_thresholds",
     "load_model_dir",
+    "verify_model_file",
 ]
 
 MODEL_FILE = "model.keras"
@@ -190,6 +191,17 @@ def card_thresholds(card: dict) -> list[float]:
     ]
 
 
+def verify_model_file(model_dir: str | Path, card: dict) -> None:
+    """Check that ``model.keras`` still hashes to the card's ``model_id``.
+
+    Raises:
+        ModelDirError: If it does not (the file was changed, truncated or replaced).
+    """
+    path = Path(model_dir) / MODEL_FILE
+    if file_sha256(path) != card["model_id"]:
+        raise ModelDirError(f"{path} does not match model_id in the card")
+
+
 def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:
     """Load a model directory for inference.
 
@@ -204,7 +216,7 @@ def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:
 
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    if verify and file_sha256(model_dir / MODEL_FILE) != card["model_id"]:
-        raise ModelDirError(f"{model_dir / MODEL_FILE} does not match model_id in the card")
+    if verify:
+        verify_model_file(model_dir, card)
     model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False)
     return LoadedModel(model=model, card=card, path=model_dir)

@@ -13,9 +13,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DemoConfig", "run_demo", "phantom_test_calibration"]
+from medai.errors import MedaiError
+from medai.flags import folder_problem
+
+__all__ = ["DemoConfig", "DemoError", "run_demo", "phantom_test_calibration"]
 
 logger = logging.getLogger("medai.demo")
+
+
+class DemoError(MedaiError, ValueError):
+    """A demo option is unusable; the message names the problem."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,9 @@ def run_demo(config: DemoConfig) -> Path:
     from medai.score import ScoreConfig, run_scoring
     from medai.train import TrainConfig, run_training
 
+    problem = folder_problem("--out", config.out)
+    if problem:
+        raise DemoError(problem)
     out = Path(config.out).resolve()
     data = out / "data"
     logger.info(

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from medai.artifact import read_card
+from medai.artifact import file_sha256, read_card
 from medai.errors import MedaiError
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "ir_files",
     "check_ir",
     "read_ir",
+    "verify_ir",
     "gpu_visible",
     "resolve_engine",
     "load_engine",
@@ -154,9 +155,25 @@ def read_ir(model_dir: str | Path, precision: str, card: dict | None = None) -> 
     for path, key in ((xml, "xml"), (weights, "bin")):
         data = path.read_bytes()
         if _sha256(data) != entry["sha256"][key]:
-            raise EngineError(f"{path} does not match the sha256 in the model card; refusing it")
+            raise EngineError(_not_the_carded(path))
         contents.append(data)
     return IrFiles(xml, weights, contents[0], contents[1])
+
+
+def verify_ir(model_dir: str | Path, precision: str, card: dict) -> None:
+    """:func:`check_ir`, and each IR file's sha256 against the card's: before work starts.
+
+    Raises:
+        EngineError: As :func:`read_ir`.
+    """
+    xml, weights, entry = check_ir(model_dir, precision, card)
+    for path, key in ((xml, "xml"), (weights, "bin")):
+        if file_sha256(path) != entry["sha256"][key]:
+            raise EngineError(_not_the_carded(path))
+
+
+def _not_the_carded(path: Path) -> str:
+    return f"{path} does not match the sha256 in the model card; refusing it"
 
 
 def gpu_visible() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 __all__ = [
     "add_retry_errors_flag",
@@ -11,6 +12,7 @@ __all__ = [
     "add_model_flag",
     "add_max_unreadable_flag",
     "add_engine_flags",
+    "folder_problem",
 ]
 
 
@@ -103,3 +105,20 @@ def add_retry_errors_flag(parser: argparse.ArgumentParser) -> None:
         help="score every error row again (read errors are always retried; decode errors, "
         "whose bytes are not an image, only with this flag)",
     )
+
+
+def folder_problem(flag: str, path: str | Path) -> str | None:
+    """What stops ``path`` from being (or becoming) an output folder, or ``None``.
+
+    A file at ``path``, or at a folder above it, would otherwise surface only when the job
+    first writes there, as an ``OSError`` traceback after its work has started.
+    """
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if existing.is_dir():
+                return None
+            if existing == path:
+                return f"{flag} must be a folder, but {path} is a file"
+            return f"{flag} {path}: {existing} is a file, not a folder"
+    return None

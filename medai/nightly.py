@@ -27,7 +27,13 @@ from pathlib import Path
 
 from medai.artifact import card_findings, write_json
 from medai.errors import MedaiError
-from medai.flags import add_images_flag, add_model_flag, add_retry_errors_flag, add_run_flags
+from medai.flags import (
+    add_images_flag,
+    add_model_flag,
+    add_retry_errors_flag,
+    add_run_flags,
+    folder_problem,
+)
 from medai.locks import exclusive_lock
 
 __all__ = [
@@ -188,6 +194,9 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
     # `medai score` on ROOT/predictions during a nightly run makes one of them refuse.
     from medai.score import ScoreConfig, prepare_scoring, run_scoring
 
+    problem = folder_problem("--store", config.store)
+    if problem:
+        raise NightlyError(problem)
     store = Path(config.store).resolve()
     score_config = ScoreConfig(
         model=config.model,

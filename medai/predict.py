@@ -10,6 +10,7 @@ import numpy as np
 
 from medai.artifact import card_findings, card_thresholds
 from medai.errors import MedaiError
+from medai.flags import folder_problem
 from medai.images import ImageError, decode_image, read_bytes
 from medai.metrics import is_positive
 
@@ -69,8 +70,9 @@ def predict_images(
     size = int(card["image_size"])
     explainer = None
     if heatmap_dir is not None:
-        if Path(heatmap_dir).exists() and not Path(heatmap_dir).is_dir():
-            raise PredictError(f"--heatmap must be a folder, but {heatmap_dir} is a file")
+        problem = folder_problem("--heatmap", heatmap_dir)
+        if problem:
+            raise PredictError(problem)
         from medai.saliency import load_explainer
 
         explainer = load_explainer(model_dir)

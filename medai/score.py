@@ -37,10 +37,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medai.artifact import card_findings, card_thresholds, read_card, write_json
-from medai.engines import ENGINES, EngineError, check_ir, resolve_engine
+from medai.artifact import (
+    ModelDirError,
+    card_findings,
+    card_thresholds,
+    read_card,
+    verify_model_file,
+    write_json,
+)
+from medai.engines import ENGINES, EngineError, resolve_engine, verify_ir
 from medai.engines import PRECISIONS as ENGINE_PRECISIONS
 from medai.errors import MedaiError
+from medai.flags import folder_problem
 from medai.images import ImageInputs, discover_images
 from medai.metrics import is_positive
 from medai.predictions import (
@@ -121,6 +129,8 @@ class ScoreConfig:
             problems.append("--rows-per-file must be at least 1")
         if not self.images:
             problems.append("--images is required")
+        problems.append(folder_problem("--out", self.out))
+        problems = [problem for problem in problems if problem]
         if problems:
             raise ScoreError("; ".join(problems))
 
@@ -357,7 +367,7 @@ def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
     Raises:
         ScoreError: On unusable options or inputs, or an engine or precision this model
             directory cannot run (``--engine openvino`` without an IR, int8 without an
-            accepted int8 IR).
+            accepted int8 IR), or a ``model.keras`` or IR file that does not match its card.
     """
     config.check()
     card = read_card(config.model)
@@ -365,9 +375,12 @@ def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
     if len(set(findings)) != len(findings):
         raise ScoreError(f"{config.model}: the card lists a finding twice: {findings}")
     try:
+        # The actors check again as they load; a mismatch found there would surface only
+        # as a dead actor, after Ray has started.
+        verify_model_file(config.model, card)
         if resolve_engine(config.model, config.engine, config.precision, card) == "openvino":
-            check_ir(config.model, config.precision, card)
-    except EngineError as exc:
+            verify_ir(config.model, config.precision, card)
+    except (EngineError, ModelDirError) as exc:
         raise ScoreError(str(exc)) from None
     inputs = discover_images(config.images)
     if inputs.empty:

@@ -37,6 +37,7 @@ import pandas as pd
 
 from medai.artifact import CURVES_FILE, SPLIT_FILE, read_card, save_model_dir, write_json
 from medai.errors import MedaiError
+from medai.flags import folder_problem
 from medai.images import ImageInputs, discover_images
 from medai.labels import (
     NEGATIVE_POLICIES,
@@ -117,6 +118,8 @@ class TrainConfig:
             problems.append("--max-unreadable must be between 0 and 1")
         if not self.images:
             problems.append("--images is required")
+        problems.append(folder_problem("--out", self.out))
+        problems = [problem for problem in problems if problem]
         if problems:
             raise TrainError("; ".join(problems))
 

@@ -156,6 +156,31 @@ def test_medai_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_an_output_folder_that_is_a_file_stops_every_job_before_work(
+    tmp_path, phantom_archive, tiny_model_dir, capsys
+):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    labels, images, model = phantom_archive / "Data_Entry_2017.csv", phantom_archive, tiny_model_dir
+    jobs = {
+        "train": ["--labels", labels, "--images", images, "--weights", "none", "--out"],
+        "score": ["--model", model, "--images", images, "--out"],
+        "nightly": ["--model", model, "--images", images, "--store"],
+        "report": ["--predictions", tmp_path, "--labels", labels, "--out"],
+        "demo": ["--out"],
+    }
+    for job, flags in jobs.items():
+        for out, said in (
+            (a_file, f"must be a folder, but {a_file} is a file"),
+            (a_file / "below", f"{a_file} is a file, not a folder"),
+        ):
+            assert main([job, *map(str, flags), str(out)]) == 2, job
+            err = capsys.readouterr().err
+            assert f"medai {job}: error: {flags[-1]}" in err and said in err, err
+            assert "Traceback" not in err
+    assert a_file.read_text() == "not a folder"
+
+
 def test_real_bugs_keep_their_traceback(tmp_path, monkeypatch, capsys):
     import medai.report
 

@@ -217,6 +217,20 @@ def test_engine_errors_stop_before_work(tiny_model_dir, multi_model, images, tmp
     assert not out.exists()
 
 
+def test_a_changed_model_file_or_ir_stops_before_work(multi_model, images, tmp_path, capsys):
+    from medai.cli import main
+
+    out = tmp_path / "out"
+    for name, engine in (("model.keras", "tensorflow"), ("openvino/model.bin", "openvino")):
+        changed = Path(shutil.copytree(multi_model, tmp_path / name.replace("/", "_")))
+        with open(changed / name, "r+b") as handle:
+            handle.truncate(1000)  # a copy cut short
+        args = ["--model", str(changed), "--images", str(images), "--out", str(out)]
+        assert main(["score", *args, "--engine", engine]) == 2
+        assert f"{changed / name} does not match" in capsys.readouterr().err
+        assert not out.exists()  # refused before the lock, the config or Ray
+
+
 def test_export_command_round_trip(tiny_model_dir, tmp_path, capsys):
     from medai.artifact import read_card
     from medai.cli import main

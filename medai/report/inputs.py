@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from medai.boxes import BoxError, read_boxes
+from medai.flags import folder_problem
 from medai.labels import (
     ALL,
     NIH_FINDINGS,
@@ -271,9 +272,9 @@ def _only_model_of_dir(predictions: pd.DataFrame, card: dict, config: ReportConf
 def prepare(config: ReportConfig) -> Inputs:
     """Read and check every input; raises :class:`ReportError` before any output exists."""
     check_config(config)
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out must be a folder, but {out} is a file")
+    problem = folder_problem("--out", config.out)
+    if problem:
+        raise ReportError(problem)
     files = _prediction_files(Path(config.predictions))
     requested = _requested_findings(config.finding)
     card, seen = None, None
