@@ -220,7 +220,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from medai.train import TrainConfig, run_training
+    from medai.train import TrainConfig, card_summary, run_training
 
     config = TrainConfig(
         labels=args.labels,
@@ -245,10 +245,7 @@ def _run_train(args: argparse.Namespace) -> int:
         export_openvino=args.openvino,
     )
     card = run_training(config)
-    print(
-        f"model {card['model_id'][:12]} in {args.out}: val AUC {card['val_auc']:.4f}, "
-        f"threshold {card['threshold']:.4f} (best epoch {card['best_epoch']})"
-    )
+    print(f"model {card['model_id'][:12]} in {args.out}: {card_summary(card)}")
     return 0
 
 

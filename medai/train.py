@@ -57,6 +57,7 @@ __all__ = [
     "prepare_training",
     "take_inventory",
     "check_unreadable",
+    "card_summary",
     "run_training",
 ]
 
@@ -299,6 +300,23 @@ def _worst_sources(inventory: Inventory, limit: int = 3) -> list[str]:
     return phrases[:limit]
 
 
+def card_summary(card: dict) -> str:
+    """The calibrated validation AUC and threshold of a card (or of one finding's entry).
+
+    A multi-finding card's top-level AUC is the mean over its findings and its threshold the
+    first finding's, so for such a card the line names the mean and no threshold.
+    """
+    findings = len(card.get("per_finding") or {})
+    best = f" (best epoch {card['best_epoch']})" if "best_epoch" in card else ""
+    if findings > 1:
+        return f"mean val AUC {_four(card['val_auc'])} over {findings} findings{best}"
+    return f"val AUC {_four(card['val_auc'])}, threshold {_four(card['threshold'])}{best}"
+
+
+def _four(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def check_unreadable(inventory: Inventory, max_unreadable: float) -> None:
     """Log what could not be read; stop when too many labelled images are unreadable.
 
@@ -481,16 +499,10 @@ def run_training(config: TrainConfig) -> dict:
     columns += plan.columns if len(plan.columns) > 1 else []
     split[columns].to_csv(out / SPLIT_FILE, index=False)
     plot_training_curves(state["history"], out / CURVES_FILE, plan.findings)
-    logger.info(
-        "model %s written to %s (best epoch %d, calibrated val AUC %s, threshold %s)",
-        card["model_id"][:12],
-        out,
-        state["best"]["epoch"],
-        card["val_auc"],
-        card["threshold"],
-    )
-    for finding, entry in card.get("per_finding", {}).items():
-        logger.info("  %s: val AUC %s, threshold %s", finding, entry["val_auc"], entry["threshold"])
+    logger.info("model %s written to %s: %s", card["model_id"][:12], out, card_summary(card))
+    if len(card.get("per_finding", {})) > 1:
+        for finding, entry in card["per_finding"].items():
+            logger.info("  %s: %s", finding, card_summary(entry))
     if config.export_openvino:
         card = _export_ir(out)
     return card

@@ -590,13 +590,23 @@ def test_threshold_from_card_or_none(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- degenerate data
 
 
-def test_one_class_and_empty_models_give_nulls_with_reasons(tmp_path: Path) -> None:
+def test_one_class_and_empty_models_give_nulls_with_reasons(tmp_path: Path, caplog) -> None:
     ids = image_ids(20)
     labels = write_labels(tmp_path / "labels.csv", ids, [0] * 20)
     preds = tmp_path / "pred"
     write_preds(preds, "a.parquet", pred_table(ids, np.linspace(0, 1, 20)))
     write_preds(preds, "b.parquet", pred_table(ids, [None] * 20, MODEL_B, errors=["boom"] * 20))
-    report = run_report(config(preds, labels, tmp_path / "out"))
+    with caplog.at_level(logging.INFO, logger="medai"):
+        report = run_report(config(preds, labels, tmp_path / "out"))
+    # No AUC is the report's main result missing: a warning, and a flag at a glance.
+    why = "only one class present (0 positive, 20 negative)"
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(MODEL_A in text and f"AUC n/a: {why}" in text for text in warned), warned
+    assert any(MODEL_B in text and "AUC n/a: no labelled predictions" in text for text in warned)
+    page = (tmp_path / "out" / "report.html").read_text()
+    glance = page[page.index('id="summary"') :].split("</section>", 1)[0]
+    assert "Flags raised" in glance and "No flags raised" not in glance
+    assert f"{MODEL_A[:12]}, Mass: AUC undefined: {why}" in glance
     one_class, empty = report["models"][MODEL_A], report["models"][MODEL_B]
 
     for key in ("auc", "auc_ci95", "average_precision"):

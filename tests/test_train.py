@@ -23,7 +23,7 @@ from processes import MarkedCommand
 
 from medai.artifact import file_sha256, load_model_dir
 from medai.labels import read_split_list
-from medai.train import TrainConfig, TrainError, run_training
+from medai.train import TrainConfig, TrainError, card_summary, run_training
 
 
 def train_argv(archive: Path, out: Path, *flags: str) -> list[str]:
@@ -80,6 +80,18 @@ def check_model_dir(model_dir: Path, labels_dir: Path, epochs: int) -> dict:
     scores = np.asarray(loaded.model(np.zeros((2, size, size, 1), np.uint8)))
     assert scores.shape == (2, 1) and np.all((scores >= 0) & (scores <= 1))
     return card
+
+
+def test_the_summary_line_names_a_mean_auc_and_no_threshold_for_several_findings():
+    single = {"val_auc": 0.91234, "threshold": 0.40001, "best_epoch": 3}
+    assert card_summary(single) == "val AUC 0.9123, threshold 0.4000 (best epoch 3)"
+    per = {
+        "Mass": {"val_auc": 0.6, "threshold": 0.79},
+        "Effusion": {"val_auc": None, "threshold": 0.1},
+    }
+    several = {**single, "val_auc": 0.6, "threshold": 0.79, "per_finding": per}
+    assert card_summary(several) == "mean val AUC 0.6000 over 2 findings (best epoch 3)"
+    assert card_summary(per["Effusion"]) == "val AUC n/a, threshold 0.1000"
 
 
 def test_two_workers_learn_the_phantoms(trained_model, phantom_archive):

@@ -28,7 +28,7 @@ from medai.report.examples import (
 )
 from medai.report.figures import Titles, comparison_plot, draw_finding, model_plots, slug
 from medai.report.inputs import prepare, resolved_config
-from medai.report.render import fmt, render_html
+from medai.report.render import fmt, render_html, undefined_auc
 from medai.report.saliency import boxed_sources, localization, overlays
 from medai.report.subgroups import attributes_of
 from medai.report.workers import finding_pool, pool_map
@@ -291,11 +291,15 @@ def _log_localization(entries) -> None:
 def _log_summary(sections: Mapping[str, dict]) -> None:
     for model_id, section in sections.items():
         for row in section["summary"]:
-            log.info(
-                "model %s %s: n=%d (%d positive), AUC %s",
+            # An undefined AUC (one class only in the split) leaves the report without its
+            # main result: said as a warning, not beside the routine lines.
+            log.log(
+                logging.INFO if row["auc"] is not None else logging.WARNING,
+                "model %s %s: n=%d (%d positive), AUC %s%s",
                 model_id,
                 row["finding"],
                 row["n"],
                 row["n_positive"],
                 fmt(row["auc"]),
+                "" if row["auc"] is not None else f": {undefined_auc(section, row['finding'])}",
             )

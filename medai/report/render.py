@@ -16,7 +16,7 @@ import numpy as np
 from medai import metrics
 from medai.report.config import ECE_BINS, INTENDED_USE
 
-__all__ = ["CAPTIONS", "fmt", "render_html"]
+__all__ = ["CAPTIONS", "fmt", "render_html", "undefined_auc"]
 
 CAPTIONS = {
     "roc": "ROC curve with the operating points",
@@ -113,6 +113,13 @@ def _mapping_items(value) -> list[tuple[str, dict]]:
     ]
 
 
+def undefined_auc(section: Mapping, finding: str) -> str:
+    """Why a finding's AUC is undefined, as its metrics' ``reasons`` say (one class only...)."""
+    prefix = "auc undefined: "
+    reasons = section["findings"][finding].get("reasons", [])
+    return next((r[len(prefix) :] for r in reasons if r.startswith(prefix)), "no reason recorded")
+
+
 def _flags(report: Mapping) -> list[str]:
     """What a reviewer must not miss: flagged subgroups, findings without a threshold, and
     heatmaps that miss the annotated boxes."""
@@ -128,6 +135,9 @@ def _flags(report: Mapping) -> list[str]:
                     f"{overall:.3f}"
                 )
         for row in section["summary"]:
+            if row["auc"] is None:
+                why = undefined_auc(section, row["finding"])
+                flags.append(f"model {model_id[:12]}, {row['finding']}: AUC undefined: {why}")
             if row["threshold"] is None:
                 flags.append(f"model {model_id[:12]}, {row['finding']}: no operating threshold")
     for row in report.get("localization", []):
