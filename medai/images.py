@@ -49,6 +49,8 @@ ARCHIVE_SEP = "::"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 LIST_SUFFIXES = (".txt", ".lst")
+# NIH's split lists name images inside the tarballs (by Image Index), not files to read.
+NIH_SPLIT_LISTS = ("train_val_list.txt", "test_list.txt")
 # NIH images are 1024x1024; 50 Mpx leaves room for any radiograph and refuses decompression bombs.
 MAX_PIXELS = 50_000_000
 # A file or archive member above this is refused from its size alone, before any byte is read:
@@ -191,7 +193,14 @@ def discover_images(paths: Iterable[str], listed: bool = False) -> ImageInputs:
         elif _suffix_in(path, ARCHIVE_SUFFIXES):
             archives.append(given if _is_uri(given) else path)
         elif _suffix_in(path, LIST_SUFFIXES):
-            nested = discover_images(_read_list(filesystem, path), listed=True)
+            if PurePosixPath(path).name in NIH_SPLIT_LISTS:
+                raise ImageError(
+                    f"--images {given} is an NIH split list: it names images inside the "
+                    "tarballs, not files to read. Give the folder of the tarballs; the report's "
+                    "--split test evaluates the test list's images",
+                    kind="read",
+                )
+            nested = discover_images(_listed_sources(given, path, filesystem), listed=True)
             archives.extend(nested.archives)
             files.extend(nested.files)
         else:
@@ -208,10 +217,19 @@ def _join_source(given: str, root: str, found: str) -> str:
     return f"{scheme}://{found}" if scheme != "file" else f"file://{found}"
 
 
-def _read_list(filesystem, path: str) -> list[str]:
+def _listed_sources(given: str, path: str, filesystem) -> list[str]:
+    """A list file's sources; a relative one is relative to the list's folder (not the cwd)."""
     with filesystem.open_input_stream(path) as handle:
         text = handle.read().decode("utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    lines = [line.strip() for line in text.splitlines()]
+    sources = [line for line in lines if line and not line.startswith("#")]
+    folder = str(PurePosixPath(path).parent)
+    return [
+        source
+        if _is_uri(source) or PurePosixPath(source).is_absolute()
+        else _join_source(given, folder, f"{folder}/{source}")
+        for source in sources
+    ]
 
 
 def image_id_of(source: str) -> str:

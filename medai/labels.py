@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from medai.errors import MedaiError
+from medai.images import NIH_SPLIT_LISTS
 
 __all__ = [
     "LABEL_COLUMNS",
@@ -363,5 +364,5 @@ def read_split_list(path: str | Path) -> list[str]:
 def find_split_lists(labels_path: str | Path) -> tuple[Path | None, Path | None]:
     """Return the NIH ``train_val_list.txt`` and ``test_list.txt`` beside a label file, if any."""
     folder = Path(labels_path).parent
-    found = [folder / name for name in ("train_val_list.txt", "test_list.txt")]
+    found = [folder / name for name in NIH_SPLIT_LISTS]
     return tuple(p if p.is_file() else None for p in found)  # type: ignore[return-value]

@@ -61,6 +61,31 @@ def test_discover_folder_recursive_tarballs_lists_and_uris(tmp_path):
         discover_images([str(tmp_path / "missing")])
 
 
+def test_a_list_names_sources_relative_to_its_own_folder(tmp_path, monkeypatch):
+    write_files(tmp_path / "lists" / "sub", {"near.png": b"1"})
+    write_files(tmp_path / "far", {"far.png": b"2"})
+    listing = tmp_path / "lists" / "arrivals.txt"
+    listing.write_text(f"sub/near.png\n{tmp_path / 'far' / 'far.png'}\nnot_yet.png\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory plays no part
+    assert discover_images([str(listing)]).files == (
+        str(tmp_path / "lists" / "sub" / "near.png"),
+        str(tmp_path / "far" / "far.png"),
+        str(tmp_path / "lists" / "not_yet.png"),  # kept: a read-error row until it arrives
+    )
+    uri = discover_images([f"file://{listing}"])
+    assert uri.files[0] == f"file://{tmp_path / 'lists' / 'sub' / 'near.png'}"
+    assert read_bytes(uri.files[0]) == b"1"
+
+
+@pytest.mark.parametrize("name", ["test_list.txt", "train_val_list.txt"])
+def test_an_nih_split_list_is_refused_with_what_to_give_instead(tmp_path, name):
+    (tmp_path / name).write_text("00000001_000.png\n")
+    with pytest.raises(ImageError, match="is an NIH split list.*Give the folder of the tarballs"):
+        discover_images([str(tmp_path / name)])
+
+
 def test_archive_members_read_in_place(tmp_path):
     files = valid_variants()
     archive = write_tar(tmp_path / "images_001.tar.gz", files)
