@@ -63,6 +63,9 @@ __all__ = [
 
 logger = logging.getLogger("medai.train")
 PRECISIONS = ("fp32", "bf16")
+# Fewer positives than this in train or val are warned of: one image more or less moves the
+# validation AUC and the threshold.
+FEW_POSITIVES = 10
 
 
 class TrainError(MedaiError, ValueError):
@@ -187,19 +190,38 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
     return TrainPlan(config, split, inputs, frozenset(test_ids))
 
 
-def _require_both_classes(split: pd.DataFrame, usable: str = "") -> None:
+def _require_both_classes(split: pd.DataFrame, usable: str = "", warn: bool = False) -> None:
     """Raise :class:`TrainError` unless train and val each hold positives and negatives of every
-    finding (among the images evaluated for it)."""
+    finding (among the images evaluated for it), naming every finding that does not.
+
+    Args:
+        split: The labelled train/val/test images, one ``label_*`` column per finding.
+        usable: A word for the images counted (``"readable "``), said in the messages.
+        warn: Log a warning for a finding with fewer than :data:`FEW_POSITIVES` positives in
+            a split: its validation AUC, calibration and threshold rest on those few images.
+    """
+    problems, few = [], []
     for column in finding_columns(split):
         finding = column.removeprefix("label_")
         for name in ("train", "val"):
             labels = split.loc[split["split"] == name, column]
             positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
             if not positives or not negatives:
-                raise TrainError(
-                    f"the {name} split needs {usable}positive and negative images of "
-                    f"{finding!r}; it has {positives} positives and {negatives} negatives"
-                )
+                problems.append(f"{finding} in {name}: {positives} positive, {negatives} negative")
+            elif positives < FEW_POSITIVES:
+                few.append(f"{finding} in {name}: {positives}")
+    if problems:
+        raise TrainError(
+            f"the train and val splits need {usable}positive and negative images of every "
+            f"finding; {len(problems)} short: " + "; ".join(problems)
+        )
+    if warn and few:
+        logger.warning(
+            "few %spositive images (%s): the validation AUC, calibration and threshold rest "
+            "on them",
+            usable,
+            "; ".join(few),
+        )
 
 
 def _attach_labels(batch: dict, labels_of: dict, split_of: dict, columns: list[str]) -> dict:
@@ -465,7 +487,7 @@ def run_training(config: TrainConfig) -> dict:
     split = inventory.split
     if not split.loc[split["split"].isin(["train", "val"]) & split["found"]].shape[0]:
         raise TrainError("none of the labelled train/val images was found in --images")
-    _require_both_classes(split[split["found"]], "readable ")
+    _require_both_classes(split[split["found"]], "readable ", warn=True)
     train = split[(split["split"] == "train") & split["found"]]
     workers, per_worker, use_gpu = _workers(config)
     learning_rate = config.learning_rate or (1e-4 if config.spec.pretrained else 1e-3)

@@ -94,6 +94,36 @@ def test_the_summary_line_names_a_mean_auc_and_no_threshold_for_several_findings
     assert card_summary(per["Effusion"]) == "val AUC n/a, threshold 0.1000"
 
 
+def test_every_finding_without_both_classes_is_named_at_once(phantom_archive, tmp_path, capsys):
+    from medai.cli import main
+
+    labels = phantom_archive / "Data_Entry_2017.csv"
+    args = ["--labels", labels, "--images", phantom_archive, "--out", tmp_path / "m"]
+    code = main(["train", *map(str, args), "--weights", "none", "--finding", "Mass,Edema,Hernia"])
+    err = capsys.readouterr().err
+    assert code == 2 and "need positive and negative images of every finding; 4 short" in err
+    for finding in ("Edema", "Hernia"):
+        for split in ("train", "val"):
+            assert f"{finding} in {split}: 0 positive" in err
+    assert "Mass in" not in err and not (tmp_path / "m").exists()
+
+
+def test_few_positives_are_warned_of(caplog):
+    from medai.train import FEW_POSITIVES, _require_both_classes
+
+    split = pd.DataFrame(
+        {
+            "split": ["train"] * 40 + ["val"] * 12,
+            "label_Mass": [1] * 20 + [0] * 20 + [1] * 2 + [0] * 10,
+            "label_Nodule": [1] * FEW_POSITIVES + [0] * 30 + [1] * FEW_POSITIVES + [0] * 2,
+        }
+    )
+    with caplog.at_level(logging.WARNING, logger="medai.train"):
+        _require_both_classes(split, "readable ", warn=True)
+    (record,) = caplog.records
+    assert "few readable positive images (Mass in val: 2)" in record.getMessage()
+
+
 def test_two_workers_learn_the_phantoms(trained_model, phantom_archive):
     model_dir, card = trained_model
     check_model_dir(model_dir, phantom_archive, epochs=TRAINED_EPOCHS)
