@@ -432,6 +432,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedaiError as exc:  # the user's input; anything else is a bug and keeps its traceback
         print(f"medai {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what the user can do next, not a traceback
+        hint = _RESUME.get(args.command, "")
+        print(f"medai {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+# What an interrupted command has kept, and how to go on from it.
+_RESUME = {
+    "score": "; the prediction files written so far are kept: run the same command to go on",
+    "nightly": "; the prediction files written so far are kept: run it again to go on",
+    "train": "; add --resume to the same command to go on from the last checkpoint",
+}
 
 
 def config_dict(config) -> dict:

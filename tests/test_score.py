@@ -4,6 +4,8 @@ errors kept with stable texts, incremental, URIs, bf16, predict and the one thre
 from __future__ import annotations
 
 import shutil
+import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -119,6 +121,38 @@ def test_rerun_skips_and_new_model_scores_beside(
     assert frame.groupby("model_id")["image_id"].nunique().tolist() == [n, n]
     assert not frame.duplicated(["model_id", "image_id"]).any()
     assert all(tmp_path.joinpath(name).stat().st_mtime_ns == ns for name, ns in before.items())
+
+
+def test_ctrl_c_says_what_is_kept_and_the_rerun_goes_on(
+    ray_session, tiny_model_dir, phantom_archive, tmp_path
+):
+    out = tmp_path / "pred"
+    command = MarkedCommand(
+        ["score", "--model", str(tiny_model_dir), "--images", str(phantom_archive)]
+        + ["--out", str(out), "--rows-per-file", "8", "--batch-size", "8", "--threads", "1"]
+        + ["--no-progress"]
+    )
+    process = command.start(capture=True)
+    try:
+        deadline = time.time() + 240
+        while not (out.exists() and prediction_files(out)):
+            assert process.poll() is None and time.time() < deadline, "no file was written"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver
+        output, _ = process.communicate(timeout=120)
+    finally:
+        command.kill_all()
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert process.returncode == 130, output[-2000:]
+    assert lines[-1] == (
+        "medai score: interrupted; the prediction files written so far are kept: "
+        "run the same command to go on"
+    )
+    kept = len(read(out))
+    assert 0 < kept < n_images(phantom_archive), "the interrupt must land mid-run"
+    summary = score(tiny_model_dir, [phantom_archive], out)
+    assert summary.skipped == kept  # the lock is free; nothing is scored twice
+    assert_one_row_per_key(out)
 
 
 def test_kill_mid_run_then_rerun_completes_exactly_once(ray_session, tiny_model_dir, tmp_path):
