@@ -212,11 +212,11 @@ def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:
     Raises:
         ModelDirError: If the directory is incomplete or ``model.keras`` was changed.
     """
-    import keras
-
     model_dir = Path(model_dir)
     card = read_card(model_dir)
     if verify:
         verify_model_file(model_dir, card)
+    import keras  # after the checks: a wrong folder fails before TensorFlow's seconds of import
+
     model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False)
     return LoadedModel(model=model, card=card, path=model_dir)
