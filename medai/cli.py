@@ -61,11 +61,24 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="write the OpenVINO IR beside model.keras (default: on; the CPU scoring engine)",
     )
-    parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--negatives",
+        default="all-others",
+        choices=["all-others", "no-finding"],
+        help="negatives of a finding: every image without it (default, ChestX-ray14) or only "
+        "'No Finding' images",
+    )
+    parser.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
     add_run_flags(parser, 16, "images per worker per step")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--head", default="gap", choices=["gap", "flatten"])
+    parser.add_argument(
+        "--image-size", type=int, default=256, help="input pixels per side (default 256, min 75)"
+    )
+    parser.add_argument(
+        "--head",
+        default="gap",
+        choices=["gap", "flatten"],
+        help="global average pooling (default) or the original flatten + dense head",
+    )
     parser.add_argument(
         "--weights",
         default="imagenet",
@@ -77,7 +90,9 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Ray Train workers (default: one per GPU, else one per node)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="split, weights and augmentation seed (default 0)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument(
         "--learning-rate",
@@ -85,7 +100,12 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Adam learning rate (default 1e-4 pretrained, 1e-3 from scratch)",
     )
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of train_val patients held out for validation (default 0.2)",
+    )
     parser.add_argument(
         "--max-failures",
         type=int,
@@ -163,12 +183,21 @@ def _add_export(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="medai-demo", help="folder for everything the demo makes")
-    parser.add_argument("--patients", type=int, default=240)
-    parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    from medai.demo import DemoConfig
+
+    defaults = DemoConfig()
+    for flag, kind, help_text in (
+        ("--out", str, "folder for everything the demo makes"),
+        ("--patients", int, "phantom patients to generate, 1-3 images each"),
+        ("--image-size", int, "pixels per side of the phantoms and the model's input"),
+        ("--epochs", int, "training epochs"),
+        ("--num-workers", int, "Ray Train workers"),
+        ("--seed", int, "phantom, split and training seed"),
+    ):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        parser.add_argument(
+            flag, type=kind, default=default, help=f"{help_text} (default {default})"
+        )
 
 
 def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -390,7 +419,10 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``medai`` parser with all sub-commands."""
-    parser = argparse.ArgumentParser(prog="medai", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="medai",
+        description=__doc__.split("\n\n")[0].replace("``", ""),  # reST quotes, not for a terminal
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add, run) in _commands().items():
         child = sub.add_parser(name, help=help_text, description=help_text)

@@ -89,6 +89,10 @@ def run_demo(config: DemoConfig) -> Path:
             finding=card["finding"],
             out=str(report_dir),
             split="test",
+            # This run's model alone (a rerun's folder also holds the earlier runs' rows), and
+            # its network for the heatmaps.
+            model=str(out / "model"),
+            model_id=card["model_id"],
         )
     )
     section = metrics["models"][card["model_id"]]

@@ -511,7 +511,11 @@ def run_training(config: TrainConfig) -> dict:
         ),
     }
     logger.info(
-        "Ray Train: %d workers x %.2f CPUs%s", workers, per_worker, " + 1 GPU" if use_gpu else ""
+        "Ray Train: %d worker%s x %.2f CPUs%s",
+        workers,
+        "" if workers == 1 else "s",
+        per_worker,
+        " + 1 GPU" if use_gpu else "",
     )
     datasets = _training_datasets(dataset, config.seed)
     state, model = _fit(config, out, datasets, loop_config, (workers, per_worker, use_gpu))
