@@ -6,7 +6,8 @@ carries everything a scorer or reviewer needs: the finding, input size and prepr
 thresholds chosen on validation and the calibration (method, validation ECE and Brier before and
 after), the training history and counts (unreadable images per split), versions and intended
 use.
-``model_id`` is the sha256 of ``model.keras``, so predictions name the exact weights they came from.
+``model_id`` is the sha256 of ``model.keras``, so predictions name the exact weights they came from;
+the file is saved without its save time, so the same weights get the same ``model_id``.
 
 A multi-finding card adds ``findings`` (ordered as the model's outputs) and ``per_finding``
 (each finding's threshold, threshold_sensitivity_90, val_auc, calibration, counts and class
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -125,6 +127,7 @@ def save_model_dir(model, out: str | Path, card: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{MODEL_FILE}.tmp.keras"
     model.save(tmp, include_optimizer=False)
+    _make_reproducible(tmp)
     os.replace(tmp, out / MODEL_FILE)
     completed = {
         "model_id": file_sha256(out / MODEL_FILE),
@@ -136,6 +139,46 @@ def save_model_dir(model, out: str | Path, card: dict) -> dict:
     }
     write_json(out / CARD_FILE, completed)
     return completed
+
+
+def _make_reproducible(path: Path) -> None:
+    """Rewrite a ``.keras`` archive so that the same network always gives the same bytes.
+
+    Keras stamps ``metadata.json`` (``date_saved``) and the weights' zip entry with the clock,
+    and numbers the config's shared objects by memory address (``shared_object_id``), so the
+    same weights saved twice hashed to two ``model_id`` values and a rerun of the same training
+    scored every image again. The card keeps the time (``created_at``); the shared objects are
+    numbered in order of appearance instead, which keeps which of them are one object.
+    """
+    with zipfile.ZipFile(path) as source:
+        entries = [(info, source.read(info)) for info in source.infolist()]
+    rewritten = path.with_name(path.name + ".reproducible")
+    with zipfile.ZipFile(rewritten, "w") as target:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared(json.loads(data), {})).encode()
+            entry = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
+            target.writestr(entry, data)
+    os.replace(rewritten, path)
+
+
+def _renumber_shared(node: Any, numbers: dict) -> Any:
+    """``node`` with each ``shared_object_id`` replaced by its order of first appearance."""
+    if isinstance(node, dict):
+        return {
+            key: numbers.setdefault(value, len(numbers))
+            if key == "shared_object_id"
+            else _renumber_shared(value, numbers)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_renumber_shared(item, numbers) for item in node]
+    return node
 
 
 def read_card(model_dir: str | Path) -> dict:

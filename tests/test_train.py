@@ -196,7 +196,7 @@ def test_the_same_seed_trains_the_same_model(ray_session, tmp_path):
     spec = PhantomSpec(n_patients=60, size=75, seed=1, images_per_archive=30)
     write_phantom_archive(archive, spec)
     assert len(list(archive.glob("images_*.tar.gz"))) >= 4
-    weights = []
+    weights, model_ids = [], []
     for run in range(2):
         card = run_training(
             TrainConfig(
@@ -213,10 +213,12 @@ def test_the_same_seed_trains_the_same_model(ray_session, tmp_path):
             )
         )
         weights.append(load_model_dir(tmp_path / f"run{run}").model.get_weights())
+        model_ids.append(card["model_id"])
         assert card["optimizer"]["workers"] == 2
     assert len(weights[0]) == len(weights[1])
     for first, second in zip(*weights, strict=True):
         np.testing.assert_array_equal(first, second)
+    assert model_ids[0] == model_ids[1]  # so a rerun of the same training rescores nothing
 
 
 @pytest.mark.slow  # 342 s on 2 cores (two trainings, a kill and two restarts)
