@@ -85,7 +85,7 @@ def _valid_names() -> str:
 
 
 def parse_findings(text: str | Sequence[str]) -> tuple[str, ...]:
-    """Parse a ``--finding`` value: ``Mass``, a comma list ``Mass,Nodule`` or ``all``.
+    """Parse a ``--finding`` value: ``Mass``, a comma list ``Mass,Nodule`` or ``all`` (any case).
 
     Args:
         text: The option text (whitespace around names is ignored), or a sequence of names.
@@ -97,6 +97,9 @@ def parse_findings(text: str | Sequence[str]) -> tuple[str, ...]:
         LabelError: On an empty, unknown or repeated name; the message lists the valid names.
     """
     names = [str(name).strip() for name in (text.split(",") if isinstance(text, str) else text)]
+    # Any case: 'mass' and 'MASS' mean Mass, as the NIH label file spells it.
+    canonical = {name.lower(): name for name in (*NIH_FINDINGS, ALL)}
+    names = [canonical.get(name.lower(), name) for name in names]
     if names == [ALL]:
         return NIH_FINDINGS
     if not names or any(not name for name in names):

@@ -145,8 +145,12 @@ def test_parse_findings_lists_all_and_errors():
     assert parse_findings("Mass") == ("Mass",)
     assert parse_findings(" Mass , Nodule,Effusion ") == ("Mass", "Nodule", "Effusion")
     assert parse_findings("all") == NIH_FINDINGS and len(NIH_FINDINGS) == 14
+    assert parse_findings("mass,PLEURAL_THICKENING") == ("Mass", "Pleural_Thickening")
+    assert parse_findings("ALL") == NIH_FINDINGS
     with pytest.raises(LabelError, match="more than once"):
         parse_findings("Mass,Nodule,Mass")
+    with pytest.raises(LabelError, match="'Mass' more than once"):
+        parse_findings("Mass,mass")
     with pytest.raises(LabelError) as err:
         parse_findings("Mass,Tumour")
     assert "Tumour" in str(err.value) and all(f in str(err.value) for f in NIH_FINDINGS)
