@@ -508,6 +508,8 @@ def _score_locked(
             bar.set_postfix(errors=summary.errors, skipped=summary.skipped, refresh=False)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("Ray Data stats:\n%s", written.stats())
+    if summary.errors:
+        _log_errors(out, files, summary.errors)
     # A retried error row gives way to its new row; one whose input now reads without any
     # error row of its own (an archive read to its end) is obsolete. --limit may stop before
     # reaching an input, so nothing is declared obsolete then.
@@ -515,6 +517,29 @@ def _score_locked(
     reconcile(out, model_id, retire=obsolete)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _log_errors(out: Path, files: list[str], count: int, shown: int = 5) -> None:
+    """Name the first few inputs that became error rows in this run, and where the rest are."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    # An image has a row per finding; its error repeats in each, so sources are kept once.
+    examples: dict[str, str] = {}
+    for name in files:
+        table = pq.read_table(out / name, columns=["source", "error"])
+        failed = table.filter(pc.invert(pc.is_null(table["error"]))).to_pydict()
+        examples.update(zip(failed["source"], failed["error"], strict=True))
+        if len(examples) >= shown:
+            break
+    named = "; ".join(f"{source}: {error}" for source, error in list(examples.items())[:shown])
+    logger.warning(
+        "%d image%s not scored: %s%s (each has an error row: the Parquet's error column)",
+        count,
+        "" if count == 1 else "s",
+        named,
+        "; ..." if count > shown else "",
+    )
 
 
 def _obsolete_errors(

@@ -3,6 +3,7 @@ errors kept with stable texts, incremental, URIs, bf16, predict and the one thre
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import time
@@ -55,9 +56,10 @@ def mixed_inputs(tmp_path_factory):
 
 
 def test_every_input_gets_one_row_and_bad_ones_an_error(
-    ray_session, tiny_model_dir, mixed_inputs, tmp_path
+    ray_session, tiny_model_dir, mixed_inputs, tmp_path, caplog
 ):
-    summary = score(tiny_model_dir, [mixed_inputs], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="medai.score"):
+        summary = score(tiny_model_dir, [mixed_inputs], tmp_path)
     rows = read(tmp_path).set_index("image_id")
     for name in valid_variants():
         assert pd.isna(rows.loc[name, "error"]), name
@@ -72,6 +74,12 @@ def test_every_input_gets_one_row_and_bad_ones_an_error(
     expected = len(valid_variants()) + len(broken_variants()) + 2 + 1 + len(truncated_members)
     assert len(rows) == expected == summary.scored + summary.errors
     assert summary.errors == len(broken_variants()) + 2
+    # The console names the first few of them, as their rows do.
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"{summary.errors} images not scored: ")
+    failed = rows[rows["error"].notna()].set_index("source")["error"]
+    assert sum(f"{source}: {error}" in warning for source, error in failed.items()) == 5
+    assert warning.endswith("; ... (each has an error row: the Parquet's error column)")
 
 
 def test_schema_is_documented_and_readable_without_medai(
