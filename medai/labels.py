@@ -142,6 +142,19 @@ def labelled_findings(path: str | Path) -> tuple[str, ...] | None:
 
 
 def _unrecognised(path: Path, header: list[str]) -> LabelError:
+    # A file with some of a layout's columns is most likely that layout missing the others.
+    layouts = (
+        ("an NIH", _NIH_REQUIRED, ""),
+        ("a generic", _GENERIC_REQUIRED, " (or one 0/1 column per NIH finding)"),
+    )
+    for layout, required, alternative in layouts:
+        missing = [col for col in required if col not in header]
+        if len(missing) < len(required):
+            return LabelError(
+                f"{path}: {layout} label file needs the column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(repr(col) for col in missing)}{alternative}; its columns are "
+                f"{header}"
+            )
     return LabelError(
         f"{path}: unrecognised label file: columns {header} hold neither the NIH columns "
         f"{list(_NIH_REQUIRED)} nor the generic columns {list(_GENERIC_REQUIRED)} (or image and "

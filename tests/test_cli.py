@@ -75,7 +75,7 @@ def test_malformed_label_file_stops_train_before_work(tmp_path, phantom_archive,
             "none",
         ]
     )
-    assert code == 2 and "unrecognised label file" in capsys.readouterr().err
+    assert code == 2 and "needs the column 'Finding Labels'" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
 

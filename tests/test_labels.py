@@ -77,6 +77,7 @@ def test_unknown_finding_lists_valid_ones(tmp_path):
         ("", "empty label file"),
         ("\n\n", "empty label file"),
         ("foo,bar\n1,2\n", "unrecognised label file"),
+        ("image,lbl\na.png,1\n", "a generic label file needs the column 'label' \\(or one"),
         ("image,label\na.png,2\n", "label must be 0 or 1"),
         ("image,label\na.png,1\na.png,0\n", "duplicated image ids"),
         ("image,label\na.png,\n", "empty value"),
@@ -97,7 +98,7 @@ def test_missing_file_and_bad_policy(tmp_path):
 
 def test_nih_missing_columns_is_an_error(tmp_path):
     path = write(tmp_path, "Image Index,Finding Labels\n00000001_000.png,Mass\n")
-    with pytest.raises(LabelError, match="unrecognised"):
+    with pytest.raises(LabelError, match="an NIH label file needs the column 'Patient ID'"):
         load_labels(path, "Mass")
 
 
