@@ -356,6 +356,8 @@ def training_plot(title: str, history: Sequence[Mapping]) -> bytes:
     Returns:
         PNG bytes.
     """
+    from matplotlib.ticker import MaxNLocator
+
     panels = [
         name
         for name in ("accuracy", "loss", "auc")
@@ -374,6 +376,7 @@ def training_plot(title: str, history: Sequence[Mapping]) -> bytes:
                 axes.plot(epochs, values, style, marker="o", markersize=3, label=split)
         axes.set_title(name.upper() if name == "auc" else name.capitalize(), fontsize=10)
         axes.set_xlabel("Epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 on short runs
         axes.set_ylabel(name.upper() if name == "auc" else name)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)

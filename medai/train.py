@@ -730,6 +730,7 @@ def plot_training_curves(history: list[dict], path: Path, findings: str | list[s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     findings = [findings] if isinstance(findings, str) else list(findings)
     title = findings[0] if len(findings) == 1 else f"{len(findings)} findings"
@@ -750,6 +751,7 @@ def plot_training_curves(history: list[dict], path: Path, findings: str | list[s
             label=f"validation {key}" + ("" if len(findings) == 1 else " (mean)"),
         )
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 on short runs
         axis.set_ylabel(label)
         axis.set_title(f"{label} per epoch ({title})")
         axis.grid(alpha=0.3)

@@ -607,6 +607,9 @@ def test_one_class_and_empty_models_give_nulls_with_reasons(tmp_path: Path, capl
     glance = page[page.index('id="summary"') :].split("</section>", 1)[0]
     assert "Flags raised" in glance and "No flags raised" not in glance
     assert f"{MODEL_A[:12]}, Mass: AUC undefined: {why}" in glance
+    # No positives, so none missed: the failure table says so under its heading.
+    missed = r"Missed positives \(lowest scores\)</th></tr><tr><td colspan=\"\d+\">none</td>"
+    assert re.search(missed, page)
     one_class, empty = report["models"][MODEL_A], report["models"][MODEL_B]
 
     for key in ("auc", "auc_ci95", "average_precision"):
