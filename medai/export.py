@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -495,8 +496,11 @@ def export_openvino(
     split = _agreement_images(
         model_dir, card, images, int8, calibration_size, validation_size, seed
     )
-    # Keras 3 models convert directly (TF 2.21, Keras 3.15): no SavedModel detour.
-    ov_model = ov.convert_model(loaded.model)
+    # Keras 3 models convert directly (TF 2.21, Keras 3.15): no SavedModel detour. Tracing
+    # passes the input as a tuple where the model names it: Keras warns, harmlessly, every time.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The structure of `inputs` doesn't match", UserWarning)
+        ov_model = ov.convert_model(loaded.model)
     ov_model.output(0).get_tensor().set_names({"score"})
     val = split.get("val")
     check = val.images if val else _random_images(card, seed)
