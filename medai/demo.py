@@ -44,8 +44,7 @@ def run_demo(config: DemoConfig) -> Path:
     from medai.score import ScoreConfig, run_scoring
     from medai.train import TrainConfig, run_training
 
-    problem = folder_problem("--out", config.out)
-    if problem:
+    if problem := folder_problem("--out", config.out):
         raise DemoError(problem)
     out = Path(config.out).resolve()
     data = out / "data"

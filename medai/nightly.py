@@ -194,8 +194,7 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
     # `medai score` on ROOT/predictions during a nightly run makes one of them refuse.
     from medai.score import ScoreConfig, prepare_scoring, run_scoring
 
-    problem = folder_problem("--store", config.store)
-    if problem:
+    if problem := folder_problem("--store", config.store):
         raise NightlyError(problem)
     store = Path(config.store).resolve()
     score_config = ScoreConfig(
@@ -210,7 +209,8 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
         progress=False,
         retry_errors=config.retry_errors,
     )
-    card, _ = prepare_scoring(score_config)  # fail on bad inputs before taking the lock
+    prepared = prepare_scoring(score_config)  # fail on bad inputs before taking the lock
+    card = prepared[0]
     with _store_lock(store):
         _mark_interrupted(store)
         write_json(store / "nightly_config.json", asdict(config))
@@ -228,7 +228,7 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
         _record(store, row)
         started = time.perf_counter()
         try:
-            summary = run_scoring(score_config)
+            summary = run_scoring(score_config, prepared)
             row.update(scored=summary.scored, skipped=summary.skipped, errors=summary.errors)
             report = _refresh_report(config, store, card) if config.labels else None
             row["status"] = "succeeded"

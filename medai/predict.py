@@ -70,8 +70,7 @@ def predict_images(
     size = int(card["image_size"])
     explainer = None
     if heatmap_dir is not None:
-        problem = folder_problem("--heatmap", heatmap_dir)
-        if problem:
+        if problem := folder_problem("--heatmap", heatmap_dir):
             raise PredictError(problem)
         from medai.saliency import load_explainer
 

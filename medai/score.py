@@ -129,8 +129,8 @@ class ScoreConfig:
             problems.append("--rows-per-file must be at least 1")
         if not self.images:
             problems.append("--images is required")
-        problems.append(folder_problem("--out", self.out))
-        problems = [problem for problem in problems if problem]
+        if problem := folder_problem("--out", self.out):
+            problems.append(problem)
         if problems:
             raise ScoreError("; ".join(problems))
 
@@ -396,10 +396,17 @@ def actor_engine(config: ScoreConfig, card: dict, gpus: float) -> str:
     return resolve_engine(config.model, config.engine, config.precision, card)
 
 
-def run_scoring(config: ScoreConfig) -> ScoreSummary:
+def run_scoring(
+    config: ScoreConfig, prepared: tuple[dict, ImageInputs] | None = None
+) -> ScoreSummary:
     """Score every image not yet scored by this model into ``config.out``.
 
     Holds the folder's lock for the whole run, so a second run on the same folder refuses.
+
+    Args:
+        config: The run's options.
+        prepared: What :func:`prepare_scoring` returned for ``config``, when the caller has
+            checked it already (nightly does, before its store's lock): not hashed twice.
 
     Returns:
         Counts and timings of the run.
@@ -408,7 +415,7 @@ def run_scoring(config: ScoreConfig) -> ScoreSummary:
         ScoreError: On unusable options or inputs, or when another run holds ``config.out``.
     """
     started = time.perf_counter()
-    card, inputs = prepare_scoring(config)
+    card, inputs = prepared or prepare_scoring(config)
     out = Path(config.out).resolve()
     try:
         with hold_lock(out):

@@ -122,8 +122,8 @@ class TrainConfig:
             problems.append("--max-unreadable must be between 0 and 1")
         if not self.images:
             problems.append("--images is required")
-        problems.append(folder_problem("--out", self.out))
-        problems = [problem for problem in problems if problem]
+        if problem := folder_problem("--out", self.out):
+            problems.append(problem)
         if problems:
             raise TrainError("; ".join(problems))
 

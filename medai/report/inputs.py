@@ -272,8 +272,7 @@ def _only_model_of_dir(predictions: pd.DataFrame, card: dict, config: ReportConf
 def prepare(config: ReportConfig) -> Inputs:
     """Read and check every input; raises :class:`ReportError` before any output exists."""
     check_config(config)
-    problem = folder_problem("--out", config.out)
-    if problem:
+    if problem := folder_problem("--out", config.out):
         raise ReportError(problem)
     files = _prediction_files(Path(config.predictions))
     requested = _requested_findings(config.finding)
