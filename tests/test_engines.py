@@ -81,7 +81,9 @@ def test_any_batch_length(exported, images):
     for n in (0, 1, 5):
         part = engine.predict(images[:n])
         assert part.shape == (n, 1)
-        np.testing.assert_allclose(part, whole[:n], atol=1e-6)
+        # fp32 kernels block the work differently by batch shape (1.3e-6 seen on one host of
+        # this kind): a score agrees to 1e-5, far below any preprocessing or weight fault.
+        np.testing.assert_allclose(part, whole[:n], atol=1e-5)
     with pytest.raises(ValueError, match="expected uint8 images"):
         engine.predict(images[:, :10])
 
@@ -191,7 +193,8 @@ def test_tensorflow_engine_equals_keras(tiny_model_dir, images):
     model = load_model_dir(tiny_model_dir).model
     expected = np.asarray(model(images, training=False), np.float32)
     engine = load_engine(tiny_model_dir, "tensorflow", threads=1)
-    np.testing.assert_allclose(engine.predict(images), expected, atol=1e-6)
+    # Not bit-exact: the engine's traced graph may block fp32 sums differently from eager Keras.
+    np.testing.assert_allclose(engine.predict(images), expected, atol=1e-5)
 
 
 def test_compiled_model_is_cached_between_engines(exported, images, tmp_path, monkeypatch):
