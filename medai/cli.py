@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from medai.errors import MedaiError
 from medai.flags import (
     add_engine_flags,
     add_images_flag,
@@ -43,6 +42,17 @@ logger = logging.getLogger("medai")
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of options (keys: long flag names)")
+    _add_verbose(parser)
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the libraries' logs: Ray's, Ray Data's plans and progress, TensorFlow's "
+        "(as MEDAI_VERBOSE=1 does)",
+    )
 
 
 def _add_train(parser: argparse.ArgumentParser) -> None:
@@ -423,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="medai",
         description=__doc__.split("\n\n")[0].replace("``", ""),  # reST quotes, not for a terminal
     )
+    _add_verbose(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add, run) in _commands().items():
         child = sub.add_parser(name, help=help_text, description=help_text)
@@ -443,31 +454,28 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         The parsed options; ``command`` names the sub-command and ``_run`` runs it.
     """
     argv = list(argv)
+    verbose = False
+    while argv and argv[0] in ("-v", "--verbose"):  # the global flag, before the command
+        verbose, argv = True, argv[1:]
     parser = build_parser()
     if argv and argv[0] in _commands() and argv[0] not in ("submit", "runs"):
         child = parser._subparsers._group_actions[0].choices[argv[0]]  # type: ignore[union-attr]
         args = _parse(child, argv[1:])
         args.command = argv[0]
-        return args
-    return parser.parse_args(argv)
+    else:
+        args = parser.parse_args(argv)
+    args.verbose = verbose or bool(getattr(args, "verbose", False))
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``medai`` command; returns the process exit status."""
-    from medai.runtime import quiet_tensorflow, setup_logging
+    from medai.console import setup_console
+    from medai.errors import run_reported
 
-    quiet_tensorflow()
-    setup_logging()
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return int(args._run(args))
-    except MedaiError as exc:  # the user's input; anything else is a bug and keeps its traceback
-        print(f"medai {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: what the user can do next, not a traceback
-        hint = _RESUME.get(args.command, "")
-        print(f"medai {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+    setup_console(verbose=args.verbose)
+    return run_reported(args.command, lambda: int(args._run(args)), _RESUME.get(args.command, ""))
 
 
 # What an interrupted command has kept, and how to go on from it.

@@ -252,6 +252,11 @@ def read_bytes(source: str, max_bytes: int = MAX_BYTES) -> bytes:
             if it is larger than ``max_bytes``.
     """
     if ARCHIVE_SEP in source:
+        import lzma
+        import zlib
+
+        from pyarrow import ArrowException
+
         archive, member = source.split(ARCHIVE_SEP, 1)
         try:
             for found in iter_members(archive, wanted={member}, max_bytes=max_bytes):
@@ -261,7 +266,16 @@ def read_bytes(source: str, max_bytes: int = MAX_BYTES) -> bytes:
                     return found.data
         except ImageError:
             raise
-        except Exception as exc:  # tarfile, zlib and pyarrow raise many types
+        # What the filesystem, pyarrow, tarfile and its decompressors raise on a missing,
+        # truncated or corrupt archive; anything else is a bug and keeps its traceback.
+        except (
+            OSError,
+            EOFError,
+            tarfile.TarError,
+            zlib.error,
+            lzma.LZMAError,
+            ArrowException,
+        ) as exc:
             raise archive_error(exc) from exc
         raise ImageError(f"{member} not found in {archive}", kind="read")
     filesystem, path = _filesystem(source)

@@ -7,9 +7,10 @@ only job entry points, Ray workers and actors.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
+
+from medai.console import is_verbose, quiet_ray_data, ray_logging_level, setup_logging
 
 __all__ = [
     "LOCAL_RAY_HOST",
@@ -32,15 +33,11 @@ LOCAL_RAY_HOST = "127.0.0.1"
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """One readable format for medai's own log lines."""
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
-
-
 def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ banners in this process (call before importing TensorFlow)."""
+    """Silence TensorFlow's C++ banners in this process (call before importing TensorFlow);
+    not when verbose (:mod:`medai.console`)."""
+    if is_verbose():
+        return
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
 
@@ -89,10 +86,11 @@ def init_ray(
     to the user).
     """
     import ray
+    import ray.data
 
     # Ray Data logs each dataset's plan and, on non-interactive terminals, progress every few
-    # seconds; medai logs its own counts and progress instead.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # seconds; medai logs its own counts and progress instead (its session log keeps them).
+    quiet_ray_data()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -101,7 +99,7 @@ def init_ray(
     quiet_tensorflow()
     if address:
         # A submitted job already has its runtime env; adding one here would conflict with it.
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=ray_logging_level())
     else:
         with _loopback_node_ip():
             ray.init(
@@ -110,6 +108,7 @@ def init_ray(
                 dashboard_host=LOCAL_RAY_HOST,
                 _node_ip_address=LOCAL_RAY_HOST,
                 log_to_driver=True,
+                logging_level=ray_logging_level(),
                 _system_config={"num_workers_soft_limit": idle_workers(num_cpus)},
             )
 

@@ -38,14 +38,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medai.artifact import (
-    ModelDirError,
     card_findings,
     card_thresholds,
     read_card,
     verify_model_file,
     write_json,
 )
-from medai.engines import ENGINES, EngineError, resolve_engine, verify_ir
+from medai.engines import ENGINES, resolve_engine, verify_ir
 from medai.engines import PRECISIONS as ENGINE_PRECISIONS
 from medai.errors import MedaiError
 from medai.flags import folder_problem
@@ -53,7 +52,6 @@ from medai.images import ImageInputs, discover_images
 from medai.metrics import is_positive
 from medai.predictions import (
     PREDICTION_SCHEMA,
-    StoreBusyError,
     complete_images,
     hold_lock,
     prediction_files,
@@ -180,7 +178,9 @@ class Scorer:
         actors_per_node: int = 1,
     ):
         from medai.engines import load_engine
+        from medai.runtime import setup_logging
 
+        setup_logging()  # medai's warnings from this actor reach the console (medai.console)
         card = read_card(model_dir)
         if threads is None:
             threads = actor_threads(actors_per_node)
@@ -365,23 +365,22 @@ def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
     """Check options, the model directory, its IR and the inputs before any work starts.
 
     Raises:
-        ScoreError: On unusable options or inputs, or an engine or precision this model
-            directory cannot run (``--engine openvino`` without an IR, int8 without an
-            accepted int8 IR), or a ``model.keras`` or IR file that does not match its card.
+        ScoreError: On unusable options or inputs.
+        EngineError: On an engine or precision this model directory cannot run
+            (``--engine openvino`` without an IR, int8 without an accepted int8 IR), or an IR
+            file that does not match its card.
+        ModelDirError: On a ``model.keras`` that does not match its card.
     """
     config.check()
     card = read_card(config.model)
     findings = card_findings(card)
     if len(set(findings)) != len(findings):
         raise ScoreError(f"{config.model}: the card lists a finding twice: {findings}")
-    try:
-        # The actors check again as they load; a mismatch found there would surface only
-        # as a dead actor, after Ray has started.
-        verify_model_file(config.model, card)
-        if resolve_engine(config.model, config.engine, config.precision, card) == "openvino":
-            verify_ir(config.model, config.precision, card)
-    except (EngineError, ModelDirError) as exc:
-        raise ScoreError(str(exc)) from None
+    # The actors check again as they load; a mismatch found there would surface only as a
+    # dead actor, after Ray has started.
+    verify_model_file(config.model, card)
+    if resolve_engine(config.model, config.engine, config.precision, card) == "openvino":
+        verify_ir(config.model, config.precision, card)
     inputs = discover_images(config.images)
     if inputs.empty:
         raise ScoreError(f"--images: no images or archives found in {list(config.images)}")
@@ -412,16 +411,14 @@ def run_scoring(
         Counts and timings of the run.
 
     Raises:
-        ScoreError: On unusable options or inputs, or when another run holds ``config.out``.
+        MedaiError: On unusable options or inputs (see :func:`prepare_scoring`);
+            ``StoreBusyError`` when another run holds ``config.out``.
     """
     started = time.perf_counter()
     card, inputs = prepared or prepare_scoring(config)
     out = Path(config.out).resolve()
-    try:
-        with hold_lock(out):
-            return _score_locked(config, card, inputs, out, started)
-    except StoreBusyError as exc:
-        raise ScoreError(str(exc)) from None
+    with hold_lock(out):
+        return _score_locked(config, card, inputs, out, started)
 
 
 def _score_locked(

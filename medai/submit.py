@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import pathspec
 
-from medai.errors import MedaiError
+from medai.errors import MedaiError, run_reported
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ray.job_submission import JobSubmissionClient
@@ -636,21 +636,21 @@ def run_submit(args: argparse.Namespace) -> int:
         args: Parsed arguments.
 
     Returns:
-        The process exit status: 0 success, 1 job failed, 2 could not submit.
+        The process exit status: 0 success, 1 job failed.
+
+    Raises:
+        SubmitError: When the job could not be submitted (the command line prints it as one
+            line and exits 2, see :func:`medai.errors.run_reported`).
     """
     address = args.address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
     working_dir = Path(args.working_dir) if args.working_dir else None
-    try:
-        return submit_job(
-            args.job,
-            list(args.job_args or []),
-            address,
-            wait=not args.no_wait,
-            working_dir=working_dir,
-        )
-    except SubmitError as exc:
-        sys.stderr.write(f"medai submit: error: {exc}\n")
-        return 2
+    return submit_job(
+        args.job,
+        list(args.job_args or []),
+        address,
+        wait=not args.no_wait,
+        working_dir=working_dir,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -659,7 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="medai submit", description="Submit a medai job to a Ray cluster."
     )
     add_submit_arguments(parser)
-    return run_submit(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return run_reported("submit", lambda: run_submit(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

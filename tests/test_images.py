@@ -126,6 +126,22 @@ def test_read_failures_are_read_kind(tmp_path):
     with pytest.raises(ImageError) as truncated:
         read_bytes(f"{archive}::images/p19.png")
     assert truncated.value.kind == "read" and "unreadable archive" in str(truncated.value)
+    (tmp_path / "garbage.tar.gz").write_bytes(b"not gzip at all" * 100)
+    for archive in (tmp_path / "garbage.tar.gz", tmp_path / "gone.tar.gz"):
+        with pytest.raises(ImageError) as unreadable:
+            read_bytes(f"{archive}::images/p1.png")
+        assert unreadable.value.kind == "read", unreadable.value
+
+
+def test_a_bug_in_reading_an_archive_is_not_a_read_error(tmp_path, monkeypatch):
+    import medai.images
+
+    def buggy(*args, **kwargs):
+        raise TypeError("a bug in medai, not a bad archive")
+
+    monkeypatch.setattr(medai.images, "iter_members", buggy)
+    with pytest.raises(TypeError, match="a bug in medai"):
+        read_bytes(f"{tmp_path / 'a.tar.gz'}::images/p1.png")
 
 
 def test_file_above_the_size_cap_is_refused_without_reading(tmp_path):
