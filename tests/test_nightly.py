@@ -130,8 +130,7 @@ def test_killed_run_is_completed_by_the_next(ray_session, tiny_model_dir, tmp_pa
 def test_scoring_lock_inside_the_store_refuses_a_nightly_run_cleanly(tiny_model_dir, tmp_path):
     # A plain `medai score --out STORE/predictions` holds the scoring lock: the nightly run
     # gets past its own store lock (a different file), refuses, and records the failure.
-    from medai.predictions import hold_lock
-    from medai.score import ScoreError
+    from medai.predictions import StoreBusyError, hold_lock
 
     arrivals(tmp_path, 1, 1, 5, seed=1)
     store = tmp_path / "store"
@@ -140,7 +139,7 @@ def test_scoring_lock_inside_the_store_refuses_a_nightly_run_cleanly(tiny_model_
     )
     with (
         hold_lock(store / "predictions"),
-        pytest.raises(ScoreError, match="another run is writing predictions"),
+        pytest.raises(StoreBusyError, match="another run is writing predictions"),
     ):
         run_nightly(config)
     assert [r["status"] for r in read_ledger(store)] == ["failed"]

@@ -219,8 +219,14 @@ def test_predict_matches_batch_and_bf16_agrees(
     bf16 = read(tmp_path / "bf16").set_index("image_id").sort_index()
     for image_id in fp32.index[:3]:
         single = predict_image(fp32.loc[image_id, "source"], model_dir)
-        assert single["score"] == pytest.approx(float(fp32.loc[image_id, "score"]), abs=1e-5)
-        assert single["predicted"] == bool(fp32.loc[image_id, "predicted"])
+        batch_score = float(fp32.loc[image_id, "score"])
+        # One image alone and in a batch of 32 on other threads: fp32 kernels block sums by
+        # batch shape, ~1e-6 apart (1.3e-6 seen on another host of this kind), so 1e-5.
+        assert single["score"] == pytest.approx(batch_score, abs=1e-5)
+        # The card's Youden threshold is one of the validation scores: an image that sits on
+        # it within that 1e-5 may fall either side, on any host. The others must agree.
+        if abs(batch_score - card["threshold"]) > 1e-5:
+            assert single["predicted"] == bool(fp32.loc[image_id, "predicted"])
     labels = pd.read_csv(phantom_archive / "Data_Entry_2017.csv", index_col=False)
     y = labels.set_index("Image Index").loc[fp32.index, "Finding Labels"].str.contains("Mass")
     diff = np.abs(fp32["score"].to_numpy() - bf16["score"].to_numpy())
@@ -393,8 +399,7 @@ def test_second_concurrent_run_on_one_out_refuses(
 ):
     import time
 
-    from medai.predictions import LOCK
-    from medai.score import ScoreError
+    from medai.predictions import LOCK, StoreBusyError
 
     out = tmp_path / "out"
     command = MarkedCommand(
@@ -409,7 +414,7 @@ def test_second_concurrent_run_on_one_out_refuses(
         ):
             assert process.poll() is None and time.time() < deadline, "the first run never started"
             time.sleep(0.05)
-        with pytest.raises(ScoreError, match="another run is writing predictions to .*out"):
+        with pytest.raises(StoreBusyError, match="another run is writing predictions to .*out"):
             score(tiny_model_dir, [phantom_archive], out)
         assert process.wait(timeout=300) == 0
     finally:

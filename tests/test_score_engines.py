@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from images_kit import broken_variants, png, write_files
 
-from medai.score import ScoreConfig, ScoreError, prediction_files, run_scoring
+from medai.engines import EngineError
+from medai.score import ScoreConfig, prediction_files, run_scoring
 
 SIZE = 75
 FINDINGS = ["Mass", "Nodule", "Effusion"]
@@ -205,14 +206,14 @@ def test_engine_errors_stop_before_work(tiny_model_dir, multi_model, images, tmp
     assert "no int8 OpenVINO IR; run medai export --int8" in capsys.readouterr().err
     assert main([*args, "--model", str(tiny_model_dir), "--precision", "int8"]) == 2
     assert not out.exists()
-    with pytest.raises(ScoreError, match="only on --engine openvino"):
+    with pytest.raises(EngineError, match="only on --engine openvino"):
         score(multi_model, images, out, engine="tensorflow", precision="int8")
     # an int8 IR the gate did not accept is refused too
     refused = Path(shutil.copytree(multi_model, tmp_path / "refused"))
     card = json.loads((refused / "model_card.json").read_text())
     card["openvino"]["int8"] = {**card["openvino"]["fp32"], "gate": {"accepted": False}}
     (refused / "model_card.json").write_text(json.dumps(card))
-    with pytest.raises(ScoreError, match="not accepted by the export gate"):
+    with pytest.raises(EngineError, match="not accepted by the export gate"):
         score(refused, images, out, precision="int8")
     assert not out.exists()
 
