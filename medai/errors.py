@@ -10,6 +10,8 @@ what is kept and how to go on.
 from __future__ import annotations
 
 import errno
+import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -35,16 +37,41 @@ def storage_fault(exc: BaseException) -> OSError | None:
     keeps it as ``cause``, Ray Data's ``UserCodeException`` raised from it), so the chain of
     causes, contexts and Ray's ``cause`` is searched.
     """
-    seen: set[int] = set()
+    seen: dict[int, BaseException] = {}
     pending: list[BaseException | None] = [exc]
     while pending:
         current = pending.pop()
         if current is None or id(current) in seen:
             continue
-        seen.add(id(current))
+        seen[id(current)] = current
         if isinstance(current, OSError) and current.errno in _STORAGE_FAULTS:
             return current
         pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    found = (_ray_storage_fault(e) for e in seen.values())
+    return next((fault for fault in found if fault is not None), None)
+
+
+# How an OSError's number reads in a traceback: Python's "[Errno 28]", pyarrow's "[errno 28]".
+_ERRNO_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
+
+
+def _ray_storage_fault(exc: BaseException) -> OSError | None:
+    """The storage OSError a Ray task raised, read from the worker's traceback text.
+
+    A task's exception reaches the driver pickled, and pickling keeps no ``__cause__``: Ray
+    Data's ``UserCodeException`` arrives without the OSError it was raised from, whose number
+    survives only in the text Ray carries along.
+    """
+    if "ray" not in sys.modules:
+        return None
+    from ray.exceptions import RayError
+
+    if not isinstance(exc, RayError):
+        return None
+    for match in _ERRNO_TEXT.finditer(str(exc)):
+        number = int(match.group(1))
+        if number in _STORAGE_FAULTS:
+            return OSError(number, os.strerror(number))
     return None
 
 

@@ -49,6 +49,9 @@ def tmpfs_available(tmp_path_factory) -> None:
 
 
 def test_a_full_disk_is_found_behind_ray_and_ray_data_wrappers():
+    import traceback
+
+    import ray.cloudpickle as pickle
     from ray.exceptions import RayTaskError, UserCodeException
 
     full = OSError(errno.ENOSPC, "No space left on device")
@@ -56,13 +59,19 @@ def test_a_full_disk_is_found_behind_ray_and_ray_data_wrappers():
         try:
             raise full
         except OSError as exc:
-            raise UserCodeException("in write_predictions") from exc
+            raise UserCodeException("UDF failed to process a data block.") from exc
     except UserCodeException as exc:
-        wrapped = RayTaskError("write_predictions", "traceback text", exc).as_instanceof_cause()
-    assert storage_fault(wrapped) is full
+        text = "".join(traceback.format_exception(exc))
+        wrapped = RayTaskError("write_predictions", text, exc).as_instanceof_cause()
+    assert storage_fault(wrapped) is full  # raised in this process: the chain holds it
+    # As a task's error reaches the driver: pickled, which keeps no __cause__.
+    arrived = pickle.loads(pickle.dumps(wrapped))
+    assert arrived.cause.__cause__ is None
+    assert storage_fault(arrived).errno == errno.ENOSPC
     read_only = OSError(errno.EROFS, "Read-only file system", "/out/x.parquet")
     assert storage_fault(RayTaskError("f", "tb", read_only)) is read_only
     assert storage_fault(FileNotFoundError(errno.ENOENT, "missing")) is None  # an input's fault
+    assert storage_fault(RayTaskError("f", "OSError: [Errno 2] missing", ValueError())) is None
     assert storage_fault(ValueError("a bug")) is None
 
 
