@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medai.card import ECE_BINS
+
 __all__ = [
     "OUTPUT_LAYER",
     "METHOD",
@@ -43,7 +45,6 @@ __all__ = [
 
 OUTPUT_LAYER = "score"
 METHOD = "platt"
-ECE_BINS = 10
 
 
 @dataclass(frozen=True)

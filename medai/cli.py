@@ -46,6 +46,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train(parser: argparse.ArgumentParser) -> None:
+    from medai.labels import NEGATIVE_POLICIES
+    from medai.model import HEADS
+
     parser.add_argument("--labels", required=True, help="Data_Entry_2017.csv or a CSV image,label")
     add_images_flag(parser)
     parser.add_argument("--out", required=True, help="model directory to write")
@@ -64,7 +67,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--negatives",
         default="all-others",
-        choices=["all-others", "no-finding"],
+        choices=NEGATIVE_POLICIES,
         help="negatives of a finding: every image without it (default, ChestX-ray14) or only "
         "'No Finding' images",
     )
@@ -76,7 +79,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--head",
         default="gap",
-        choices=["gap", "flatten"],
+        choices=HEADS,
         help="global average pooling (default) or the original flatten + dense head",
     )
     parser.add_argument(
@@ -249,7 +252,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from medai.train import TrainConfig, card_summary, run_training
+    from medai.card import card_line
+    from medai.train import TrainConfig, run_training
 
     config = TrainConfig(
         labels=args.labels,
@@ -274,7 +278,7 @@ def _run_train(args: argparse.Namespace) -> int:
         export_openvino=args.openvino,
     )
     card = run_training(config)
-    print(f"model {card['model_id'][:12]} in {args.out}: {card_summary(card)}")
+    print(f"model {card['model_id'][:12]} in {args.out}: {card_line(card)}")
     return 0
 
 
@@ -384,7 +388,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
-    from medai.nightly import add_nightly_arguments, add_runs_arguments
+    from medai.flags import add_nightly_arguments, add_runs_arguments
     from medai.report import add_report_arguments
     from medai.submit import add_submit_arguments
 

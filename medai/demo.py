@@ -13,8 +13,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from medai.card import ECE_BINS
 from medai.errors import MedaiError
-from medai.flags import folder_problem
+from medai.paths import folder_problem
 
 __all__ = ["DemoConfig", "DemoError", "run_demo", "phantom_test_calibration"]
 
@@ -138,6 +139,6 @@ def phantom_test_calibration(predictions: Path, labels: Path, card: dict) -> dic
     y, scores = scored["label"].to_numpy(), scored["score"].to_numpy()
     return {
         "n": len(scored),
-        "ece": expected_calibration_error(y, scores, n_bins=10),
+        "ece": expected_calibration_error(y, scores, n_bins=ECE_BINS),
         "brier": brier_score(y, scores),
     }

@@ -16,7 +16,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -195,14 +194,10 @@ def gpu_visible() -> bool:
 
 def _ray_assigned_gpus() -> float | None:
     """GPUs Ray assigned to this worker, or ``None`` outside a Ray worker (never imports Ray)."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return None
-    try:
-        assigned = ray.get_runtime_context().get_assigned_resources()
-    except Exception:  # the driver has no assignment (Ray asserts on it)
-        return None
-    return float(assigned.get("GPU", 0.0))
+    from medai.cpus import assigned_resources
+
+    assigned = assigned_resources()
+    return None if assigned is None else float(assigned.get("GPU", 0.0))
 
 
 def resolve_engine(model_dir: str | Path, engine: str, precision: str, card: dict) -> str:

@@ -27,21 +27,13 @@ from pathlib import Path
 
 from medai.artifact import card_findings, write_json
 from medai.errors import MedaiError
-from medai.flags import (
-    add_images_flag,
-    add_model_flag,
-    add_retry_errors_flag,
-    add_run_flags,
-    folder_problem,
-)
 from medai.locks import exclusive_lock
+from medai.paths import folder_problem
 
 __all__ = [
     "NightlyConfig",
     "NightlyError",
     "NightlyResult",
-    "add_nightly_arguments",
-    "add_runs_arguments",
     "config_from_args",
     "run_nightly",
     "read_ledger",
@@ -94,30 +86,6 @@ class NightlyResult:
             f"nightly run {self.run_id}: model {self.model_id[:12]}, scored {self.scored}, "
             f"skipped {self.skipped}, errors {self.errors}, {self.seconds:.1f} s{report}"
         )
-
-
-def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``medai nightly`` flags."""
-    add_images_flag(parser)
-    add_model_flag(parser)
-    parser.add_argument("--store", required=True, help="store root (predictions, reports, ledger)")
-    parser.add_argument(
-        "--labels", default=None, help="labels CSV: refresh the report after scoring"
-    )
-    parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
-    from medai.report import SPLIT_HELP, SPLITS
-
-    parser.add_argument("--split", default=None, choices=SPLITS, help=SPLIT_HELP)
-    add_run_flags(parser, 32, "images per inference batch", inference=True)
-    parser.add_argument("--rows-per-file", type=int, default=4096)
-    add_retry_errors_flag(parser)
-    return parser
-
-
-def add_runs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``medai runs`` arguments."""
-    parser.add_argument("store", help="store root of medai nightly")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> NightlyConfig:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from medai.artifact import card_findings, card_thresholds
+from medai.card import is_positive
 from medai.errors import MedaiError
-from medai.flags import folder_problem
 from medai.images import ImageError, decode_image, read_bytes
-from medai.metrics import is_positive
+from medai.paths import folder_problem
 
 __all__ = ["PredictError", "predict_image", "predict_images"]
 
@@ -56,7 +56,7 @@ def predict_images(
     Returns:
         One dict per image and finding (image-major, findings in the model's order):
         ``image``, ``finding``, ``score`` (None on error), ``predicted``
-        (:func:`medai.metrics.is_positive` at that finding's threshold, the rule of
+        (:func:`medai.card.is_positive` at that finding's threshold, the rule of
         Parquet's ``predicted``), ``threshold``, ``error`` (None, or the stable one-line
         reason), ``engine`` and ``precision`` (what ran), ``heatmap`` (the PNG's path, or
         ``None``).

@@ -413,7 +413,8 @@ def train_loop_per_worker(config: dict) -> None:
             many outputs), ``class_weights`` as ``[[w_negative, w_positive], ...]`` per
             finding, and ``resume_from``.
     """
-    from medai.runtime import assigned_cpus, configure_tensorflow, setup_logging
+    from medai.cpus import assigned_cpus
+    from medai.runtime import configure_tensorflow, setup_logging
 
     setup_logging()
     _quiet_ray_loggers()

@@ -151,7 +151,8 @@ def test_scoring_lock_inside_the_store_refuses_a_nightly_run_cleanly(tiny_model_
 def test_retry_errors_flag_reaches_the_config():
     import argparse
 
-    from medai.nightly import add_nightly_arguments, config_from_args
+    from medai.flags import add_nightly_arguments
+    from medai.nightly import config_from_args
 
     parser = add_nightly_arguments(argparse.ArgumentParser())
     base = ["--images", "x", "--model", "m", "--store", "s"]

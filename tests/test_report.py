@@ -1054,8 +1054,7 @@ def test_processes_flag_is_checked(tmp_path) -> None:
 
 
 def test_multi_finding_roc_has_one_curve_per_finding(multi) -> None:
-    from medai import plots
-    from medai.report import accounting, evaluation, figures, inputs
+    from medai.report import accounting, evaluation, figures, inputs, plots
 
     cfg = config(multi["preds"], multi["labels"], multi["out"] / "unused", bootstrap=0)
     [model] = accounting.collect_models(cfg, inputs.prepare(cfg))

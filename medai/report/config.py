@@ -11,7 +11,6 @@ from medai.errors import MedaiError
 from medai.labels import NEGATIVE_POLICIES
 
 __all__ = [
-    "INTENDED_USE",
     "SPLITS",
     "SPLIT_HELP",
     "ReportConfig",
@@ -30,7 +29,6 @@ SPLIT_HELP = (
     "every labelled image, training images included (optimistic metrics). Default: test when "
     "test_list.txt is beside the labels file, else unseen"
 )
-INTENDED_USE = "Research use only, not for diagnosis."
 DEFAULT_FINDING = "Mass"  # the finding of rows and generic label columns that name none
 FINDING_HELP = (
     "finding(s) to evaluate: a name, a comma list (Mass,Nodule,Effusion) or 'all' (the 14 NIH "
@@ -38,7 +36,6 @@ FINDING_HELP = (
     "generic image,label CSV)"
 )
 EXAMPLES_PER_GROUP = 4
-ECE_BINS = 10  # equal-width bins of the expected calibration error
 # Subgroup AUC CIs use the first this many of the finding's bootstrap resamples: each subgroup
 # attribute costs as much as the overall AUC per resample, and 14 findings x 4 attributes x
 # 1,000 resamples over the whole archive would not fit the report's one-minute budget.

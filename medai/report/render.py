@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from medai import metrics
-from medai.report.config import ECE_BINS, INTENDED_USE
+from medai.card import ECE_BINS, INTENDED_USE
 
 __all__ = ["CAPTIONS", "fmt", "render_html", "undefined_auc"]
 
