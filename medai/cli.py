@@ -23,9 +23,9 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
+from medai.configs import config_from
 from medai.errors import MedaiError
 from medai.flags import (
     add_engine_flags,
@@ -255,28 +255,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from medai.card import card_line
     from medai.train import TrainConfig, run_training
 
-    config = TrainConfig(
-        labels=args.labels,
-        images=tuple(args.images),
-        out=args.out,
-        finding=args.finding,
-        negatives=args.negatives,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        head=args.head,
-        weights=args.weights,
-        num_workers=args.num_workers,
-        seed=args.seed,
-        resume=args.resume,
-        address=args.address,
-        precision=args.precision,
-        learning_rate=args.learning_rate,
-        val_fraction=args.val_fraction,
-        max_failures=args.max_failures,
-        max_unreadable=args.max_unreadable,
-        export_openvino=args.openvino,
-    )
+    config = config_from(TrainConfig, args, export_openvino=args.openvino)
     card = run_training(config)
     print(f"model {card['model_id'][:12]} in {args.out}: {card_line(card)}")
     return 0
@@ -285,21 +264,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _score_config(args: argparse.Namespace):
     from medai.score import ScoreConfig
 
-    return ScoreConfig(
-        model=args.model,
-        images=tuple(args.images),
-        out=args.out,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        engine=args.engine,
-        address=args.address,
-        limit=args.limit,
-        actors=args.actors,
-        threads=args.threads,
-        rows_per_file=args.rows_per_file,
-        progress=args.progress,
-        retry_errors=args.retry_errors,
-    )
+    return config_from(ScoreConfig, args)
 
 
 def _run_score(args: argparse.Namespace) -> int:
@@ -311,17 +276,10 @@ def _run_score(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from medai.predict import predict_images
+    from medai.predict import PredictConfig, run_predict
 
     status = 0
-    results = predict_images(
-        args.image,
-        args.model,
-        engine=args.engine,
-        precision=args.precision,
-        threads=args.threads,
-        heatmap_dir=args.heatmap,
-    )
+    results = run_predict(config_from(PredictConfig, args))
     for result in results:
         if args.json:
             print(json.dumps(result))
@@ -338,10 +296,9 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from medai.export import export_openvino
+    from medai.export import ExportConfig, run_export
 
-    images = tuple(args.images) if args.images else None
-    block = export_openvino(args.model_dir, int8=args.int8, images=images)
+    block = run_export(config_from(ExportConfig, args))
     print(json.dumps(block, indent=2))
     return 0
 
@@ -379,9 +336,7 @@ def _run_runs(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from medai.demo import DemoConfig, run_demo
 
-    config = DemoConfig(
-        **{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__}
-    )
+    config = config_from(DemoConfig, args)
     report = run_demo(config)
     print(f"open the report: {report}")
     return 0
@@ -480,11 +435,6 @@ _RESUME = {
     "nightly": "; the prediction files written so far are kept: run it again to go on",
     "train": "; add --resume to the same command to go on from the last checkpoint",
 }
-
-
-def config_dict(config) -> dict:
-    """A dataclass config as a plain dict (for logging)."""
-    return asdict(config)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from medai.card import ECE_BINS
+from medai.configs import CheckedConfig
 from medai.errors import MedaiError
 from medai.paths import folder_problem
 
@@ -27,7 +29,7 @@ class DemoError(MedaiError, ValueError):
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(CheckedConfig):
     """Options of the demo."""
 
     out: str = "medai-demo"
@@ -37,6 +39,13 @@ class DemoConfig:
     num_workers: int = 2
     seed: int = 0
 
+    error: ClassVar[type[MedaiError]] = DemoError
+
+    def problems(self) -> list[str]:
+        """What stops the demo before it starts: its output folder."""
+        problem = folder_problem("--out", self.out)
+        return [problem] if problem else []
+
 
 def run_demo(config: DemoConfig) -> Path:
     """Run phantoms -> train -> score -> report; returns the report's path."""
@@ -45,8 +54,7 @@ def run_demo(config: DemoConfig) -> Path:
     from medai.score import ScoreConfig, run_scoring
     from medai.train import TrainConfig, run_training
 
-    if problem := folder_problem("--out", config.out):
-        raise DemoError(problem)
+    config.check()
     out = Path(config.out).resolve()
     data = out / "data"
     logger.info(

@@ -23,9 +23,10 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -41,7 +42,9 @@ from medai.agreement import (
 )
 from medai.artifact import load_model_dir
 from medai.card import card_thresholds, write_card
+from medai.configs import CheckedConfig
 from medai.engines import CARD_KEY, IR_DIR, IR_FILES
+from medai.errors import MedaiError
 from medai.files import file_sha256
 from medai.quantize import (
     DEFAULT_ATTEMPTS,
@@ -55,7 +58,9 @@ from medai.runtime import quiet_tensorflow
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
+    "ExportConfig",
     "ExportError",
+    "run_export",
     "Int8Gate",
     "Int8Attempt",
     "LabelledImages",
@@ -67,6 +72,27 @@ __all__ = [
 
 logger = logging.getLogger("medai.export")
 RANDOM_AGREEMENT_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class ExportConfig(CheckedConfig):
+    """The options of ``medai export`` (see :func:`export_openvino`)."""
+
+    model_dir: str
+    int8: bool = False
+    images: tuple[str, ...] | None = None
+
+    error: ClassVar[type[MedaiError]] = ExportError
+
+    def problems(self) -> list[str]:
+        """Every option that cannot work, before the model is loaded."""
+        return [] if str(self.model_dir).strip() else ["MODEL_DIR is required"]
+
+
+def run_export(config: ExportConfig) -> dict:
+    """Check ``config`` and export (:func:`export_openvino`); returns the card's block."""
+    config.check()
+    return export_openvino(config.model_dir, int8=config.int8, images=config.images)
 
 
 def export_openvino(

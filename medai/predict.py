@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from medai.artifact import card_findings, card_thresholds
 from medai.card import is_positive
+from medai.configs import CheckedConfig
 from medai.errors import MedaiError
 from medai.images import ImageError, decode_image, read_bytes
 from medai.paths import folder_problem
 
-__all__ = ["PredictError", "predict_image", "predict_images"]
+__all__ = ["PredictConfig", "PredictError", "predict_image", "predict_images", "run_predict"]
 
 
 class PredictError(MedaiError, ValueError):
@@ -29,6 +32,43 @@ def _load(model_dir: str, engine: str, precision: str, threads: int | None):
 
     quiet_tensorflow()
     return read_card(model_dir), load_engine(model_dir, engine, precision, threads)
+
+
+@dataclass(frozen=True)
+class PredictConfig(CheckedConfig):
+    """The options of ``medai predict`` (see :func:`predict_images`)."""
+
+    image: tuple[str, ...]
+    model: str
+    engine: str = "auto"
+    precision: str = "fp32"
+    threads: int | None = None
+    heatmap: str | None = None
+    json: bool = False
+
+    error: ClassVar[type[MedaiError]] = PredictError
+
+    def problems(self) -> list[str]:
+        """Every option that cannot work, before the model is loaded."""
+        problems = []
+        if self.threads is not None and self.threads < 1:
+            problems.append("--threads must be at least 1")
+        if self.heatmap is not None and (problem := folder_problem("--heatmap", self.heatmap)):
+            problems.append(problem)
+        return problems
+
+
+def run_predict(config: PredictConfig) -> list[dict]:
+    """Check ``config`` and score its images (:func:`predict_images`)."""
+    config.check()
+    return predict_images(
+        list(config.image),
+        config.model,
+        engine=config.engine,
+        precision=config.precision,
+        threads=config.threads,
+        heatmap_dir=config.heatmap,
+    )
 
 
 def predict_images(

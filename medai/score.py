@@ -32,7 +32,7 @@ import uuid
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -62,7 +62,7 @@ from medai.predictions import (
     upgrade_files,
 )
 from medai.score_config import PRECISIONS, ScoreConfig, ScoreError, ScoreSummary
-from medai.scorer import Scorer, actor_threads
+from medai.scorer import Scorer, actor_cpus, actor_threads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,6 +77,8 @@ __all__ = [
     "scored_ids",
     "Scorer",
     "actor_cpus",
+    "PreparedScoring",
+    "prepare_scoring",
     "actor_threads",
     "PRECISIONS",
     "run_scoring",
@@ -168,35 +170,14 @@ def write_predictions(
     return counts
 
 
-def actor_cpus(cpus: float, nodes: int, actors: int) -> float:
-    """CPUs to request per CPU scorer actor.
+class PreparedScoring(NamedTuple):
+    """A checked scoring run: the model's card and the image inputs found."""
 
-    Up to one CPU is reserved per actor (TensorFlow's threads also use a node's idle cores),
-    but one read task and one decode task per node must always fit beside the actors: a read
-    task streaming an archive holds its CPUs while it waits for decoding to catch up, so a
-    node without room for a decode task deadlocks. The request also differs from the decode
-    tasks', or Ray Data fuses decoding into the actor, where it runs serially.
-
-    Args:
-        cpus: CPUs of the cluster.
-        nodes: Alive nodes.
-        actors: Scorer actors requested.
-
-    Raises:
-        ScoreError: When the actors leave no room for reading and decoding.
-    """
-    from medai.datasets import DECODE_CPUS, READ_CPUS
-
-    share = min(1.0, (cpus - nodes * (READ_CPUS + DECODE_CPUS)) / actors)
-    if share < 0.05:
-        raise ScoreError(
-            f"--actors {actors} leaves no CPU for reading and decoding on {cpus:g} CPUs; "
-            "use fewer actors"
-        )
-    return share - 0.01 if share in (READ_CPUS, DECODE_CPUS) else share
+    card: dict
+    inputs: ImageInputs
 
 
-def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
+def prepare_scoring(config: ScoreConfig) -> PreparedScoring:
     """Check options, the model directory, its IR and the inputs before any work starts.
 
     Raises:
@@ -220,7 +201,7 @@ def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
     inputs = discover_images(config.images)
     if inputs.empty:
         raise ScoreError(f"--images: no images or archives found in {list(config.images)}")
-    return card, inputs
+    return PreparedScoring(card, inputs)
 
 
 def actor_engine(config: ScoreConfig, card: dict, gpus: float) -> str:
@@ -231,9 +212,7 @@ def actor_engine(config: ScoreConfig, card: dict, gpus: float) -> str:
     return resolve_engine(config.model, config.engine, config.precision, card)
 
 
-def run_scoring(
-    config: ScoreConfig, prepared: tuple[dict, ImageInputs] | None = None
-) -> ScoreSummary:
+def run_scoring(config: ScoreConfig, prepared: PreparedScoring | None = None) -> ScoreSummary:
     """Score every image not yet scored by this model into ``config.out``.
 
     Holds the folder's lock for the whole run, so a second run on the same folder refuses.

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
+from medai.configs import CheckedConfig
 from medai.engines import ENGINES
 from medai.engines import PRECISIONS as ENGINE_PRECISIONS
 from medai.errors import MedaiError
@@ -23,7 +25,7 @@ class ScoreError(MedaiError, ValueError):
 
 
 @dataclass(frozen=True)
-class ScoreConfig:
+class ScoreConfig(CheckedConfig):
     """The resolved options of one scoring run."""
 
     model: str
@@ -40,8 +42,10 @@ class ScoreConfig:
     progress: bool = True
     retry_errors: bool = False
 
-    def check(self) -> None:
-        """Raise :class:`ScoreError` on any option that cannot work."""
+    error: ClassVar[type[MedaiError]] = ScoreError
+
+    def problems(self) -> list[str]:
+        """Every option that cannot work (:meth:`check` raises them as one ScoreError)."""
         problems = []
         if self.batch_size < 1:
             problems.append("--batch-size must be at least 1")
@@ -61,8 +65,7 @@ class ScoreConfig:
             problems.append("--images is required")
         if problem := folder_problem("--out", self.out):
             problems.append(problem)
-        if problems:
-            raise ScoreError("; ".join(problems))
+        return problems
 
 
 @dataclass

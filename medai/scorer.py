@@ -1,6 +1,7 @@
 """The scorer actor: loads an inference engine once per Ray Data actor, then scores batches.
 
-Its threads come from Ray's view of its node (:func:`actor_threads`), never the host's cores.
+Its threads come from Ray's view of its node (:func:`actor_threads`), never the host's cores;
+its CPU request (:func:`actor_cpus`) leaves room for reading and decoding beside it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 from medai.card import card_findings, read_card
 from medai.score_config import ScoreError
 
-__all__ = ["Scorer", "actor_threads"]
+__all__ = ["Scorer", "actor_cpus", "actor_threads"]
 
 
 class Scorer:
@@ -83,3 +84,31 @@ def actor_threads(actors_per_node: int) -> int | None:
         return None
     node = node_cpus() or cpus
     return max(1, math.ceil(cpus), math.floor(node / max(1, actors_per_node)))
+
+
+def actor_cpus(cpus: float, nodes: int, actors: int) -> float:
+    """CPUs to request per CPU scorer actor.
+
+    Up to one CPU is reserved per actor (TensorFlow's threads also use a node's idle cores),
+    but one read task and one decode task per node must always fit beside the actors: a read
+    task streaming an archive holds its CPUs while it waits for decoding to catch up, so a
+    node without room for a decode task deadlocks. The request also differs from the decode
+    tasks', or Ray Data fuses decoding into the actor, where it runs serially.
+
+    Args:
+        cpus: CPUs of the cluster.
+        nodes: Alive nodes.
+        actors: Scorer actors requested.
+
+    Raises:
+        ScoreError: When the actors leave no room for reading and decoding.
+    """
+    from medai.datasets import DECODE_CPUS, READ_CPUS
+
+    share = min(1.0, (cpus - nodes * (READ_CPUS + DECODE_CPUS)) / actors)
+    if share < 0.05:
+        raise ScoreError(
+            f"--actors {actors} leaves no CPU for reading and decoding on {cpus:g} CPUs; "
+            "use fewer actors"
+        )
+    return share - 0.01 if share in (READ_CPUS, DECODE_CPUS) else share

@@ -22,10 +22,13 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, ClassVar, TextIO
 
 from medai.cluster_token import TokenLookup, find_auth_token, plain_http_warning
+from medai.configs import CheckedConfig, config_from
+from medai.errors import MedaiError
 from medai.working_dir import (
     MAX_WORKING_DIR_BYTES,
     WORKING_DIR_EXCLUDES,
@@ -44,6 +47,7 @@ __all__ = [
     "JOBS",
     "MAX_WORKING_DIR_BYTES",
     "WORKING_DIR_EXCLUDES",
+    "SubmitConfig",
     "SubmitError",
     "TokenLookup",
     "add_submit_arguments",
@@ -332,23 +336,42 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
-def run_submit(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class SubmitConfig(CheckedConfig):
+    """The options of ``medai submit`` (see :func:`submit_job`)."""
+
+    job: str
+    job_args: tuple[str, ...] = ()
+    address: str | None = None
+    no_wait: bool = False
+    working_dir: str | None = None
+
+    error: ClassVar[type[MedaiError]] = SubmitError
+
+    def problems(self) -> list[str]:
+        """Every option that cannot work, before anything is contacted."""
+        return [] if self.job in JOBS else [f"the job must be one of {', '.join(JOBS)}"]
+
+
+def run_submit(args: argparse.Namespace | SubmitConfig) -> int:
     """Run ``medai submit`` for arguments parsed by :func:`add_submit_arguments`.
 
     Args:
-        args: Parsed arguments.
+        args: Parsed arguments, or their :class:`SubmitConfig`.
 
     Returns:
         The process exit status: 0 success, 1 job failed, 2 could not submit.
     """
-    address = args.address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
-    working_dir = Path(args.working_dir) if args.working_dir else None
+    config = args if isinstance(args, SubmitConfig) else config_from(SubmitConfig, args)
+    address = config.address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    working_dir = Path(config.working_dir) if config.working_dir else None
     try:
+        config.check()
         return submit_job(
-            args.job,
-            list(args.job_args or []),
+            config.job,
+            list(config.job_args),
             address,
-            wait=not args.no_wait,
+            wait=not config.no_wait,
             working_dir=working_dir,
         )
     except SubmitError as exc:

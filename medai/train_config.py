@@ -8,9 +8,11 @@ label table split by patient and its image inputs found.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pandas as pd
 
+from medai.configs import CheckedConfig
 from medai.errors import MedaiError
 from medai.images import ImageInputs
 from medai.labels import NEGATIVE_POLICIES, parse_findings
@@ -28,7 +30,7 @@ class TrainError(MedaiError, ValueError):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(CheckedConfig):
     """The resolved options of one training run (CLI flags or YAML)."""
 
     labels: str
@@ -52,8 +54,10 @@ class TrainConfig:
     max_unreadable: float = 0.01
     export_openvino: bool = True
 
-    def check(self) -> None:
-        """Raise :class:`TrainError` on any option that cannot work."""
+    error: ClassVar[type[MedaiError]] = TrainError
+
+    def problems(self) -> list[str]:
+        """Every option that cannot work (:meth:`check` raises them as one TrainError)."""
         problems = []
         if self.epochs < 1:
             problems.append("--epochs must be at least 1")
@@ -79,8 +83,7 @@ class TrainConfig:
             problems.append("--images is required")
         if problem := folder_problem("--out", self.out):
             problems.append(problem)
-        if problems:
-            raise TrainError("; ".join(problems))
+        return problems
 
     @property
     def findings(self) -> tuple[str, ...]:

@@ -6,7 +6,9 @@ import argparse
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from medai.configs import CheckedConfig, config_from
 from medai.errors import MedaiError
 from medai.labels import NEGATIVE_POLICIES
 
@@ -49,7 +51,7 @@ class ReportError(MedaiError, ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReportConfig:
+class ReportConfig(CheckedConfig):
     """Options of one report run (the ``medai report`` flags).
 
     Attributes:
@@ -93,6 +95,12 @@ class ReportConfig:
     images: bool = True
     boxes: str | Path | None = None
     processes: int = 0
+
+    error: ClassVar[type[MedaiError]] = ReportError
+
+    def problems(self) -> list[str]:
+        """Every option value that cannot work, checked without file access."""
+        return report_problems(self)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -183,7 +191,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def build_report_parser(prog: str = "medai report") -> argparse.ArgumentParser:
-    """A stand-alone parser for the report flags (used by ``jobs/report.py``)."""
+    """A stand-alone parser for the report flags."""
     parser = argparse.ArgumentParser(
         prog=prog, description="Evaluate `medai score` predictions against labels."
     )
@@ -196,60 +204,52 @@ def config_from_args(namespace: argparse.Namespace) -> ReportConfig:
     Raises:
         ReportError: If a flag value is invalid.
     """
-    config = ReportConfig(
-        predictions=namespace.predictions,
-        labels=namespace.labels,
-        out=namespace.out,
-        finding=namespace.finding,
-        negatives=namespace.negatives,
-        split=namespace.split,
-        model=getattr(namespace, "model", None),
-        model_id=namespace.model_id,
-        threshold=namespace.threshold,
-        bootstrap=namespace.bootstrap,
-        seed=namespace.seed,
-        images=getattr(namespace, "images", True),
-        boxes=getattr(namespace, "boxes", None),
-        processes=getattr(namespace, "processes", 0),
-    )
-    check_config(config)
+    config = config_from(ReportConfig, namespace)
+    config.check()
     return config
 
 
 def check_config(config: ReportConfig) -> None:
-    """Check option values that need no file access.
+    """Check option values that need no file access (:meth:`ReportConfig.check`).
 
     Raises:
-        ReportError: Naming the first invalid option.
+        ReportError: Naming every invalid option.
     """
+    config.check()
+
+
+def report_problems(config: ReportConfig) -> list[str]:
+    """Every option value that cannot work, checked without file access."""
+    problems = []
     if config.finding is not None and not str(config.finding).strip():
-        raise ReportError("--finding must not be empty")
+        problems.append("--finding must not be empty")
     if config.negatives not in NEGATIVE_POLICIES:
-        raise ReportError(
+        problems.append(
             f"--negatives must be one of {', '.join(NEGATIVE_POLICIES)}, not {config.negatives!r}"
         )
     if config.split is not None and config.split not in SPLITS:
-        raise ReportError(f"--split must be one of {', '.join(SPLITS)}, not {config.split!r}")
+        problems.append(f"--split must be one of {', '.join(SPLITS)}, not {config.split!r}")
     if config.threshold is not None and (
         isinstance(config.threshold, bool)
         or not isinstance(config.threshold, numbers.Real)
         or not 0.0 <= config.threshold <= 1.0
     ):
-        raise ReportError(f"--threshold must be a number in [0, 1], not {config.threshold!r}")
+        problems.append(f"--threshold must be a number in [0, 1], not {config.threshold!r}")
     for name in ("bootstrap", "seed", "processes"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ReportError(f"--{name} must be a non-negative integer, not {value!r}")
+            problems.append(f"--{name} must be a non-negative integer, not {value!r}")
     if not isinstance(config.images, bool):
-        raise ReportError(f"images must be True or False, not {config.images!r}")
-    if config.model_id is not None and not str(config.model_id).strip():
-        raise ReportError("--model-id must not be empty")
-    if config.model is not None and not str(config.model).strip():
-        raise ReportError("--model must not be empty")
+        problems.append(f"images must be True or False, not {config.images!r}")
+    for name in ("model_id", "model"):
+        value = getattr(config, name)
+        if value is not None and not str(value).strip():
+            problems.append(f"--{name.replace('_', '-')} must not be empty")
     if config.boxes is not None and config.model is None:
-        raise ReportError(
+        problems.append(
             "--boxes needs --model MODEL_DIR: the pointing game plays the model's Grad-CAM heatmaps"
         )
     for name in ("predictions", "labels", "out"):
         if not str(getattr(config, name)).strip():
-            raise ReportError(f"--{name} is required")
+            problems.append(f"--{name} is required")
+    return problems
