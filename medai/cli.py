@@ -96,6 +96,11 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="split, weights and augmentation seed (default 0)"
     )
+    _add_train_run_flags(parser)
+
+
+def _add_train_run_flags(parser: argparse.ArgumentParser) -> None:
+    """How a training run goes: resume, learning rate, validation share, failures, unreadable."""
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument(
         "--learning-rate",

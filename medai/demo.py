@@ -103,23 +103,29 @@ def run_demo(config: DemoConfig) -> Path:
             model_id=card["model_id"],
         )
     )
+    _log_test_numbers(metrics, out, labels, card)
+    return report_dir / "report.html"
+
+
+def _log_test_numbers(metrics: dict, out: Path, labels: Path, card: dict) -> None:
+    """The phantom test split's AUC, ECE and Brier score, beside the card's threshold."""
     section = metrics["models"][card["model_id"]]
     low, high = section.get("auc_ci95") or (None, None)
     ci = f" (95% CI {low:.3f}-{high:.3f})" if low is not None else ""
     logger.info("test AUC %.3f%s on %d images", section["auc"], ci, section["n"])
     calibration = phantom_test_calibration(out / "predictions", labels, card)
     logger.info(
-        "test calibration on %d images: ECE %.3f (10 bins), Brier %.3f; card threshold %.3f "
+        "test calibration on %d images: ECE %.3f (%d bins), Brier %.3f; card threshold %.3f "
         "(validation ECE %.3f -> %.3f after %s scaling)",
         calibration["n"],
         calibration["ece"],
+        ECE_BINS,
         calibration["brier"],
         card["threshold"],
         card["calibration"]["val_ece_before"],
         card["calibration"]["val_ece_after"],
         card["calibration"]["method"],
     )
-    return report_dir / "report.html"
 
 
 def phantom_test_calibration(predictions: Path, labels: Path, card: dict) -> dict:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -382,12 +382,4 @@ def _spec(card: dict, n_outputs: int):
     from medai.model import ModelSpec
 
     spec = ModelSpec(int(card["image_size"]), card.get("head", "gap"), "none")
-    if n_outputs == 1:
-        return spec
-    if "n_outputs" not in ModelSpec.__dataclass_fields__:
-        raise EngineError(
-            "bf16 on TensorFlow cannot rebuild a multi-output model yet; use --engine openvino"
-        )
-    from dataclasses import replace
-
     return replace(spec, n_outputs=n_outputs)

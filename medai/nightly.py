@@ -6,7 +6,8 @@ Store layout (``ROOT``)::
                           its own _lock is held by the scoring inside a nightly run)
     ROOT/reports/latest/  the report refreshed after each run (when labels are given)
     ROOT/runs.jsonl       the ledger: one JSON object per run
-    ROOT/.lock            held (flock) by the running nightly job
+    ROOT/_lock            held (flock) by the running nightly job (named as the predictions'
+                          lock, :data:`medai.predictions.LOCK`)
 
 Only images the current model has not scored yet are scored (the new arrivals; everything
 when the model changes). A killed run leaves complete Parquet files only, and its ledger row
@@ -31,6 +32,7 @@ from medai.configs import CheckedConfig, config_from
 from medai.errors import MedaiError
 from medai.locks import exclusive_lock
 from medai.paths import folder_problem
+from medai.predictions import LOCK
 from medai.score_config import ScoreConfig
 
 __all__ = [
@@ -45,7 +47,6 @@ __all__ = [
 
 logger = logging.getLogger("medai.nightly")
 LEDGER = "runs.jsonl"
-LOCK = ".lock"
 
 
 class NightlyError(MedaiError, ValueError):
@@ -180,7 +181,7 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
     Raises:
         NightlyError: If another run holds the store, or an input is unusable.
     """
-    # The store's lock (ROOT/.lock) and run_scoring's (ROOT/predictions/_lock) are two files,
+    # The store's lock (ROOT/_lock) and run_scoring's (ROOT/predictions/_lock) are two files,
     # taken in that order by every nightly run: they never wait on each other. A plain
     # `medai score` on ROOT/predictions during a nightly run makes one of them refuse.
     from medai.score import prepare_scoring, run_scoring

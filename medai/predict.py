@@ -106,8 +106,6 @@ def predict_images(
         PredictError: If ``heatmap_dir`` is a file.
     """
     card, runner = _load(str(Path(model_dir).resolve()), engine, precision, threads)
-    findings, thresholds = card_findings(card), card_thresholds(card)
-    size = int(card["image_size"])
     explainer = None
     if heatmap_dir is not None:
         if problem := folder_problem("--heatmap", heatmap_dir):
@@ -118,32 +116,38 @@ def predict_images(
         Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
     results = []
     for path in paths:
-        heatmaps = dict.fromkeys(findings)
-        try:
-            image = decode_image(read_bytes(str(path)), size)
-        except ImageError as exc:
-            scores, error = [None] * len(findings), exc.text  # the text Parquet stores
-        else:
-            # float32 like the scorer's output column, so both give the same numbers.
-            row = np.asarray(runner.predict(image[None]), np.float32).reshape(-1)
-            scores, error = [float(s) for s in row], None
-            if explainer is not None:
-                heatmaps = _write_heatmaps(explainer, image, str(path), Path(heatmap_dir))
-        for finding, threshold, score in zip(findings, thresholds, scores, strict=True):
-            results.append(
-                {
-                    "image": str(path),
-                    "finding": finding,
-                    "score": score,
-                    "predicted": None if score is None else bool(is_positive(score, threshold)),
-                    "threshold": threshold,
-                    "error": error,
-                    "engine": runner.name,
-                    "precision": runner.precision,
-                    "heatmap": heatmaps[finding],
-                }
-            )
+        results += _predict_one(str(path), card, runner, explainer, heatmap_dir)
     return results
+
+
+def _predict_one(path: str, card: dict, runner, explainer, heatmap_dir) -> list[dict]:
+    """One image's rows, one per finding: its score and decision, or its error."""
+    findings, thresholds = card_findings(card), card_thresholds(card)
+    heatmaps = dict.fromkeys(findings)
+    try:
+        image = decode_image(read_bytes(path), int(card["image_size"]))
+    except ImageError as exc:
+        scores, error = [None] * len(findings), exc.text  # the text Parquet stores
+    else:
+        # float32 like the scorer's output column, so both give the same numbers.
+        row = np.asarray(runner.predict(image[None]), np.float32).reshape(-1)
+        scores, error = [float(s) for s in row], None
+        if explainer is not None:
+            heatmaps = _write_heatmaps(explainer, image, path, Path(heatmap_dir))
+    return [
+        {
+            "image": path,
+            "finding": finding,
+            "score": score,
+            "predicted": None if score is None else bool(is_positive(score, threshold)),
+            "threshold": threshold,
+            "error": error,
+            "engine": runner.name,
+            "precision": runner.precision,
+            "heatmap": heatmaps[finding],
+        }
+        for finding, threshold, score in zip(findings, thresholds, scores, strict=True)
+    ]
 
 
 def _write_heatmaps(explainer, image: np.ndarray, source: str, out: Path) -> dict[str, str]:

@@ -113,10 +113,9 @@ def bootstrap(
     """One stratified bootstrap of a finding: AUCs, ECE and AUCs within subgroups.
 
     Every statistic is computed on the same resamples of the whole population (see
-    :func:`bootstrap_aucs` for the resampling), so one draw of random numbers serves them all.
-    A subgroup's AUC on a resample is the AUC of the resampled images in that subgroup: the
-    class-run groups of the whole population stay exact within any subset (no image of the
-    other class lies between two members of a run), so each is one more ``bincount``.
+    :func:`bootstrap_aucs`). A subgroup's AUC on a resample is the AUC of the resampled images
+    in that subgroup: the whole population's class runs stay exact within any subset (no image
+    of the other class lies between two members of a run), so each is one more ``bincount``.
 
     Args:
         y: 0/1 labels with both classes present.
@@ -127,56 +126,69 @@ def bootstrap(
             ``[0, n_values)``, -1 for an image in no subgroup of that attribute.
         ece_bins: Bins of the first scoring's ECE per resample (scores must lie in [0, 1]);
             ``None`` skips it.
-        strata_boot: Subgroup AUCs on only the first this many resamples (``None``: all).
-            Subgroups cost one ``bincount`` per attribute per resample, four times the overall
-            AUC's cost with four attributes, so at archive scale they get fewer resamples.
+        strata_boot: Subgroup AUCs on only the first this many resamples (``None``: all):
+            each attribute costs one ``bincount`` per resample, as much as the overall AUC.
 
     Returns:
         A :class:`Bootstrap`.
     """
     y = np.asarray(y).astype(np.int8, copy=False).ravel()
-    if class_reason(y):
-        raise ValueError(f"bootstrap AUC needs both classes: {class_reason(y)}")
-    runs = []
-    for scores in score_sets:
-        runs.append(class_runs(y, as_arrays(y, scores)[1]))
+    if reason := class_reason(y):
+        raise ValueError(f"bootstrap AUC needs both classes: {reason}")
+    runs = [class_runs(y, as_arrays(y, scores)[1]) for scores in score_sets]
     first_runs, first_size = runs[0]
-    strata_keys = []
+    strata_keys = _strata_keys(strata, first_runs, first_size)
+    # Chunks are sized by the scorings alone: a finding's resamples (and AUC CI) are the same
+    # with or without subgroups.
+    widths = [size for _, size in runs]
+    aucs = np.empty((n_boot, len(runs)), dtype=np.float64)
+    strata_rows = n_boot if strata_boot is None else min(n_boot, strata_boot)
+    within = [np.empty((strata_rows, values), dtype=np.float64) for _, values in strata_keys]
+    ece = None if ece_bins is None else np.empty(n_boot, dtype=np.float64)
+    scores, bins = _ece_bins(y, score_sets[0], ece_bins)
+    for start, rows, pick_pos, pick_neg in _stratified_draws(y, n_boot, seed, max(widths)):
+        done = slice(start, start + rows)
+        for column, (keys, size) in enumerate(runs):
+            counts = (_resampled_counts(keys, pick, size) for pick in (pick_pos, pick_neg))
+            aucs[done, column] = auc_from_counts(*counts)
+        kept = max(0, min(rows, strata_rows - start))
+        for out, (keys, values) in zip(within, strata_keys, strict=True):
+            if kept:
+                picks = (pick_pos[:kept], pick_neg[:kept])
+                out[start : start + kept] = _subgroup_aucs(keys, values, first_size, picks)
+        if ece is not None:
+            ece[done] = _resampled_ece(bins, scores, pick_pos, pick_neg, ece_bins)
+    return Bootstrap(aucs, ece, tuple(within))
+
+
+def _ece_bins(y: np.ndarray, scores, ece_bins: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first scoring's scores and each image's ECE bin (none without ``ece_bins``)."""
+    scores = as_arrays(y, scores)[1]
+    if ece_bins is None:
+        return scores, None
+    return scores, np.searchsorted(np.linspace(0.0, 1.0, ece_bins + 1)[1:-1], scores)
+
+
+def _strata_keys(strata: Sequence[np.ndarray], runs: np.ndarray, size: int) -> list[tuple]:
+    """Per attribute, each image's (subgroup, class run) key and the attribute's value count."""
+    keys = []
     for codes in strata:
         codes = np.asarray(codes, dtype=np.int64)
         values = int(codes.max(initial=-1)) + 1
         # Images in no subgroup go to an extra slot that is dropped.
         slot = np.where(codes < 0, values, codes)
-        strata_keys.append((slot * first_size + first_runs, values))
-    # Chunks are sized by the scorings alone, so the resamples (and the AUC CI) of a finding
-    # are the same with or without subgroups.
-    widths = [size for _, size in runs]
-    aucs = np.empty((n_boot, len(runs)), dtype=np.float64)
-    strata_rows = n_boot if strata_boot is None else min(n_boot, strata_boot)
-    within = [np.empty((strata_rows, values), dtype=np.float64) for _, values in strata_keys]
-    ece = None
-    if ece_bins is not None:
-        scores = as_arrays(y, score_sets[0])[1]
-        bins = np.searchsorted(np.linspace(0.0, 1.0, ece_bins + 1)[1:-1], scores)
-        ece = np.empty(n_boot, dtype=np.float64)
-    for start, rows, pick_pos, pick_neg in _stratified_draws(y, n_boot, seed, max(widths)):
-        done = slice(start, start + rows)
-        for column, (keys, size) in enumerate(runs):
-            pos = _resampled_counts(keys, pick_pos, size)
-            neg = _resampled_counts(keys, pick_neg, size)
-            aucs[done, column] = auc_from_counts(pos, neg)
-        kept = max(0, min(rows, strata_rows - start))
-        for out, (keys, values) in zip(within, strata_keys, strict=True):
-            if not kept:
-                break
-            shape = (kept, values + 1, first_size)
-            pos = _resampled_counts(keys, pick_pos[:kept], shape[1] * shape[2]).reshape(shape)
-            neg = _resampled_counts(keys, pick_neg[:kept], shape[1] * shape[2]).reshape(shape)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[start : start + kept] = auc_from_counts(pos[:, :values], neg[:, :values])
-        if ece is not None:
-            ece[done] = _resampled_ece(bins, scores, pick_pos, pick_neg, ece_bins)
-    return Bootstrap(aucs, ece, tuple(within))
+        keys.append((slot * size + runs, values))
+    return keys
+
+
+def _subgroup_aucs(keys: np.ndarray, values: int, size: int, picks: tuple) -> np.ndarray:
+    """``(rows, values)`` AUCs within each subgroup on the resamples of ``picks``."""
+    pick_pos, pick_neg = picks
+    shape = (len(pick_pos), values + 1, size)
+    pos = _resampled_counts(keys, pick_pos, shape[1] * shape[2]).reshape(shape)
+    neg = _resampled_counts(keys, pick_neg, shape[1] * shape[2]).reshape(shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return auc_from_counts(pos[:, :values], neg[:, :values])
 
 
 def _resampled_ece(

@@ -154,7 +154,7 @@ def _load_images(plan: TrainPlan):
 
 def _latest_checkpoint(storage: Path) -> str | None:
     """The newest complete checkpoint folder under the run storage, for ``--resume``."""
-    from medai.train_loop import CHECKPOINT_STATE
+    from medai.checkpoints import CHECKPOINT_STATE
 
     candidates = sorted(
         (p for p in storage.glob("*/checkpoint_*") if (p / CHECKPOINT_STATE).exists()),
@@ -318,7 +318,8 @@ def _fit(config: TrainConfig, out: Path, datasets: dict, loop_config: dict, sizi
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from medai.train_loop import CALIBRATED_MODEL, CHECKPOINT_STATE, train_loop_per_worker
+    from medai.checkpoints import CALIBRATED_MODEL, CHECKPOINT_STATE
+    from medai.train_loop import train_loop_per_worker
 
     storage = out / "checkpoints"
     resume_from = _latest_checkpoint(storage) if config.resume else None

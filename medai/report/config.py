@@ -141,6 +141,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="which images count as negatives (default: all-others)",
     )
     parser.add_argument("--split", default=None, choices=SPLITS, help=SPLIT_HELP)
+    _add_model_flags(parser)
+    _add_output_flags(parser)
+    return parser
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--model-id`` and ``--threshold``: whose rows, at which cut-off."""
     parser.add_argument(
         "--model",
         default=None,
@@ -158,6 +165,10 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument(
         "--threshold", type=float, default=None, help="cut-off overriding the model's threshold"
     )
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """Bootstrap, processes, images and boxes: what the report computes and shows."""
     parser.add_argument(
         "--bootstrap",
         type=int,
@@ -187,7 +198,6 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "original-image pixels): score localisation by the pointing game on the evaluated "
         "images with a box (needs --model, whose Grad-CAM heatmaps are played)",
     )
-    return parser
 
 
 def build_report_parser(prog: str = "medai report") -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from medai.report.examples import EXAMPLE_GROUPS, example_cut_off
 from medai.report.render import fmt
 
 __all__ = [
+    "FindingJob",
     "Titles",
     "comparison_plot",
     "draw_finding",
@@ -102,6 +104,18 @@ class Titles:
 
     model_id: str
     single: bool
+
+
+class FindingJob(NamedTuple):
+    """The arguments of one :func:`draw_finding` call (a worker process may run it)."""
+
+    titles: Titles
+    finding: FindingRows
+    entry: dict
+    groups: Mapping[str, pd.DataFrame] | None
+    thumbnails: Mapping[str, tuple[np.ndarray | None, str]]
+    images: bool
+    note: str
 
 
 def draw_finding(
