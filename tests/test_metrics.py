@@ -228,4 +228,4 @@ def test_ece_ci_brackets_the_ece_and_is_seeded() -> None:
 def test_percentile_interval_refuses_mostly_undefined_resamples() -> None:
     values = np.r_[np.full(20, np.nan), np.linspace(0.6, 0.8, 80)]
     assert metrics.percentile_interval(values) is None
-    assert metrics.percentile_interval(values[15:]) is not None
+    assert metrics.percentile_interval(values[15:]) == metrics.percentile_bounds(values[20:])
