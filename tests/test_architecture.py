@@ -40,6 +40,7 @@ LAYERS = {
     ),
     "base": (
         "medai",
+        "medai.configs",
         "medai.cpus",
         "medai.errors",
         "medai.files",
