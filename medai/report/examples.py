@@ -173,8 +173,12 @@ def _payloads(sources: Sequence[str]) -> dict[str, bytes | str]:
             members.setdefault(archive, set()).add(member)
         else:
             files.append(source)
-    for record in read_records(ImageInputs(files=tuple(files))):
-        payloads[record.source] = record.error or record.data
+    for source in files:
+        try:
+            for record in read_records(ImageInputs(files=(source,))):
+                payloads[record.source] = record.error or record.data
+        except (OSError, ValueError) as exc:  # e.g. a URI whose filesystem cannot be opened
+            payloads[source] = f"cannot read {source}: {exc}"
     for archive, wanted in members.items():
         payloads.update(_archive_payloads(archive, wanted))
     return payloads
