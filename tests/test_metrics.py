@@ -138,7 +138,7 @@ def test_auc_ci_is_seeded_and_brackets_the_auc() -> None:
 def test_bootstrap_fills_every_resample_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     y, scores = _data(2, n=500)
     auc = metrics.roc_auc(y, scores)
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 500 * 7)  # 7 resamples a chunk, last partial
+    monkeypatch.setattr(resampling, "_CHUNK_ELEMENTS", 500 * 7)  # 7 resamples a chunk, last partial
     chunked = resampling.bootstrap_aucs(y, [scores, 1 - scores], 40, seed=3)
     assert chunked.shape == (40, 2)
     assert np.all(np.abs(chunked[:, 0] - auc) < 0.1)
