@@ -300,8 +300,9 @@ def write_speed_only_int8(model_dir: str, calibration: np.ndarray) -> None:
     import nncf
     import openvino as ov
 
-    from medai.artifact import CARD_FILE, file_sha256, read_card, write_json
+    from medai.card import read_card, write_card
     from medai.engines import IR_FILES, ir_files
+    from medai.files import file_sha256
 
     xml, _ = ir_files(model_dir, "fp32")
     fp32 = ov.Core().read_model(str(xml))
@@ -318,7 +319,7 @@ def write_speed_only_int8(model_dir: str, calibration: np.ndarray) -> None:
         "sha256": {"xml": file_sha256(int8_xml), "bin": file_sha256(int8_bin)},
         "gate": {"accepted": True, "accepted_for": "benchmark speed only, not gated"},
     }
-    write_json(Path(model_dir) / CARD_FILE, card)
+    write_card(model_dir, card)
 
 
 # ------------------------------------------------------------------------------ memory
@@ -553,13 +554,14 @@ def run_scorer(args: argparse.Namespace, root: Path, model_dir: Path) -> ScorerR
     """
     import ray
 
+    from medai.cpus import usable_cpus
     from medai.runtime import init_ray
 
     token = uuid.uuid4().hex
     os.environ[MARKER] = token  # inherited by the Ray processes started below
     sampler = RssSampler(token)
     started = time.perf_counter()
-    init_ray(num_cpus=os.cpu_count(), dashboard=False)  # as medai score does
+    init_ray(num_cpus=usable_cpus(), dashboard=False)  # the CPUs medai score may use
     ray_start = time.perf_counter() - started
     ray.data.DataContext.get_current().enable_progress_bars = False
     common = {"args": args, "model_dir": model_dir, "sampler": sampler}
@@ -698,6 +700,8 @@ def report_lines(
     whole: dict,
 ) -> list[str]:
     """The measured numbers, the targets with PASS/FAIL, start-up and memory, as Markdown."""
+    from medai.cpus import usable_cpus
+
     n, fp32, bf16 = args.inputs, res.fp32, res.bf16
     naive = base["naive_images"] / base["naive_seconds"]
     naive_load = base["naive_seconds"] + base["load_seconds"]
@@ -816,7 +820,7 @@ def report_lines(
         )
     )
     startup = [
-        (f"Ray start (init_ray, local, {os.cpu_count()} CPUs)", _num(res.ray_start)),
+        (f"Ray start (init_ray, local, {usable_cpus()} CPUs)", _num(res.ray_start)),
         ("model load, one process (keras.saving.load_model)", _num(base["load_seconds"])),
         ("first predict incl. tracing, one process", _num(base["trace_seconds"])),
         (

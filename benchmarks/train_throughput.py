@@ -14,7 +14,7 @@ images each, ``--image-size`` px PNGs) and the same architecture,
   (:mod:`medai.batchnorm`, over the epoch's last ``BN_BATCHES`` batches) and a prediction pass
   over the validation images. TensorFlow
   gets the thread count of a 1-worker Ray Train worker: ``configure_tensorflow`` with the CPUs
-  :func:`medai.train._workers` grants it.
+  :func:`medai.cpus.plan_workers` grants it.
 * Ray Train: :func:`medai.train.run_training` with ``num_workers`` 1 and 2; its model card's
   history gives per-epoch ``train_images`` and ``seconds``.
 
@@ -22,7 +22,7 @@ Throughput is train images / epoch seconds over the steady-state epochs (epoch 1
 includes tracing, is skipped). Ray Train with 1 worker against plain Keras is the overhead
 comparison at equal compute (target: at most 10% overhead); 2 workers on a 2-core machine get
 about one core each and are reported as measured. A local Ray is started once with
-``init_ray(num_cpus=os.cpu_count())``.
+``init_ray(num_cpus=usable_cpus())``.
 
 Full run (about 15-20 minutes on 2 cores; run it on a quiet machine)::
 
@@ -383,19 +383,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import ray
 
+    from medai.cpus import plan_workers, usable_cpus
     from medai.runtime import init_ray
-    from medai.train import _workers
 
     results: list[Measured] = []
     with tempfile.TemporaryDirectory(prefix="medai-train-bench-") as tmp:
         root = Path(tmp)
         labels = make_archive(root / "archive", args.patients, args.image_size)
-        init_ray(num_cpus=os.cpu_count())
+        init_ray(num_cpus=usable_cpus())  # as the jobs size
         try:
-            cpus = {
-                w: _workers(train_config(args, labels, root, w, "fp32"))[1]
-                for w in {1, *args.workers}
-            }
+            cpus = {w: plan_workers(w).cpus_per_worker for w in {1, *args.workers}}
             for precision in PRECISIONS:
                 print(f"plain Keras {precision} ...", flush=True)
                 config = train_config(args, labels, root / f"plain-{precision}", 1, precision)

@@ -1,5 +1,6 @@
-"""The model directory: model.keras, model_card.json, split.csv, training_curves.png.
+"""The model directory's network: saving ``model.keras`` with its card, loading and verifying it.
 
+The card and split.csv themselves are :mod:`medai.card`'s (their names are re-exported here).
 ``model.keras`` holds the inference model only (no optimizer state), with the calibration
 fitted on validation folded into its output layer, so its scores are probabilities. The card
 carries everything a scorer or reviewer needs: the finding, input size and preprocessing, the
@@ -8,26 +9,32 @@ after), the training history and counts (unreadable images per split), versions 
 use.
 ``model_id`` is the sha256 of ``model.keras``, so predictions name the exact weights they came from;
 the file is saved without its save time, so the same weights get the same ``model_id``.
-
-A multi-finding card adds ``findings`` (ordered as the model's outputs) and ``per_finding``
-(each finding's threshold, threshold_sensitivity_90, val_auc, calibration, counts and class
-weights); its top-level ``finding``, ``threshold`` and the like describe the first finding and
-``val_auc`` is the mean, so a reader of single-finding cards still runs (on the first finding).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medai.errors import MedaiError
+from medai.card import (
+    CARD_FILE,
+    CURVES_FILE,
+    INTENDED_USE,
+    MODEL_FILE,
+    PREPROCESSING,
+    SPLIT_FILE,
+    ModelDirError,
+    card_findings,
+    card_thresholds,
+    read_card,
+    write_card,
+)
+from medai.files import file_sha256, write_json
 
 __all__ = [
     "MODEL_FILE",
@@ -48,23 +55,6 @@ __all__ = [
     "verify_model_file",
 ]
 
-MODEL_FILE = "model.keras"
-CARD_FILE = "model_card.json"
-SPLIT_FILE = "split.csv"
-CURVES_FILE = "training_curves.png"
-INTENDED_USE = (
-    "Research use only. Not a medical device and not for diagnosis or clinical decisions; "
-    "scores must be reviewed by qualified radiologists."
-)
-PREPROCESSING = (
-    "decode (PNG/JPEG, 8/16-bit, gray/RGB/RGBA) -> luminance uint8 -> resize to image_size "
-    "(bilinear) -> repeat to 3 channels -> x/127.5 - 1 (InceptionV3 scaling, inside the model)"
-)
-
-
-class ModelDirError(MedaiError, ValueError):
-    """A model directory is missing or incomplete."""
-
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -81,15 +71,6 @@ class LoadedModel:
     path: Path
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def package_versions() -> dict[str, str]:
     """Versions of the packages that determine a model's behaviour."""
     from importlib.metadata import PackageNotFoundError, version
@@ -102,17 +83,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "not installed"
     return found
-
-
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (temp file, then rename) so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=False, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def save_model_dir(model, out: str | Path, card: dict) -> dict:
@@ -137,7 +107,7 @@ def save_model_dir(model, out: str | Path, card: dict) -> dict:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "intended_use": INTENDED_USE,
     }
-    write_json(out / CARD_FILE, completed)
+    write_card(out, completed)
     return completed
 
 
@@ -179,59 +149,6 @@ def _renumber_shared(node: Any, numbers: dict) -> Any:
     if isinstance(node, list):
         return [_renumber_shared(item, numbers) for item in node]
     return node
-
-
-def read_card(model_dir: str | Path) -> dict:
-    """Read and check a model card.
-
-    Raises:
-        ModelDirError: If the directory, the model file or the card is missing or unreadable.
-    """
-    model_dir = Path(model_dir)
-    for name in (MODEL_FILE, CARD_FILE):
-        if not (model_dir / name).is_file():
-            raise ModelDirError(f"{model_dir} is not a model directory: {name} is missing")
-    try:
-        card = json.loads((model_dir / CARD_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelDirError(f"{model_dir / CARD_FILE}: not valid JSON ({exc})") from exc
-    missing = [key for key in ("model_id", "finding", "image_size", "threshold") if key not in card]
-    if missing:
-        raise ModelDirError(f"{model_dir / CARD_FILE}: missing fields {missing}")
-    if "findings" in card:
-        _check_findings(card, model_dir / CARD_FILE)
-    return card
-
-
-def _check_findings(card: dict, path: Path) -> None:
-    """A multi-finding card: a non-empty list of distinct names, each with its threshold."""
-    findings = card["findings"]
-    if not isinstance(findings, list) or not findings or len(set(findings)) != len(findings):
-        raise ModelDirError(f"{path}: 'findings' must be a non-empty list of distinct names")
-    if findings[0] != card["finding"]:
-        raise ModelDirError(f"{path}: 'finding' {card['finding']!r} is not findings[0]")
-    per_finding = card.get("per_finding") or {}
-    without = [f for f in findings if "threshold" not in per_finding.get(f, {})]
-    if len(findings) > 1 and without:
-        raise ModelDirError(f"{path}: per_finding has no threshold for {without}")
-
-
-def card_findings(card: dict) -> list[str]:
-    """A model's findings, ordered as its outputs (a card without ``findings`` has one)."""
-    return list(card.get("findings") or [card["finding"]])
-
-
-def card_thresholds(card: dict) -> list[float]:
-    """Each finding's decision threshold, in :func:`card_findings` order.
-
-    A finding's own ``per_finding[f]["threshold"]`` when the card has it, else the card's
-    ``threshold`` (single-finding cards).
-    """
-    per_finding = card.get("per_finding") or {}
-    return [
-        float(per_finding.get(f, {}).get("threshold", card["threshold"]))
-        for f in card_findings(card)
-    ]
 
 
 def verify_model_file(model_dir: str | Path, card: dict) -> None:

@@ -24,8 +24,11 @@ calibration that made its own validation numbers worse.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from medai.card import ECE_BINS
 
 __all__ = [
     "OUTPUT_LAYER",
@@ -39,11 +42,11 @@ __all__ = [
     "rejection_reason",
     "calibrate_output",
     "IDENTITY",
+    "calibrate_best",
 ]
 
 OUTPUT_LAYER = "score"
 METHOD = "platt"
-ECE_BINS = 10
 
 
 @dataclass(frozen=True)
@@ -222,3 +225,73 @@ def calibrate_output(model, features, labels, layer: str = OUTPUT_LAYER, column:
     rejected = {k: block[k] for k in ("a", "b", "val_ece_after", "val_brier_after")}
     block = calibration_block(IDENTITY, labels, before, before)
     return before, before, {**block, "method": "none", "reason": reason, "rejected": rejected}
+
+
+def calibrate_best(
+    best: Path, calibrated: Path, val, batch_size: int, findings: list[str], columns: list[str]
+) -> dict:
+    """Rank 0, after the last epoch: calibrate the best model as saved and measure it.
+
+    Loads the fp32 copy of the best epoch (what ``model.keras`` will hold, whatever the
+    training precision), computes its output layer's inputs on the validation set once, and
+    per finding, on the images evaluated for it, fits Platt scaling on that output's logits and
+    folds it into that output unit (:func:`medai.calibration.calibrate_output`), then measures
+    threshold, AUC and calibration on the calibrated unit's own validation probabilities.
+
+    Args:
+        best: The best epoch's fp32 model file.
+        calibrated: Where the calibrated model is saved.
+        val: The validation dataset (Ray Data: ``image`` and the label columns).
+        batch_size: Validation batch size.
+        findings: The model's findings, in output order.
+        columns: Their label columns.
+
+    Returns:
+        With one finding: ``val_auc``, ``val_images``, ``threshold``,
+        ``threshold_sensitivity_90`` and ``calibration``. With several, those of the first
+        finding except ``val_auc`` (the mean over findings), plus ``per_finding``.
+    """
+    import keras
+    import tensorflow as tf
+
+    from medai.model import image_batches
+    from medai.validation import label_matrix, validation_summary
+
+    keras.config.set_dtype_policy("float32")  # training is over; the saved model is fp32
+    model = keras.saving.load_model(best, compile=False)
+    head_inputs = head_inputs_model(model)
+    features_of = tf.function(
+        lambda x: head_inputs(x, training=False), input_signature=image_batches(model)
+    )
+    features, labels = [], []
+    for batch in val.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        features.append(np.asarray(features_of(batch["image"])))
+        labels.append(label_matrix(batch, columns))
+    x, y = np.concatenate(features), np.concatenate(labels)
+    per_finding = {}
+    for column, finding in enumerate(findings):
+        keep = y[:, column] >= 0
+        truth = y[keep, column]
+        _, after, block = calibrate_output(model, x[keep], truth, column=column)
+        summary = validation_summary(truth, after)
+        per_finding[finding] = {
+            **{k: summary[k] for k in ("val_auc", "val_images", "threshold")},
+            "threshold_sensitivity_90": summary["threshold_sensitivity_90"],
+            "calibration": block,
+        }
+    model.save(calibrated, include_optimizer=False)
+    return _final_summary(per_finding, findings, len(y))
+
+
+def _final_summary(per_finding: dict, findings: list[str], images: int) -> dict:
+    """One finding's summary as it is; several: the first's, the mean AUC, ``per_finding``."""
+    first = per_finding[findings[0]]
+    if len(findings) == 1:
+        return first
+    aucs = [entry["val_auc"] for entry in per_finding.values() if entry["val_auc"] is not None]
+    return {
+        **first,
+        "val_auc": float(np.mean(aucs)) if aucs else None,
+        "val_images": int(images),
+        "per_finding": per_finding,
+    }

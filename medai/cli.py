@@ -23,9 +23,9 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
+from medai.configs import config_from
 from medai.flags import (
     add_engine_flags,
     add_images_flag,
@@ -56,6 +56,9 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train(parser: argparse.ArgumentParser) -> None:
+    from medai.labels import NEGATIVE_POLICIES
+    from medai.model import HEADS
+
     parser.add_argument("--labels", required=True, help="Data_Entry_2017.csv or a CSV image,label")
     add_images_flag(parser)
     parser.add_argument("--out", required=True, help="model directory to write")
@@ -74,7 +77,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--negatives",
         default="all-others",
-        choices=["all-others", "no-finding"],
+        choices=NEGATIVE_POLICIES,
         help="negatives of a finding: every image without it (default, ChestX-ray14) or only "
         "'No Finding' images",
     )
@@ -86,7 +89,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--head",
         default="gap",
-        choices=["gap", "flatten"],
+        choices=HEADS,
         help="global average pooling (default) or the original flatten + dense head",
     )
     parser.add_argument(
@@ -103,6 +106,11 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="split, weights and augmentation seed (default 0)"
     )
+    _add_train_run_flags(parser)
+
+
+def _add_train_run_flags(parser: argparse.ArgumentParser) -> None:
+    """How a training run goes: resume, learning rate, validation share, failures, unreadable."""
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument(
         "--learning-rate",
@@ -259,53 +267,19 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from medai.train import TrainConfig, card_summary, run_training
+    from medai.card import card_line
+    from medai.train import TrainConfig, run_training
 
-    config = TrainConfig(
-        labels=args.labels,
-        images=tuple(args.images),
-        out=args.out,
-        finding=args.finding,
-        negatives=args.negatives,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        head=args.head,
-        weights=args.weights,
-        num_workers=args.num_workers,
-        seed=args.seed,
-        resume=args.resume,
-        address=args.address,
-        precision=args.precision,
-        learning_rate=args.learning_rate,
-        val_fraction=args.val_fraction,
-        max_failures=args.max_failures,
-        max_unreadable=args.max_unreadable,
-        export_openvino=args.openvino,
-    )
+    config = config_from(TrainConfig, args, export_openvino=args.openvino)
     card = run_training(config)
-    print(f"model {card['model_id'][:12]} in {args.out}: {card_summary(card)}")
+    print(f"model {card['model_id'][:12]} in {args.out}: {card_line(card)}")
     return 0
 
 
 def _score_config(args: argparse.Namespace):
     from medai.score import ScoreConfig
 
-    return ScoreConfig(
-        model=args.model,
-        images=tuple(args.images),
-        out=args.out,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        engine=args.engine,
-        address=args.address,
-        limit=args.limit,
-        actors=args.actors,
-        threads=args.threads,
-        rows_per_file=args.rows_per_file,
-        progress=args.progress,
-        retry_errors=args.retry_errors,
-    )
+    return config_from(ScoreConfig, args)
 
 
 def _run_score(args: argparse.Namespace) -> int:
@@ -317,17 +291,10 @@ def _run_score(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from medai.predict import predict_images
+    from medai.predict import PredictConfig, run_predict
 
     status = 0
-    results = predict_images(
-        args.image,
-        args.model,
-        engine=args.engine,
-        precision=args.precision,
-        threads=args.threads,
-        heatmap_dir=args.heatmap,
-    )
+    results = run_predict(config_from(PredictConfig, args))
     for result in results:
         if args.json:
             print(json.dumps(result))
@@ -344,10 +311,9 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from medai.export import export_openvino
+    from medai.export import ExportConfig, run_export
 
-    images = tuple(args.images) if args.images else None
-    block = export_openvino(args.model_dir, int8=args.int8, images=images)
+    block = run_export(config_from(ExportConfig, args))
     print(json.dumps(block, indent=2))
     return 0
 
@@ -385,16 +351,14 @@ def _run_runs(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from medai.demo import DemoConfig, run_demo
 
-    config = DemoConfig(
-        **{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__}
-    )
+    config = config_from(DemoConfig, args)
     report = run_demo(config)
     print(f"open the report: {report}")
     return 0
 
 
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
-    from medai.nightly import add_nightly_arguments, add_runs_arguments
+    from medai.flags import add_nightly_arguments, add_runs_arguments
     from medai.report import add_report_arguments
     from medai.submit import add_submit_arguments
 
@@ -484,11 +448,6 @@ _RESUME = {
     "nightly": "; the prediction files written so far are kept: run it again to go on",
     "train": "; add --resume to the same command to go on from the last checkpoint",
 }
-
-
-def config_dict(config) -> dict:
-    """A dataclass config as a plain dict (for logging)."""
-    return asdict(config)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ both stay apart from a downstream inference actor.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,7 +33,16 @@ from medai.images import (
     read_bytes,
 )
 
-__all__ = ["READ_CPUS", "DECODE_CPUS", "plan_units", "read_unit", "decode_batch", "image_dataset"]
+__all__ = [
+    "READ_CPUS",
+    "DECODE_CPUS",
+    "ImageRecord",
+    "plan_units",
+    "read_records",
+    "read_unit",
+    "decode_batch",
+    "image_dataset",
+]
 
 READ_CPUS = 0.25  # streaming a tarball is mostly I/O and inflate
 DECODE_CPUS = 0.5  # differs from READ_CPUS and from actors' requests: prevents operator fusion
@@ -84,6 +94,37 @@ def _records(
             yield image_id, source, read_bytes(source, max_bytes), "", False
         except ImageError as exc:
             yield image_id, source, b"", exc.text, False
+
+
+class ImageRecord(NamedTuple):
+    """One image as read, before decoding: its bytes, or the error text of why there are none.
+
+    A truncated or corrupt archive yields one record named after the archive (``source`` is
+    the archive) whose ``error`` says so, after the records of the members read before the fault.
+    """
+
+    image_id: str
+    source: str
+    data: bytes
+    error: str
+
+
+def read_records(
+    inputs: ImageInputs, wanted: set[str] | None = None, max_bytes: int = MAX_BYTES
+) -> Iterator[ImageRecord]:
+    """Read images in this process, one streaming pass per archive, as :func:`read_unit` does.
+
+    For the few images a job needs outside a Ray dataset (export's validation images, the
+    report's examples): the same reading, the same error rows, no Ray.
+
+    Args:
+        inputs: Archives and files to read.
+        wanted: If given, only these image ids (or archive member names) are read.
+        max_bytes: Files and members above this size are error records, never read.
+    """
+    for unit in plan_units(inputs):
+        for image_id, source, data, error, _ in _records(unit, wanted, frozenset(), max_bytes):
+            yield ImageRecord(image_id, source, data, error)
 
 
 def read_unit(

@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from medai.card import ECE_BINS
+from medai.configs import CheckedConfig
 from medai.errors import MedaiError
-from medai.flags import folder_problem
+from medai.paths import folder_problem
 
 __all__ = ["DemoConfig", "DemoError", "run_demo", "phantom_test_calibration"]
 
@@ -26,7 +29,7 @@ class DemoError(MedaiError, ValueError):
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(CheckedConfig):
     """Options of the demo."""
 
     out: str = "medai-demo"
@@ -36,6 +39,13 @@ class DemoConfig:
     num_workers: int = 2
     seed: int = 0
 
+    error: ClassVar[type[MedaiError]] = DemoError
+
+    def problems(self) -> list[str]:
+        """What stops the demo before it starts: its output folder."""
+        problem = folder_problem("--out", self.out)
+        return [problem] if problem else []
+
 
 def run_demo(config: DemoConfig) -> Path:
     """Run phantoms -> train -> score -> report; returns the report's path."""
@@ -44,8 +54,7 @@ def run_demo(config: DemoConfig) -> Path:
     from medai.score import ScoreConfig, run_scoring
     from medai.train import TrainConfig, run_training
 
-    if problem := folder_problem("--out", config.out):
-        raise DemoError(problem)
+    config.check()
     out = Path(config.out).resolve()
     data = out / "data"
     logger.info(
@@ -94,23 +103,29 @@ def run_demo(config: DemoConfig) -> Path:
             model_id=card["model_id"],
         )
     )
+    _log_test_numbers(metrics, out, labels, card)
+    return report_dir / "report.html"
+
+
+def _log_test_numbers(metrics: dict, out: Path, labels: Path, card: dict) -> None:
+    """The phantom test split's AUC, ECE and Brier score, beside the card's threshold."""
     section = metrics["models"][card["model_id"]]
     low, high = section.get("auc_ci95") or (None, None)
     ci = f" (95% CI {low:.3f}-{high:.3f})" if low is not None else ""
     logger.info("test AUC %.3f%s on %d images", section["auc"], ci, section["n"])
     calibration = phantom_test_calibration(out / "predictions", labels, card)
     logger.info(
-        "test calibration on %d images: ECE %.3f (10 bins), Brier %.3f; card threshold %.3f "
+        "test calibration on %d images: ECE %.3f (%d bins), Brier %.3f; card threshold %.3f "
         "(validation ECE %.3f -> %.3f after %s scaling)",
         calibration["n"],
         calibration["ece"],
+        ECE_BINS,
         calibration["brier"],
         card["threshold"],
         card["calibration"]["val_ece_before"],
         card["calibration"]["val_ece_after"],
         card["calibration"]["method"],
     )
-    return report_dir / "report.html"
 
 
 def phantom_test_calibration(predictions: Path, labels: Path, card: dict) -> dict:
@@ -138,6 +153,6 @@ def phantom_test_calibration(predictions: Path, labels: Path, card: dict) -> dic
     y, scores = scored["label"].to_numpy(), scored["score"].to_numpy()
     return {
         "n": len(scored),
-        "ece": expected_calibration_error(y, scores, n_bins=10),
+        "ece": expected_calibration_error(y, scores, n_bins=ECE_BINS),
         "brier": brier_score(y, scores),
     }

@@ -16,8 +16,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -195,14 +194,10 @@ def gpu_visible() -> bool:
 
 def _ray_assigned_gpus() -> float | None:
     """GPUs Ray assigned to this worker, or ``None`` outside a Ray worker (never imports Ray)."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return None
-    try:
-        assigned = ray.get_runtime_context().get_assigned_resources()
-    except Exception:  # the driver has no assignment (Ray asserts on it)
-        return None
-    return float(assigned.get("GPU", 0.0))
+    from medai.cpus import assigned_resources
+
+    assigned = assigned_resources()
+    return None if assigned is None else float(assigned.get("GPU", 0.0))
 
 
 def resolve_engine(model_dir: str | Path, engine: str, precision: str, card: dict) -> str:
@@ -387,12 +382,4 @@ def _spec(card: dict, n_outputs: int):
     from medai.model import ModelSpec
 
     spec = ModelSpec(int(card["image_size"]), card.get("head", "gap"), "none")
-    if n_outputs == 1:
-        return spec
-    if "n_outputs" not in ModelSpec.__dataclass_fields__:
-        raise EngineError(
-            "bf16 on TensorFlow cannot rebuild a multi-output model yet; use --engine openvino"
-        )
-    from dataclasses import replace
-
     return replace(spec, n_outputs=n_outputs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 __all__ = [
     "add_retry_errors_flag",
@@ -12,7 +11,8 @@ __all__ = [
     "add_model_flag",
     "add_max_unreadable_flag",
     "add_engine_flags",
-    "folder_problem",
+    "add_nightly_arguments",
+    "add_runs_arguments",
 ]
 
 
@@ -48,6 +48,8 @@ def add_run_flags(
         batch_help: Help of ``--batch-size``.
         inference: Also offer ``--precision int8`` and ``--engine`` (scoring jobs).
     """
+    from medai.train_config import PRECISIONS as TRAIN_PRECISIONS
+
     parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
     if inference:
         add_engine_flags(parser)
@@ -55,7 +57,7 @@ def add_run_flags(
         parser.add_argument(
             "--precision",
             default="fp32",
-            choices=["fp32", "bf16"],
+            choices=list(TRAIN_PRECISIONS),
             help="fp32, or bf16 (mixed_bfloat16; ~1.3-1.5x on CPUs with bf16 units)",
         )
     parser.add_argument(
@@ -107,18 +109,26 @@ def add_retry_errors_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def folder_problem(flag: str, path: str | Path) -> str | None:
-    """What stops ``path`` from being (or becoming) an output folder, or ``None``.
+def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``medai nightly`` flags."""
+    from medai.labels import NEGATIVE_POLICIES
+    from medai.report import SPLIT_HELP, SPLITS
 
-    A file at ``path``, or at a folder above it, would otherwise surface only when the job
-    first writes there, as an ``OSError`` traceback after its work has started.
-    """
-    path = Path(path)
-    for existing in (path, *path.parents):
-        if existing.exists():
-            if existing.is_dir():
-                return None
-            if existing == path:
-                return f"{flag} must be a folder, but {path} is a file"
-            return f"{flag} {path}: {existing} is a file, not a folder"
-    return None
+    add_images_flag(parser)
+    add_model_flag(parser)
+    parser.add_argument("--store", required=True, help="store root (predictions, reports, ledger)")
+    parser.add_argument(
+        "--labels", default=None, help="labels CSV: refresh the report after scoring"
+    )
+    parser.add_argument("--negatives", default="all-others", choices=NEGATIVE_POLICIES)
+    parser.add_argument("--split", default=None, choices=SPLITS, help=SPLIT_HELP)
+    add_run_flags(parser, 32, "images per inference batch", inference=True)
+    parser.add_argument("--rows-per-file", type=int, default=4096)
+    add_retry_errors_flag(parser)
+    return parser
+
+
+def add_runs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``medai runs`` arguments."""
+    parser.add_argument("store", help="store root of medai nightly")
+    return parser

@@ -6,7 +6,8 @@ Store layout (``ROOT``)::
                           its own _lock is held by the scoring inside a nightly run)
     ROOT/reports/latest/  the report refreshed after each run (when labels are given)
     ROOT/runs.jsonl       the ledger: one JSON object per run
-    ROOT/.lock            held (flock) by the running nightly job
+    ROOT/_lock            held (flock) by the running nightly job (named as the predictions'
+                          lock, :data:`medai.predictions.LOCK`)
 
 Only images the current model has not scored yet are scored (the new arrivals; everything
 when the model changes). A killed run leaves complete Parquet files only, and its ledger row
@@ -21,27 +22,23 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
 from medai.artifact import card_findings, write_json
+from medai.configs import CheckedConfig, config_from
 from medai.errors import MedaiError
-from medai.flags import (
-    add_images_flag,
-    add_model_flag,
-    add_retry_errors_flag,
-    add_run_flags,
-    folder_problem,
-)
 from medai.locks import exclusive_lock
+from medai.paths import folder_problem
+from medai.predictions import LOCK
+from medai.score_config import ScoreConfig
 
 __all__ = [
     "NightlyConfig",
     "NightlyError",
     "NightlyResult",
-    "add_nightly_arguments",
-    "add_runs_arguments",
     "config_from_args",
     "run_nightly",
     "read_ledger",
@@ -50,7 +47,6 @@ __all__ = [
 
 logger = logging.getLogger("medai.nightly")
 LEDGER = "runs.jsonl"
-LOCK = ".lock"
 
 
 class NightlyError(MedaiError, ValueError):
@@ -58,21 +54,52 @@ class NightlyError(MedaiError, ValueError):
 
 
 @dataclass(frozen=True)
-class NightlyConfig:
-    """Options of a nightly run."""
+class NightlyConfig(CheckedConfig):
+    """Options of a nightly run: the scoring of new arrivals into the store, then the report.
 
-    images: tuple[str, ...]
-    model: str
+    Attributes:
+        scoring: The scoring's options (its ``out`` is the store's ``predictions`` folder, its
+            progress bar off); :meth:`of` builds them.
+        store: The store root.
+        labels: A labels CSV: refresh the report after scoring.
+        negatives: The report's negatives policy.
+        split: The report's split.
+    """
+
+    scoring: ScoreConfig
     store: str
     labels: str | None = None
     negatives: str = "all-others"
     split: str | None = None
-    batch_size: int = 32
-    precision: str = "fp32"
-    engine: str = "auto"
-    address: str | None = None
-    rows_per_file: int = 4096
-    retry_errors: bool = False
+
+    error: ClassVar[type[MedaiError]] = NightlyError
+
+    @classmethod
+    def of(
+        cls,
+        images: tuple[str, ...],
+        model: str,
+        store: str,
+        labels: str | None = None,
+        negatives: str = "all-others",
+        split: str | None = None,
+        **scoring,
+    ) -> NightlyConfig:
+        """A config from the scoring's inputs, the store and :class:`ScoreConfig` options."""
+        predictions = str(Path(store) / "predictions")
+        options = {"progress": False, **scoring}
+        score = ScoreConfig(model=model, images=tuple(images), out=predictions, **options)
+        return cls(score, store, labels, negatives, split)
+
+    @property
+    def model(self) -> str:
+        """The model directory scored with."""
+        return self.scoring.model
+
+    def problems(self) -> list[str]:
+        """The store must be (or become) a folder; the scoring checks its own options."""
+        problem = folder_problem("--store", self.store)
+        return [problem] if problem else []
 
 
 @dataclass
@@ -96,46 +123,11 @@ class NightlyResult:
         )
 
 
-def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``medai nightly`` flags."""
-    add_images_flag(parser)
-    add_model_flag(parser)
-    parser.add_argument("--store", required=True, help="store root (predictions, reports, ledger)")
-    parser.add_argument(
-        "--labels", default=None, help="labels CSV: refresh the report after scoring"
-    )
-    parser.add_argument("--negatives", default="all-others", choices=["all-others", "no-finding"])
-    from medai.report import SPLIT_HELP, SPLITS
-
-    parser.add_argument("--split", default=None, choices=SPLITS, help=SPLIT_HELP)
-    add_run_flags(parser, 32, "images per inference batch", inference=True)
-    parser.add_argument("--rows-per-file", type=int, default=4096)
-    add_retry_errors_flag(parser)
-    return parser
-
-
-def add_runs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``medai runs`` arguments."""
-    parser.add_argument("store", help="store root of medai nightly")
-    return parser
-
-
 def config_from_args(args: argparse.Namespace) -> NightlyConfig:
-    """Build the config from parsed flags."""
-    return NightlyConfig(
-        images=tuple(args.images),
-        model=args.model,
-        store=args.store,
-        labels=args.labels,
-        negatives=args.negatives,
-        split=args.split,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        engine=args.engine,
-        address=args.address,
-        rows_per_file=args.rows_per_file,
-        retry_errors=args.retry_errors,
-    )
+    """Build the config from parsed flags (the scoring's from the same flags)."""
+    nightly = {name: getattr(args, name) for name in ("store", "labels", "negatives", "split")}
+    scoring = config_from(ScoreConfig, args, out=str(Path(args.store) / "predictions"))
+    return NightlyConfig(replace(scoring, progress=False), **nightly)
 
 
 def _store_lock(root: Path):
@@ -189,28 +181,16 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
     Raises:
         NightlyError: If another run holds the store, or an input is unusable.
     """
-    # The store's lock (ROOT/.lock) and run_scoring's (ROOT/predictions/_lock) are two files,
+    # The store's lock (ROOT/_lock) and run_scoring's (ROOT/predictions/_lock) are two files,
     # taken in that order by every nightly run: they never wait on each other. A plain
     # `medai score` on ROOT/predictions during a nightly run makes one of them refuse.
-    from medai.score import ScoreConfig, prepare_scoring, run_scoring
+    from medai.score import prepare_scoring, run_scoring
 
-    if problem := folder_problem("--store", config.store):
-        raise NightlyError(problem)
+    config.check()
     store = Path(config.store).resolve()
-    score_config = ScoreConfig(
-        model=config.model,
-        images=config.images,
-        out=str(store / "predictions"),
-        batch_size=config.batch_size,
-        precision=config.precision,
-        engine=config.engine,
-        address=config.address,
-        rows_per_file=config.rows_per_file,
-        progress=False,
-        retry_errors=config.retry_errors,
-    )
+    score_config = replace(config.scoring, out=str(store / "predictions"))
     prepared = prepare_scoring(score_config)  # fail on bad inputs before taking the lock
-    card = prepared[0]
+    card = prepared.card
     with _store_lock(store):
         _mark_interrupted(store)
         write_json(store / "nightly_config.json", asdict(config))

@@ -168,7 +168,7 @@ def draw_phantom(
         spec: Lesion radius and contrast.
         signs: Multi-finding phantoms only: the findings this image carries; a heart shadow
             is drawn (enlarged for Cardiomegaly) and an effusion haze for Effusion. ``None``
-            draws the single-finding phantom exactly as before.
+            draws the single-finding phantom (the Mass sign only).
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     image = 170.0 - 60.0 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)  # bright soft-tissue surround
@@ -296,6 +296,12 @@ def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) ->
             )
             (test if patient in test_patients else train_val).append(image_id)
             images.append((image_id, positive, signs))
+    boxes = _write_tarballs(out, images, spec, rng)
+    return _write_tables(out, rows, boxes, train_val, test)
+
+
+def _write_tarballs(out: Path, images: list, spec: PhantomSpec, rng) -> list[tuple]:
+    """Draw every phantom (in order, from ``rng``) into tarballs; the lesions' boxes."""
     boxes = []
     for start in range(0, len(images), spec.images_per_archive):
         number = start // spec.images_per_archive + spec.archive_number
@@ -309,6 +315,11 @@ def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) ->
                 info = tarfile.TarInfo(f"images/{image_id}")
                 info.size, info.mtime = len(data), 1504999999
                 tar.addfile(info, io.BytesIO(data))
+    return boxes
+
+
+def _write_tables(out: Path, rows: list[str], boxes: list, train_val: list, test: list) -> Path:
+    """The labels, boxes and split lists beside the tarballs; the labels' path."""
     (out / "BBox_List_2017.csv").write_text(
         BBOX_HEADER
         + "\n"

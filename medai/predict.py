@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from medai.artifact import card_findings, card_thresholds
+from medai.card import is_positive
+from medai.configs import CheckedConfig
 from medai.errors import MedaiError
-from medai.flags import folder_problem
 from medai.images import ImageError, decode_image, read_bytes
-from medai.metrics import is_positive
+from medai.paths import folder_problem
 
-__all__ = ["PredictError", "predict_image", "predict_images"]
+__all__ = ["PredictConfig", "PredictError", "predict_image", "predict_images", "run_predict"]
 
 
 class PredictError(MedaiError, ValueError):
@@ -29,6 +32,43 @@ def _load(model_dir: str, engine: str, precision: str, threads: int | None):
 
     quiet_tensorflow()
     return read_card(model_dir), load_engine(model_dir, engine, precision, threads)
+
+
+@dataclass(frozen=True)
+class PredictConfig(CheckedConfig):
+    """The options of ``medai predict`` (see :func:`predict_images`)."""
+
+    image: tuple[str, ...]
+    model: str
+    engine: str = "auto"
+    precision: str = "fp32"
+    threads: int | None = None
+    heatmap: str | None = None
+    json: bool = False
+
+    error: ClassVar[type[MedaiError]] = PredictError
+
+    def problems(self) -> list[str]:
+        """Every option that cannot work, before the model is loaded."""
+        problems = []
+        if self.threads is not None and self.threads < 1:
+            problems.append("--threads must be at least 1")
+        if self.heatmap is not None and (problem := folder_problem("--heatmap", self.heatmap)):
+            problems.append(problem)
+        return problems
+
+
+def run_predict(config: PredictConfig) -> list[dict]:
+    """Check ``config`` and score its images (:func:`predict_images`)."""
+    config.check()
+    return predict_images(
+        list(config.image),
+        config.model,
+        engine=config.engine,
+        precision=config.precision,
+        threads=config.threads,
+        heatmap_dir=config.heatmap,
+    )
 
 
 def predict_images(
@@ -56,7 +96,7 @@ def predict_images(
     Returns:
         One dict per image and finding (image-major, findings in the model's order):
         ``image``, ``finding``, ``score`` (None on error), ``predicted``
-        (:func:`medai.metrics.is_positive` at that finding's threshold, the rule of
+        (:func:`medai.card.is_positive` at that finding's threshold, the rule of
         Parquet's ``predicted``), ``threshold``, ``error`` (None, or the stable one-line
         reason), ``engine`` and ``precision`` (what ran), ``heatmap`` (the PNG's path, or
         ``None``).
@@ -66,8 +106,6 @@ def predict_images(
         PredictError: If ``heatmap_dir`` is a file.
     """
     card, runner = _load(str(Path(model_dir).resolve()), engine, precision, threads)
-    findings, thresholds = card_findings(card), card_thresholds(card)
-    size = int(card["image_size"])
     explainer = None
     if heatmap_dir is not None:
         if problem := folder_problem("--heatmap", heatmap_dir):
@@ -78,32 +116,38 @@ def predict_images(
         Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
     results = []
     for path in paths:
-        heatmaps = dict.fromkeys(findings)
-        try:
-            image = decode_image(read_bytes(str(path)), size)
-        except ImageError as exc:
-            scores, error = [None] * len(findings), exc.text  # the text Parquet stores
-        else:
-            # float32 like the scorer's output column, so both give the same numbers.
-            row = np.asarray(runner.predict(image[None]), np.float32).reshape(-1)
-            scores, error = [float(s) for s in row], None
-            if explainer is not None:
-                heatmaps = _write_heatmaps(explainer, image, str(path), Path(heatmap_dir))
-        for finding, threshold, score in zip(findings, thresholds, scores, strict=True):
-            results.append(
-                {
-                    "image": str(path),
-                    "finding": finding,
-                    "score": score,
-                    "predicted": None if score is None else bool(is_positive(score, threshold)),
-                    "threshold": threshold,
-                    "error": error,
-                    "engine": runner.name,
-                    "precision": runner.precision,
-                    "heatmap": heatmaps[finding],
-                }
-            )
+        results += _predict_one(str(path), card, runner, explainer, heatmap_dir)
     return results
+
+
+def _predict_one(path: str, card: dict, runner, explainer, heatmap_dir) -> list[dict]:
+    """One image's rows, one per finding: its score and decision, or its error."""
+    findings, thresholds = card_findings(card), card_thresholds(card)
+    heatmaps = dict.fromkeys(findings)
+    try:
+        image = decode_image(read_bytes(path), int(card["image_size"]))
+    except ImageError as exc:
+        scores, error = [None] * len(findings), exc.text  # the text Parquet stores
+    else:
+        # float32 like the scorer's output column, so both give the same numbers.
+        row = np.asarray(runner.predict(image[None]), np.float32).reshape(-1)
+        scores, error = [float(s) for s in row], None
+        if explainer is not None:
+            heatmaps = _write_heatmaps(explainer, image, path, Path(heatmap_dir))
+    return [
+        {
+            "image": path,
+            "finding": finding,
+            "score": score,
+            "predicted": None if score is None else bool(is_positive(score, threshold)),
+            "threshold": threshold,
+            "error": error,
+            "engine": runner.name,
+            "precision": runner.precision,
+            "heatmap": heatmaps[finding],
+        }
+        for finding, threshold, score in zip(findings, thresholds, scores, strict=True)
+    ]
 
 
 def _write_heatmaps(explainer, image: np.ndarray, source: str, out: Path) -> dict[str, str]:

@@ -11,6 +11,7 @@ import math
 import os
 
 from medai.console import is_verbose, quiet_ray_data, ray_logging_level, setup_logging
+from medai.cpus import assigned_cpus, cluster_cpus, cluster_gpus, node_cpus  # re-exported
 
 __all__ = [
     "LOCAL_RAY_HOST",
@@ -22,6 +23,7 @@ __all__ = [
     "cluster_cpus",
     "assigned_cpus",
     "cluster_gpus",
+    "node_cpus",
     "setup_logging",
 ]
 
@@ -153,55 +155,3 @@ def _loopback_node_ip():
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
-
-
-def cluster_cpus() -> float:
-    """CPUs of the connected Ray cluster."""
-    import ray
-
-    return float(ray.cluster_resources().get("CPU", 0.0))
-
-
-def cluster_gpus() -> float:
-    """GPUs of the connected Ray cluster."""
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0.0))
-
-
-def node_cpus() -> float | None:
-    """CPUs Ray registered for the node this process runs on, or ``None`` outside Ray.
-
-    Ray's figure, not the host's core count: in a pod it is the pod's CPU limit.
-    """
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    here = ray.get_runtime_context().get_node_id()
-    for node in ray.nodes():
-        if node.get("NodeID") == here:
-            return float(node.get("Resources", {}).get("CPU", 0.0)) or None
-    return None
-
-
-def assigned_cpus(default: float | None = None) -> float | None:
-    """CPUs Ray assigned to the current worker or actor, or ``default`` outside Ray.
-
-    Host core counts (``os.cpu_count``, ``os.sched_getaffinity``) describe the machine, not
-    this process's share: a pod limited to 8 CPUs on a 64-core host would otherwise start 64
-    threads. Ray's assignment is what the scheduler reserved for this process.
-
-    Args:
-        default: Returned when not inside a Ray task or actor, or when Ray assigned no CPU.
-    """
-    import ray
-
-    if not ray.is_initialized():
-        return default
-    try:
-        assigned = ray.get_runtime_context().get_assigned_resources()
-    except Exception:  # the driver has no assignment
-        return default
-    cpus = float(assigned.get("CPU", 0.0))
-    return cpus or default

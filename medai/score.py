@@ -25,31 +25,28 @@ OpenVINO actor never imports TensorFlow. Each row records the engine and precisi
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from medai.artifact import (
+from medai.artifact import verify_model_file
+from medai.card import (
     card_findings,
     card_thresholds,
+    is_positive,
     read_card,
-    verify_model_file,
-    write_json,
+    write_card_copy,
 )
-from medai.engines import ENGINES, resolve_engine, verify_ir
-from medai.engines import PRECISIONS as ENGINE_PRECISIONS
-from medai.errors import MedaiError
-from medai.flags import folder_problem
+from medai.engines import resolve_engine, verify_ir
+from medai.files import write_json
 from medai.images import ImageInputs, discover_images
-from medai.metrics import is_positive
 from medai.predictions import (
     PREDICTION_SCHEMA,
     complete_images,
@@ -62,6 +59,8 @@ from medai.predictions import (
     scored_ids,
     upgrade_files,
 )
+from medai.score_config import PRECISIONS, ScoreConfig, ScoreError, ScoreSummary
+from medai.scorer import Scorer, actor_cpus, actor_threads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,141 +75,16 @@ __all__ = [
     "scored_ids",
     "Scorer",
     "actor_cpus",
+    "PreparedScoring",
+    "prepare_scoring",
+    "actor_threads",
+    "PRECISIONS",
     "run_scoring",
 ]
 
 logger = logging.getLogger("medai.score")
-PRECISIONS = ENGINE_PRECISIONS
-CARDS_DIR = "_model_cards"
 IN_FLIGHT_BYTES = 512 * 1024 * 1024
 _SUMMARY_FIELDS = ("rows", "scored", "errors", "skipped")
-
-
-class ScoreError(MedaiError, ValueError):
-    """A scoring option or input is unusable; the message names the problem."""
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """The resolved options of one scoring run."""
-
-    model: str
-    images: tuple[str, ...]
-    out: str
-    batch_size: int = 32
-    precision: str = "fp32"
-    engine: str = "auto"
-    address: str | None = None
-    limit: int | None = None
-    actors: int | None = None
-    threads: int | None = None
-    rows_per_file: int = 4096
-    progress: bool = True
-    retry_errors: bool = False
-
-    def check(self) -> None:
-        """Raise :class:`ScoreError` on any option that cannot work."""
-        problems = []
-        if self.batch_size < 1:
-            problems.append("--batch-size must be at least 1")
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}")
-        if self.engine not in ENGINES:
-            problems.append(f"--engine must be one of {', '.join(ENGINES)}")
-        if self.limit is not None and self.limit < 1:
-            problems.append("--limit must be at least 1")
-        if self.actors is not None and self.actors < 1:
-            problems.append("--actors must be at least 1")
-        if self.threads is not None and self.threads < 1:
-            problems.append("--threads must be at least 1")
-        if self.rows_per_file < 1:
-            problems.append("--rows-per-file must be at least 1")
-        if not self.images:
-            problems.append("--images is required")
-        if problem := folder_problem("--out", self.out):
-            problems.append(problem)
-        if problems:
-            raise ScoreError("; ".join(problems))
-
-
-@dataclass
-class ScoreSummary:
-    """What a scoring run did."""
-
-    scored: int = 0
-    errors: int = 0
-    skipped: int = 0
-    files: int = 0
-    seconds: float = 0.0
-    startup_seconds: float = 0.0
-    model_id: str = ""
-    findings: int = 1
-    engine: str = ""
-
-    @property
-    def images_per_second(self) -> float:
-        """Images scored (errors included) per second of wall time."""
-        return (self.scored + self.errors) / self.seconds if self.seconds else 0.0
-
-    def line(self) -> str:
-        """The final one-line summary."""
-        per = f" x {self.findings} findings" if self.findings > 1 else ""
-        return (
-            f"scored {self.scored} images{per}, skipped {self.skipped} already scored, "
-            f"{self.errors} errors, {self.files} files, {self.seconds:.1f} s wall, "
-            f"{self.images_per_second:.1f} images/s"
-        )
-
-
-class Scorer:
-    """Ray Data actor: loads an inference engine once, then scores batches of decoded images.
-
-    Its output ``score`` column is ``float32 (N, n_findings)``: every finding of an image from
-    one forward pass; rows without a usable image get NaN.
-    """
-
-    def __init__(
-        self,
-        model_dir: str,
-        precision: str,
-        threads: int | None,
-        engine: str = "auto",
-        actors_per_node: int = 1,
-    ):
-        from medai.engines import load_engine
-        from medai.runtime import setup_logging
-
-        setup_logging()  # medai's warnings from this actor reach the console (medai.console)
-        card = read_card(model_dir)
-        if threads is None:
-            threads = actor_threads(actors_per_node)
-        # load_engine imports TensorFlow only for the TensorFlow engine (sized to `threads`).
-        self._engine = load_engine(model_dir, engine, precision, threads)
-        self._findings = len(card_findings(card))
-        if self._engine.n_outputs != self._findings:
-            raise ScoreError(
-                f"{model_dir}: the model has {self._engine.n_outputs} outputs but its card "
-                f"lists {self._findings} findings"
-            )
-
-    def __call__(self, batch: dict) -> dict:
-        """Score the usable rows of a batch; other rows get NaN scores."""
-        errors = np.asarray(batch["error"], dtype=object)
-        usable = (errors == "") & ~np.asarray(batch["skip"], dtype=bool)
-        scores = np.full((len(errors), self._findings), np.nan, dtype=np.float32)
-        if usable.any():
-            images = np.asarray(batch["image"])[usable]
-            scores[usable] = self._engine.predict(images)
-        n = len(errors)
-        return {
-            "image_id": batch["image_id"],
-            "source": batch["source"],
-            "score": scores,
-            "error": batch["error"],
-            "skip": batch["skip"],
-            "engine": [self._engine.name] * n,
-            "precision": [self._engine.precision] * n,
-        }
 
 
 def prediction_table(
@@ -294,74 +168,14 @@ def write_predictions(
     return counts
 
 
-def actor_threads(actors_per_node: int) -> int | None:
-    """Inference threads for a scorer actor: its node's CPUs shared among the node's actors.
+class PreparedScoring(NamedTuple):
+    """A checked scoring run: the model's card and the image inputs found."""
 
-    Ray reserves at most one CPU per actor so that reading and decoding always fit, but
-    decoding does not keep the remaining cores busy: on 2 cores one OpenVINO thread per actor
-    measured 36 img/s (bf16) and two threads 43. The count comes from Ray's view of the node
-    (a pod's CPU limit), never the host's core count, and is at least the actor's own share.
-    Outside Ray: ``None``, the engine's default.
-
-    Args:
-        actors_per_node: Scorer actors placed on each node.
-    """
-    from medai.runtime import assigned_cpus, node_cpus
-
-    cpus = assigned_cpus()
-    if not cpus:
-        return None
-    node = node_cpus() or cpus
-    return max(1, math.ceil(cpus), math.floor(node / max(1, actors_per_node)))
+    card: dict
+    inputs: ImageInputs
 
 
-def actor_cpus(cpus: float, nodes: int, actors: int) -> float:
-    """CPUs to request per CPU scorer actor.
-
-    Up to one CPU is reserved per actor (TensorFlow's threads also use a node's idle cores),
-    but one read task and one decode task per node must always fit beside the actors: a read
-    task streaming an archive holds its CPUs while it waits for decoding to catch up, so a
-    node without room for a decode task deadlocks. The request also differs from the decode
-    tasks', or Ray Data fuses decoding into the actor, where it runs serially.
-
-    Args:
-        cpus: CPUs of the cluster.
-        nodes: Alive nodes.
-        actors: Scorer actors requested.
-
-    Raises:
-        ScoreError: When the actors leave no room for reading and decoding.
-    """
-    from medai.datasets import DECODE_CPUS, READ_CPUS
-
-    share = min(1.0, (cpus - nodes * (READ_CPUS + DECODE_CPUS)) / actors)
-    if share < 0.05:
-        raise ScoreError(
-            f"--actors {actors} leaves no CPU for reading and decoding on {cpus:g} CPUs; "
-            "use fewer actors"
-        )
-    return share - 0.01 if share in (READ_CPUS, DECODE_CPUS) else share
-
-
-def _plan_actors(config: ScoreConfig, engine: str) -> tuple[int, float, float, int]:
-    """Number of scorer actors, CPUs and GPUs per actor, and actors per node.
-
-    OpenVINO actors are CPU actors, as hungry as TensorFlow's: the same CPU plan.
-    """
-    import ray
-
-    from medai.runtime import cluster_cpus, cluster_gpus
-
-    gpus = int(cluster_gpus())
-    nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
-    if gpus and engine == "tensorflow":
-        actors = config.actors or gpus
-        return actors, 1.0, 1.0, math.ceil(actors / nodes)
-    actors = config.actors or nodes
-    return actors, actor_cpus(cluster_cpus(), nodes, actors), 0.0, math.ceil(actors / nodes)
-
-
-def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
+def prepare_scoring(config: ScoreConfig) -> PreparedScoring:
     """Check options, the model directory, its IR and the inputs before any work starts.
 
     Raises:
@@ -384,7 +198,7 @@ def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
     inputs = discover_images(config.images)
     if inputs.empty:
         raise ScoreError(f"--images: no images or archives found in {list(config.images)}")
-    return card, inputs
+    return PreparedScoring(card, inputs)
 
 
 def actor_engine(config: ScoreConfig, card: dict, gpus: float) -> str:
@@ -395,9 +209,7 @@ def actor_engine(config: ScoreConfig, card: dict, gpus: float) -> str:
     return resolve_engine(config.model, config.engine, config.precision, card)
 
 
-def run_scoring(
-    config: ScoreConfig, prepared: tuple[dict, ImageInputs] | None = None
-) -> ScoreSummary:
+def run_scoring(config: ScoreConfig, prepared: PreparedScoring | None = None) -> ScoreSummary:
     """Score every image not yet scored by this model into ``config.out``.
 
     Holds the folder's lock for the whole run, so a second run on the same folder refuses.
@@ -427,12 +239,49 @@ def _score_locked(
     """The run itself, with the output folder's lock held."""
     import ray.data
 
-    from medai.datasets import image_dataset
-    from medai.runtime import cluster_gpus, init_ray
+    from medai.cpus import cluster_gpus
+    from medai.runtime import init_ray
 
+    skip, retry = _settle_store(config, card, out)
+    init_ray(config.address, dashboard=False)  # see init_ray: scoring has no use for it
+    context = ray.data.DataContext.get_current()
+    # Ray Data draws its own bars (tqdm) on a terminal; --no-progress silences them too.
+    context.enable_progress_bars = config.progress
+    engine = actor_engine(config, card, cluster_gpus())
+    logger.info("scorer engine: %s, precision %s", engine, config.precision)
+    # Bound what the pipeline holds in flight: without a limit, reading and decoding race ahead
+    # of the scorer and fill the object store, so memory grows with the archive.
+    context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+        object_store_memory=IN_FLIGHT_BYTES
+    )
+    written = _pipeline(config, card, inputs, skip, out, engine)
+    # The total is known up front only without archives (counting members means inflating them).
+    total = None if inputs.archives else min(len(inputs.files), config.limit or len(inputs.files))
+    summary = ScoreSummary(
+        model_id=card["model_id"],
+        startup_seconds=time.perf_counter() - started,
+        findings=len(card_findings(card)),
+        engine=engine,
+    )
+    files = _collect(written, summary, config.progress, total)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("Ray Data stats:\n%s", written.stats())
+    if summary.errors:
+        _log_errors(out, files, summary.errors)
+    # A retried error row gives way to its new row; one whose input now reads without any
+    # error row of its own (an archive read to its end) is obsolete. --limit may stop before
+    # reaching an input, so nothing is declared obsolete then.
     model_id = card["model_id"]
-    findings, thresholds = card_findings(card), card_thresholds(card)
-    write_json(out / CARDS_DIR / f"{model_id}.json", card)
+    obsolete = () if config.limit else _obsolete_errors(retry, inputs, out, files, model_id)
+    reconcile(out, model_id, retire=obsolete)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _settle_store(config: ScoreConfig, card: dict, out: Path) -> tuple[frozenset, pd.DataFrame]:
+    """Record the card and config, settle what a killed run left; the images done, the retries."""
+    model_id, findings = card["model_id"], card_findings(card)
+    write_card_copy(out, card)
     write_json(out / "_score_config.json", asdict(config))
     logger.info("score config: %s", asdict(config))
     remove_temporaries(out)
@@ -450,57 +299,54 @@ def _score_locked(
         len(skip),
         len(retry),
     )
-    init_ray(config.address, dashboard=False)  # see init_ray: scoring has no use for it
-    context = ray.data.DataContext.get_current()
-    # Ray Data draws its own bars (tqdm) on a terminal; --no-progress silences them too.
-    context.enable_progress_bars = config.progress
-    engine = actor_engine(config, card, cluster_gpus())
-    logger.info("scorer engine: %s, precision %s", engine, config.precision)
-    # Bound what the pipeline holds in flight: without a limit, reading and decoding race ahead
-    # of the scorer and fill the object store, so memory grows with the archive.
-    context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
-        object_store_memory=IN_FLIGHT_BYTES
-    )
-    actors, cpus, gpus, per_node = _plan_actors(config, engine)
+    return skip, retry
+
+
+def _pipeline(
+    config: ScoreConfig, card: dict, inputs: ImageInputs, skip: frozenset, out: Path, engine: str
+):
+    """The lazy Ray dataset: read and decode, score in an actor pool, write Parquet files."""
+    import ray.data
+
+    from medai.cpus import plan_actors
+    from medai.datasets import image_dataset
+
+    plan = plan_actors(config.actors, engine, actor_cpus)
     dataset = image_dataset(inputs, card["image_size"], exclude=skip)
     if config.limit:
         dataset = dataset.limit(config.limit)  # the first N inputs, so a rerun skips them
     scored = dataset.map_batches(
         Scorer,
         batch_size=config.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus,
-        num_gpus=gpus,
+        compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        num_cpus=plan.cpus,
+        num_gpus=plan.gpus,
         fn_constructor_kwargs={
             "model_dir": str(Path(config.model).resolve()),
             "precision": config.precision,
             "threads": config.threads,
             "engine": engine,
-            "actors_per_node": per_node,
+            "actors_per_node": plan.per_node,
         },
     )
-    written = scored.map_batches(
+    return scored.map_batches(
         write_predictions,
         batch_size=config.rows_per_file,
         num_cpus=0.1,
         fn_kwargs={
             "out": str(out),
-            "model_id": model_id,
-            "findings": findings,
-            "thresholds": thresholds,
+            "model_id": card["model_id"],
+            "findings": card_findings(card),
+            "thresholds": card_thresholds(card),
             "run_id": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"),
         },
     )
-    # The total is known up front only without archives (counting members means inflating them).
-    total = None if inputs.archives else min(len(inputs.files), config.limit or len(inputs.files))
-    summary = ScoreSummary(
-        model_id=model_id,
-        startup_seconds=time.perf_counter() - started,
-        findings=len(findings),
-        engine=engine,
-    )
+
+
+def _collect(written, summary: ScoreSummary, progress: bool, total: int | None) -> list[str]:
+    """Run the pipeline, counting into ``summary``; the names of the files written."""
     files: list[str] = []
-    with _progress_bar(config.progress, total) as bar:
+    with _progress_bar(progress, total) as bar:
         for row in written.iter_rows():
             summary.scored += int(row["scored"])
             summary.errors += int(row["errors"])
@@ -510,17 +356,7 @@ def _score_locked(
             summary.files = len(files)
             bar.update(int(row["scored"]) + int(row["errors"]) + int(row["skipped"]))
             bar.set_postfix(errors=summary.errors, skipped=summary.skipped, refresh=False)
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("Ray Data stats:\n%s", written.stats())
-    if summary.errors:
-        _log_errors(out, files, summary.errors)
-    # A retried error row gives way to its new row; one whose input now reads without any
-    # error row of its own (an archive read to its end) is obsolete. --limit may stop before
-    # reaching an input, so nothing is declared obsolete then.
-    obsolete = () if config.limit else _obsolete_errors(retry, inputs, out, files, model_id)
-    reconcile(out, model_id, retire=obsolete)
-    summary.seconds = time.perf_counter() - started
-    return summary
+    return files
 
 
 def _log_errors(out: Path, files: list[str], count: int, shown: int = 5) -> None:

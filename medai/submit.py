@@ -5,43 +5,38 @@ project directory to the cluster as the job's ``working_dir`` (minus ``.git``, v
 and outputs), runs ``python jobs/<job>.py ARGS...`` there, streams the job's logs and exits with
 the job's status: 0 when it SUCCEEDED, 1 otherwise. ``--no-wait`` prints the job id instead.
 
-Token authentication: Ray 2.52+ clusters started with ``RAY_AUTH_MODE=token`` (and, since Ray
-2.59, local clusters whenever ``~/.ray/auth_token`` exists) reject unauthenticated requests. Ray's
-own client only attaches a token when the *client* process runs with ``RAY_AUTH_MODE=token``, so
-``ray job submit`` fails against such a head unless that variable is exported. This module looks
-the token up itself, with Ray's precedence (``RAY_AUTH_TOKEN``, then the file named by
-``RAY_AUTH_TOKEN_PATH``, then ``~/.ray/auth_token``), and passes it to
+The token (:mod:`medai.cluster_token`) is passed to
 :class:`ray.job_submission.JobSubmissionClient` as an explicit ``Authorization: Bearer`` header
-(a public constructor argument; used for the HTTP requests and the log-tailing websocket alike).
+(a public constructor argument; used for the HTTP requests and the log-tailing websocket alike);
 ``os.environ`` is left untouched, so nothing leaks into other Ray clients in the same process.
-The token travels in clear over ``http://``: to any address other than this machine's loopback
-``medai submit`` warns first (use an SSH tunnel, ``kubectl port-forward`` or an HTTPS proxy).
-
-The working dir's excludes (:data:`WORKING_DIR_EXCLUDES`, plus the root's ``.gitignore`` and
-``.rayignore``) are gitwildmatch patterns matched with ``pathspec``, the library Ray itself
-uses; they keep environments, data, outputs and secrets (``.env``, keys, credentials) off the
-cluster.
+What is shipped, and what never is, is :mod:`medai.working_dir`'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
 import shlex
 import sys
 import time
-import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, ClassVar, TextIO
 
-import pathspec
-
+from medai.cluster_token import TokenLookup, find_auth_token, plain_http_warning
+from medai.configs import CheckedConfig, config_from
 from medai.errors import MedaiError, run_reported
+from medai.working_dir import (
+    MAX_WORKING_DIR_BYTES,
+    WORKING_DIR_EXCLUDES,
+    SubmitError,
+    check_working_dir,
+    find_project_root,
+    working_dir_size,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ray.job_submission import JobSubmissionClient
@@ -52,6 +47,7 @@ __all__ = [
     "JOBS",
     "MAX_WORKING_DIR_BYTES",
     "WORKING_DIR_EXCLUDES",
+    "SubmitConfig",
     "SubmitError",
     "TokenLookup",
     "add_submit_arguments",
@@ -70,52 +66,6 @@ __all__ = [
 JOBS = ("train", "score", "report", "nightly")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 
-# Ray's dashboard refuses request bodies over 100 MiB (``DASHBOARD_CLIENT_MAX_SIZE``), and the
-# working_dir is uploaded as one zip in one request.
-MAX_WORKING_DIR_BYTES = 100 * 1024**2
-
-# gitwildmatch-style patterns relative to the working dir (Ray's ``excludes`` syntax). Ray also
-# honours the working dir's own .gitignore / .rayignore.
-WORKING_DIR_EXCLUDES = (
-    ".git",
-    ".venv",
-    "venv",
-    "__pycache__",
-    "*.pyc",
-    ".pytest_cache",
-    ".ruff_cache",
-    "*.egg-info",
-    "/build/",
-    "/dist/",
-    "/data/",
-    "medai-out/",
-    "medai-demo/",
-    "*.parquet",
-    "*.keras",
-    "*.h5",
-    "*.tar.gz",
-    "*.tgz",
-    "*.tar",
-    # Secrets: never ship them to a cluster (its nodes, logs and object store are shared).
-    ".env",
-    ".env.*",
-    "*.pem",
-    "*.key",
-    "*.p12",
-    "*.pfx",
-    "id_rsa*",
-    "id_dsa*",
-    "id_ecdsa*",
-    "id_ed25519*",
-    ".ssh/",
-    ".aws/",
-    ".netrc",
-    ".git-credentials",
-    "credentials",
-    "credentials.*",
-    "*-credentials.json",
-    "auth_token",
-)
 
 DEFAULT_ENV_VARS = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -123,219 +73,7 @@ DEFAULT_ENV_VARS = {
     "PYTHONUNBUFFERED": "1",
 }
 
-_TOKEN_ENV = "RAY_AUTH_TOKEN"
-_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-class SubmitError(MedaiError, RuntimeError):
-    """A job could not be submitted (bad working dir, unreachable cluster, missing token...)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Token lookup
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TokenLookup:
-    """Result of looking for a Ray authentication token.
-
-    Attributes:
-        token: The token, or ``None`` when none was found.
-        source: Where the token came from (human readable), or ``None``.
-        checked: One line per place that was looked at and why it gave no token.
-    """
-
-    token: str | None = None
-    source: str | None = None
-    checked: list[str] = field(default_factory=list)
-
-    def missing_message(self, address: str) -> str:
-        """Explain that the cluster wants a token and exactly where none was found."""
-        lines = "\n".join(f"  - {line}" for line in self.checked)
-        return (
-            f"the Ray cluster at {address} requires token authentication, but no "
-            f"authentication token was found:\n{lines}\n"
-            "Copy the cluster's token (run `ray get-auth-token` on the head node, or read the "
-            "cluster's token Secret) into ~/.ray/auth_token, or point RAY_AUTH_TOKEN_PATH at a "
-            "file holding it, or export RAY_AUTH_TOKEN."
-        )
-
-
-def _read_token_file(path: Path) -> tuple[str | None, str | None]:
-    """Return ``(token, None)`` or ``(None, why_not)`` for a token file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None, "does not exist"
-    except OSError as exc:
-        return None, f"cannot be read ({exc.strerror or exc})"
-    token = text.strip()
-    if not token:
-        return None, "is empty"
-    return token, None
-
-
-def find_auth_token(
-    environ: Mapping[str, str] | None = None, home: Path | None = None
-) -> TokenLookup:
-    """Find the Ray authentication token the way Ray's own token loader does.
-
-    Precedence: a non-empty ``RAY_AUTH_TOKEN``; else, when ``RAY_AUTH_TOKEN_PATH`` is set, that
-    file (no fallback if it is missing or empty, as in Ray); else ``~/.ray/auth_token``.
-
-    Args:
-        environ: Environment to read (default ``os.environ``).
-        home: Home directory (default: ``HOME`` from ``environ``, else ``Path.home()``).
-
-    Returns:
-        A :class:`TokenLookup`; ``token`` is ``None`` when nothing usable was found and
-        ``checked`` says why for every place looked at.
-    """
-    env = os.environ if environ is None else environ
-    lookup = TokenLookup()
-    value = env.get(_TOKEN_ENV, "").strip()
-    if value:
-        lookup.token, lookup.source = value, f"${_TOKEN_ENV}"
-        return lookup
-    lookup.checked.append(f"{_TOKEN_ENV} is {'empty' if _TOKEN_ENV in env else 'not set'}")
-
-    token_path = env.get(_TOKEN_PATH_ENV, "").strip()
-    if token_path:
-        path = Path(token_path).expanduser()
-        token, why = _read_token_file(path)
-        if token:
-            lookup.token, lookup.source = token, f"{path} (${_TOKEN_PATH_ENV})"
-        else:
-            lookup.checked.append(f"{_TOKEN_PATH_ENV}={token_path}: the file {why}")
-        return lookup
-    lookup.checked.append(f"{_TOKEN_PATH_ENV} is not set")
-
-    if home is None:
-        home = Path(env["HOME"]) if env.get("HOME") else Path.home()
-    path = home / ".ray" / "auth_token"
-    token, why = _read_token_file(path)
-    if token:
-        lookup.token, lookup.source = token, str(path)
-    else:
-        lookup.checked.append(f"{path} {why}")
-    return lookup
-
-
-# --------------------------------------------------------------------------------------------
-# Working dir
-# --------------------------------------------------------------------------------------------
-
-
-def _is_project_root(path: Path) -> bool:
-    return (path / "medai").is_dir() and (path / "jobs").is_dir()
-
-
-def find_project_root(start: Path | None = None) -> Path:
-    """Locate the medai project root (the directory holding ``medai/`` and ``jobs/``).
-
-    Looks at ``start`` (default: the current directory) and its parents, then at the checkout
-    this module was imported from.
-
-    Args:
-        start: Where to start looking.
-
-    Returns:
-        The project root.
-
-    Raises:
-        SubmitError: If no such directory is found.
-    """
-    here = (start or Path.cwd()).resolve()
-    candidates = [here, *here.parents, Path(__file__).resolve().parents[1]]
-    for candidate in candidates:
-        if _is_project_root(candidate):
-            return candidate
-    raise SubmitError(
-        f"cannot find the medai project root (a directory with medai/ and jobs/) from {here}; "
-        "pass --working-dir"
-    )
-
-
-def _ignore_spec(root: Path, excludes: Iterable[str]) -> pathspec.GitIgnoreSpec:
-    """``excludes`` plus the root's ``.gitignore`` and ``.rayignore``, with git's semantics."""
-    lines = list(excludes)
-    for name in (".gitignore", ".rayignore"):
-        ignore_file = root / name
-        if ignore_file.is_file():
-            lines += ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
-    return pathspec.GitIgnoreSpec.from_lines(lines)
-
-
-def working_dir_size(
-    root: Path, excludes: Iterable[str] = WORKING_DIR_EXCLUDES
-) -> tuple[int, list[tuple[int, str]]]:
-    """Add up the bytes Ray would upload for ``root`` as a working_dir.
-
-    Applies ``excludes`` plus the patterns of the root's ``.gitignore``/``.rayignore``.
-    The sum is of uncompressed file sizes, so it is an upper bound of the zip Ray uploads.
-
-    Args:
-        root: The working dir.
-        excludes: Patterns to leave out (Ray ``excludes`` syntax).
-
-    Returns:
-        ``(total_bytes, largest)`` where ``largest`` lists up to five ``(bytes, relative
-        path)`` of the biggest files, biggest first.
-    """
-    spec = _ignore_spec(root, excludes)
-
-    def excluded(rel_path: str, is_dir: bool) -> bool:
-        return spec.match_file(rel_path + "/" if is_dir else rel_path)
-
-    total = 0
-    files: list[tuple[int, str]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        dirnames[:] = [d for d in dirnames if not excluded(prefix + d, True)]
-        for filename in filenames:
-            rel = prefix + filename
-            if excluded(rel, False):
-                continue
-            try:
-                size = os.lstat(os.path.join(dirpath, filename)).st_size
-            except OSError:
-                continue
-            total += size
-            files.append((size, rel))
-    files.sort(reverse=True)
-    return total, files[:5]
-
-
-def check_working_dir(root: Path, job: str, excludes: Iterable[str] = WORKING_DIR_EXCLUDES) -> None:
-    """Check that ``root`` can be shipped as the working_dir of ``job``.
-
-    Args:
-        root: The working dir.
-        job: Job name; ``root/jobs/<job>.py`` must exist.
-        excludes: Patterns left out of the upload.
-
-    Raises:
-        SubmitError: If ``medai/`` or the job script is missing, or the upload would exceed
-            Ray's 100 MiB limit.
-    """
-    if not root.is_dir():
-        raise SubmitError(f"working dir {root} does not exist")
-    if not (root / "medai").is_dir():
-        raise SubmitError(f"working dir {root} has no medai/ package; the jobs import medai")
-    script = root / "jobs" / f"{job}.py"
-    if not script.is_file():
-        raise SubmitError(f"working dir {root} has no jobs/{job}.py")
-    total, largest = working_dir_size(root, excludes)
-    if total >= MAX_WORKING_DIR_BYTES:
-        biggest = ", ".join(f"{path} ({size / 1024**2:.1f} MiB)" for size, path in largest)
-        raise SubmitError(
-            f"working dir {root} holds {total / 1024**2:.1f} MiB after excludes; Ray refuses "
-            f"working dirs over {MAX_WORKING_DIR_BYTES // 1024**2} MiB. Largest files: "
-            f"{biggest}. Move data and outputs out of the project or list them in .rayignore."
-        )
 
 
 def build_entrypoint(job: str, args: Sequence[str]) -> str:
@@ -369,37 +107,6 @@ def build_runtime_env(
 # --------------------------------------------------------------------------------------------
 # Submission
 # --------------------------------------------------------------------------------------------
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve anywhere
-        return False
-
-
-def plain_http_warning(address: str, source: str) -> str | None:
-    """The warning to print before a token goes in clear to ``address``, or ``None``.
-
-    A bearer token sent over ``http://`` can be read by anyone on the network path and lets
-    them run code on the cluster. Loopback addresses (SSH tunnels, ``kubectl port-forward``)
-    and ``https://`` are fine.
-
-    Args:
-        address: The dashboard address (``http://host:port``; no scheme means http).
-        source: Where the token came from, for the message.
-    """
-    parsed = urllib.parse.urlsplit(address if "://" in address else f"http://{address}")
-    if parsed.scheme.lower() != "http" or _is_loopback_host(parsed.hostname or ""):
-        return None
-    return (
-        f"medai submit: warning: sending the Ray token from {source} over plain http to "
-        f"{parsed.hostname}; anyone on the network path can read it and run code on the "
-        "cluster. Prefer an SSH tunnel or `kubectl port-forward` to http://127.0.0.1:8265, or "
-        "an https:// address.\n"
-    )
 
 
 def _connect(address: str, lookup: TokenLookup) -> JobSubmissionClient:
@@ -629,11 +336,28 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
-def run_submit(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class SubmitConfig(CheckedConfig):
+    """The options of ``medai submit`` (see :func:`submit_job`)."""
+
+    job: str
+    job_args: tuple[str, ...] = ()
+    address: str | None = None
+    no_wait: bool = False
+    working_dir: str | None = None
+
+    error: ClassVar[type[MedaiError]] = SubmitError
+
+    def problems(self) -> list[str]:
+        """Every option that cannot work, before anything is contacted."""
+        return [] if self.job in JOBS else [f"the job must be one of {', '.join(JOBS)}"]
+
+
+def run_submit(args: argparse.Namespace | SubmitConfig) -> int:
     """Run ``medai submit`` for arguments parsed by :func:`add_submit_arguments`.
 
     Args:
-        args: Parsed arguments.
+        args: Parsed arguments, or their :class:`SubmitConfig`.
 
     Returns:
         The process exit status: 0 success, 1 job failed.
@@ -642,13 +366,15 @@ def run_submit(args: argparse.Namespace) -> int:
         SubmitError: When the job could not be submitted (the command line prints it as one
             line and exits 2, see :func:`medai.errors.run_reported`).
     """
-    address = args.address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
-    working_dir = Path(args.working_dir) if args.working_dir else None
+    config = args if isinstance(args, SubmitConfig) else config_from(SubmitConfig, args)
+    address = config.address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    working_dir = Path(config.working_dir) if config.working_dir else None
+    config.check()
     return submit_job(
-        args.job,
-        list(args.job_args or []),
+        config.job,
+        list(config.job_args),
         address,
-        wait=not args.no_wait,
+        wait=not config.no_wait,
         working_dir=working_dir,
     )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,64 @@ def sample_dir() -> Path:
     if not (SAMPLE / "images_001.tar.gz").is_file():
         pytest.skip(f"real ChestX-ray8 sample not found at {SAMPLE}")
     return SAMPLE
+
+
+def _rewrite_members(archive: Path, replace: dict[str, bytes]) -> None:
+    """Rewrite a tarball with some members' bytes replaced (corrupt images)."""
+    with tarfile.open(archive) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    with tarfile.open(archive, "w:gz") as tar:
+        for member, data in members:
+            data = replace.get(Path(member.name).name, data)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def _readable_members(archive: Path) -> list[str]:
+    """Image ids a streaming reader gets from an archive before any fault."""
+    names = []
+    try:
+        with tarfile.open(archive, "r|*") as tar:
+            for member in tar:
+                if member.isfile():
+                    tar.extractfile(member).read()
+                    names.append(Path(member.name).name)
+    except (tarfile.TarError, EOFError, OSError):
+        pass
+    return names
+
+
+@pytest.fixture(scope="session")
+def messy_archive(tmp_path_factory) -> dict:
+    """Phantoms in three tarballs: three corrupt train/val members in the first, the second
+    truncated to 60% of its bytes (a broken download)."""
+    from medai.labels import read_split_list
+    from medai.phantoms import PhantomSpec, write_phantom_archive
+
+    folder = tmp_path_factory.mktemp("messy")
+    spec = PhantomSpec(n_patients=44, size=96, seed=5, images_per_archive=32)
+    labels = write_phantom_archive(folder, spec)
+    first, second, *_ = sorted(folder.glob("images_*.tar.gz"))
+    train_val = set(read_split_list(folder / "train_val_list.txt"))
+    in_first = [name for name in _readable_members(first) if name in train_val]
+    corrupt = in_first[:3]
+    _rewrite_members(
+        first,
+        {
+            corrupt[0]: b"not an image",
+            corrupt[1]: b"\x89PNG\r\n\x1a\n" + b"\0" * 30,
+            corrupt[2]: b"",
+        },
+    )
+    in_second = [name for name in _readable_members(second) if name in train_val]
+    data = second.read_bytes()
+    second.write_bytes(data[: int(len(data) * 0.6)])
+    survived = [name for name in _readable_members(second) if name in train_val]
+    assert 0 < len(survived) < len(in_second)
+    return {
+        "folder": folder,
+        "labels": labels,
+        "corrupt": corrupt,
+        "truncated": second,
+        "lost": sorted(set(in_second) - set(survived)),
+    }

@@ -32,3 +32,32 @@ def test_ordered_dataset_keeps_input_order_across_archives(ray_session, tmp_path
     derived = dataset.map_batches(lambda batch: batch).materialize()
     assert derived.context.execution_options.preserve_order
     assert [row["image_id"] for row in derived.iter_rows()] == expected
+
+
+def test_read_records_reads_as_the_pipeline_does_without_ray(tmp_path):
+    """The in-process reader (export, report examples): a truncated tarball gives the members
+    before its fault and one record naming the archive; a missing file is a read-error record;
+    ``wanted`` filters by image id."""
+    from medai.datasets import read_records
+    from medai.images import ARCHIVE_SEP, ImageInputs
+
+    names = _noise_archive(tmp_path / "whole.tar.gz", "w", 6, 64)
+    _noise_archive(tmp_path / "cut.tar.gz", "c", 40, 96)
+    data = (tmp_path / "cut.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    inputs = ImageInputs(
+        archives=(str(tmp_path / "whole.tar.gz"), str(tmp_path / "cut.tar.gz")),
+        files=(str(tmp_path / "absent.png"),),
+    )
+    records = list(read_records(inputs))
+    whole = [r for r in records if r.source.startswith(str(tmp_path / "whole.tar.gz"))]
+    assert [r.image_id for r in whole] == names
+    assert all(r.error == "" and r.data[:4] == b"\x89PNG" for r in whole)
+    cut = [r for r in records if r.source.startswith(str(tmp_path / "cut.tar.gz"))]
+    assert 0 < len(cut) - 1 < 40 and cut[-1].source == str(tmp_path / "cut.tar.gz")
+    assert cut[-1].error.startswith("read error: unreadable archive")
+    assert all(ARCHIVE_SEP in r.source and not r.error for r in cut[:-1])
+    (missing,) = [r for r in records if r.source.endswith("absent.png")]
+    assert missing.error.startswith("read error") and missing.data == b""
+    picked = list(read_records(inputs, wanted={names[2]}))
+    assert [r.image_id for r in picked if not r.error] == [names[2]]

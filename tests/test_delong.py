@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import norm
 from sklearn import metrics as skm
 
-from medai import metrics
+from medai import resampling
 
 
 def _slow_delong(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -35,7 +35,7 @@ def test_fast_delong_matches_the_pairwise_definition(ties: bool) -> None:
     b = np.clip(a + rng.normal(0, 0.25, y.size), 0, 1)
     if ties:
         a, b = np.round(a, 1), np.round(b, 1)
-    fast = metrics.delong_test(y, a, b)
+    fast = resampling.delong_test(y, a, b)
     z, p = _slow_delong(y, a, b)
     assert fast["auc_a"] == pytest.approx(skm.roc_auc_score(y, a), abs=1e-12)
     assert fast["auc_b"] == pytest.approx(skm.roc_auc_score(y, b), abs=1e-12)
@@ -51,7 +51,7 @@ def test_delong_on_a_known_example() -> None:
     y = np.array([1, 1, 0, 0])
     a = np.array([0.9, 0.8, 0.2, 0.1])
     b = np.array([0.9, 0.3, 0.4, 0.1])
-    result = metrics.delong_test(y, a, b)
+    result = resampling.delong_test(y, a, b)
     assert (result["auc_a"], result["auc_b"]) == (1.0, 0.75)
     assert result["z"] == pytest.approx(0.25 / np.sqrt(0.125))
     assert result["p_value"] == pytest.approx(2 * norm.sf(0.25 / np.sqrt(0.125)))
@@ -61,9 +61,9 @@ def test_identical_rankings_give_p_one_and_comparisons_carry_the_p_value() -> No
     rng = np.random.default_rng(0)
     y = (rng.random(500) < 0.3).astype(np.int8)
     good = np.clip(0.4 + 0.3 * y + rng.normal(0, 0.2, y.size), 0, 1)
-    assert metrics.delong_test(y, good, good * 0.5)["p_value"] == 1.0  # same ranking
+    assert resampling.delong_test(y, good, good * 0.5)["p_value"] == 1.0  # same ranking
     noisy = np.clip(good + rng.normal(0, 0.4, y.size), 0, 1)
-    result, reasons = metrics.paired_auc_difference(y, good, noisy, 200, 0)
+    result, reasons = resampling.paired_auc_difference(y, good, noisy, 200, 0)
     assert reasons == []
-    assert result["delong_p_value"] == metrics.delong_test(y, good, noisy)["p_value"]
+    assert result["delong_p_value"] == resampling.delong_test(y, good, noisy)["p_value"]
     assert result["delong_p_value"] < 0.05  # the noisy copy is clearly worse

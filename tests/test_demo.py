@@ -13,7 +13,8 @@ from medai.demo import DemoConfig, phantom_test_calibration, run_demo
 def test_demo_end_to_end_reaches_auc_0_9_with_calibrated_scores(ray_session, tmp_path, caplog):
     with caplog.at_level("INFO", logger="medai.demo"):
         report = run_demo(DemoConfig(out=str(tmp_path / "demo")))
-    assert report.exists() and report.stat().st_size > 50_000  # plots embedded
+    page = report.read_text()
+    assert page.count("data:image/png;base64,") >= 5  # the plots are embedded in the page
     metrics = json.loads((report.parent / "metrics.json").read_text())
     assert metrics["split"] == "test"
     (section,) = metrics["models"].values()

@@ -153,3 +153,32 @@ def test_accuracy_control_runs_within_its_bound_and_is_gated(trained_model, tmp_
     assert "decision agreement" in str(refused.value)
     assert (folder / "model_card.json").read_text() == before
     assert _leftovers(folder) == []
+
+
+def test_export_reads_a_messy_archive_as_training_does(messy_archive, tiny_model_dir, tmp_path):
+    """A truncated tarball and corrupt PNGs: export reads the validation images through the
+    training reader, leaves out what cannot be used (and what split.csv flags) and writes its IR.
+    """
+    from medai.labels import load_labels, read_split_list
+
+    folder = _copy(tiny_model_dir, tmp_path)
+    card = read_card(folder)
+    card["training_data"] = {"images": [str(messy_archive["folder"])]}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    labels = load_labels(messy_archive["labels"], "Mass")
+    test_ids = set(read_split_list(messy_archive["folder"] / "test_list.txt"))
+    val = labels[~labels["image_id"].isin(test_ids)].copy()
+    # Every image "used" (as a split.csv written before statuses), but one flagged unreadable.
+    flagged = sorted(set(val["image_id"]) - set(messy_archive["corrupt"]))[0]
+    val["split"] = "val"
+    val["status"] = np.where(val["image_id"] == flagged, "unreadable", "used")
+    val[["image_id", "patient_id", "split", "label", "status"]].to_csv(
+        folder / "split.csv", index=False
+    )
+    block = export_openvino(folder)
+    agreement = block["fp32"]["agreement"]
+    assert agreement["on"] == "validation split"
+    lost = set(messy_archive["corrupt"]) | set(messy_archive["lost"]) | {flagged}
+    assert agreement["images"] == len(set(val["image_id"]) - lost)
+    assert agreement["decision_agreement"] == 1.0
+    assert sorted(p.name for p in (folder / "openvino").iterdir()) == ["model.bin", "model.xml"]

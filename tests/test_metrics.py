@@ -7,7 +7,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from medai import metrics
+from medai import metrics, resampling
 
 
 def _data(seed: int, n: int = 400, ties: bool = False, prevalence: float = 0.3):
@@ -95,8 +95,8 @@ def test_degenerate_data_gives_none(y: np.ndarray, expected: str) -> None:
     assert metrics.roc_auc(y, scores) is None
     assert metrics.roc_curve(y, scores) is None
     assert metrics.youden_threshold(y, scores) is None
-    assert metrics.auc_ci(y, scores, 1000, 0) is None
-    result, reasons = metrics.paired_auc_difference(y, scores, scores, 1000, 0)
+    assert resampling.auc_ci(y, scores, 1000, 0) is None
+    result, reasons = resampling.paired_auc_difference(y, scores, scores, 1000, 0)
     assert all(value is None for value in result.values())
     assert reasons == [f"AUC comparison undefined: {expected}"]
     if y.size == 0:
@@ -113,7 +113,7 @@ def test_bootstrap_resamples_equal_sklearn_on_the_resampled_data() -> None:
     """Each bootstrap AUC is exactly the AUC of an explicit stratified resample."""
     y, scores = _data(3, n=60, ties=True)
     seed, n_boot = 11, 25
-    boot = metrics.bootstrap_aucs(y, [scores], n_boot, seed)[:, 0]
+    boot = resampling.bootstrap_aucs(y, [scores], n_boot, seed)[:, 0]
     positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     # Small data fits one chunk: the draws are all positives, then all negatives.
     rng = np.random.default_rng(seed)
@@ -126,29 +126,31 @@ def test_bootstrap_resamples_equal_sklearn_on_the_resampled_data() -> None:
 
 def test_auc_ci_is_seeded_and_brackets_the_auc() -> None:
     y, scores = _data(5, n=2000)
-    first = metrics.auc_ci(y, scores, 1000, seed=1)
-    assert first == metrics.auc_ci(y, scores, 1000, seed=1)
-    assert first != metrics.auc_ci(y, scores, 1000, seed=2)
+    first = resampling.auc_ci(y, scores, 1000, seed=1)
+    assert first == resampling.auc_ci(y, scores, 1000, seed=1)
+    assert first != resampling.auc_ci(y, scores, 1000, seed=2)
     low, high = first
     assert low < metrics.roc_auc(y, scores) < high
     assert 0.01 < high - low < 0.1
-    assert metrics.auc_ci(y, scores, 0, seed=1) is None
+    assert resampling.auc_ci(y, scores, 0, seed=1) is None
 
 
 def test_bootstrap_fills_every_resample_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     y, scores = _data(2, n=500)
     auc = metrics.roc_auc(y, scores)
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 500 * 7)  # 7 resamples a chunk, last partial
-    chunked = metrics.bootstrap_aucs(y, [scores, 1 - scores], 40, seed=3)
+    monkeypatch.setattr(resampling, "_CHUNK_ELEMENTS", 500 * 7)  # 7 resamples a chunk, last partial
+    chunked = resampling.bootstrap_aucs(y, [scores, 1 - scores], 40, seed=3)
     assert chunked.shape == (40, 2)
     assert np.all(np.abs(chunked[:, 0] - auc) < 0.1)
     np.testing.assert_allclose(chunked[:, 1], 1 - chunked[:, 0])
-    np.testing.assert_array_equal(chunked, metrics.bootstrap_aucs(y, [scores, 1 - scores], 40, 3))
+    np.testing.assert_array_equal(
+        chunked, resampling.bootstrap_aucs(y, [scores, 1 - scores], 40, 3)
+    )
 
 
 def test_paired_difference_of_identical_scores_is_zero() -> None:
     y, scores = _data(4)
-    result, reasons = metrics.paired_auc_difference(y, scores, scores, 1000, 0)
+    result, reasons = resampling.paired_auc_difference(y, scores, scores, 1000, 0)
     assert reasons == []
     assert result["auc_difference"] == 0.0
     assert result["auc_difference_ci95"] == [0.0, 0.0]
@@ -158,7 +160,7 @@ def test_paired_difference_detects_the_better_model() -> None:
     rng = np.random.default_rng(0)
     y, good = _data(6, n=3000)
     noisy = np.clip(good + rng.normal(0, 0.3, y.size), 0, 1)
-    result, _ = metrics.paired_auc_difference(y, good, noisy, 1000, 0)
+    result, _ = resampling.paired_auc_difference(y, good, noisy, 1000, 0)
     assert result["auc_a"] == pytest.approx(skm.roc_auc_score(y, good))
     assert result["auc_b"] == pytest.approx(skm.roc_auc_score(y, noisy))
     low, high = result["auc_difference_ci95"]
@@ -190,9 +192,9 @@ def test_subgroup_bootstrap_equals_sklearn_on_each_resampled_subgroup() -> None:
     y, scores = _data(8, n=80, ties=True)
     codes = np.random.default_rng(1).integers(-1, 3, y.size)  # 3 subgroups, some unknown
     seed, n_boot = 4, 15
-    boot = metrics.bootstrap(y, [scores], n_boot, seed, strata=[codes], ece_bins=10)
+    boot = resampling.bootstrap(y, [scores], n_boot, seed, strata=[codes], ece_bins=10)
     # The same resamples as the plain AUC bootstrap (one chunk: positives then negatives).
-    np.testing.assert_array_equal(boot.aucs, metrics.bootstrap_aucs(y, [scores], n_boot, seed))
+    np.testing.assert_array_equal(boot.aucs, resampling.bootstrap_aucs(y, [scores], n_boot, seed))
     positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     rng = np.random.default_rng(seed)
     pick_pos = positives[rng.integers(0, positives.size, size=(n_boot, positives.size))]
@@ -216,14 +218,14 @@ def test_subgroup_bootstrap_equals_sklearn_on_each_resampled_subgroup() -> None:
 def test_ece_ci_brackets_the_ece_and_is_seeded() -> None:
     y, scores = _data(9, n=3000)
     ece = metrics.expected_calibration_error(y, scores)
-    low, high = metrics.ece_ci(y, scores, 500, seed=2)
+    low, high = resampling.ece_ci(y, scores, 500, seed=2)
     assert low < ece < high
-    assert metrics.ece_ci(y, scores, 500, seed=2) == [low, high]
-    assert metrics.ece_ci(y, scores, 0, seed=2) is None
-    assert metrics.ece_ci(y, scores * 2, 500, seed=2) is None  # not probabilities
+    assert resampling.ece_ci(y, scores, 500, seed=2) == [low, high]
+    assert resampling.ece_ci(y, scores, 0, seed=2) is None
+    assert resampling.ece_ci(y, scores * 2, 500, seed=2) is None  # not probabilities
 
 
 def test_percentile_interval_refuses_mostly_undefined_resamples() -> None:
     values = np.r_[np.full(20, np.nan), np.linspace(0.6, 0.8, 80)]
     assert metrics.percentile_interval(values) is None
-    assert metrics.percentile_interval(values[15:]) is not None
+    assert metrics.percentile_interval(values[15:]) == metrics.percentile_bounds(values[20:])

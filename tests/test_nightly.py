@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -46,7 +47,7 @@ def test_days_new_model_and_ledger(ray_session, tiny_model_dir, tmp_path, capsys
     day1 = arrivals(tmp_path, 1, 1, 30, seed=1)
     labels = tmp_path / "Data_Entry_2017.csv"
     day1.to_csv(labels, index=False)
-    config = NightlyConfig(
+    config = NightlyConfig.of(
         images=(str(tmp_path / "incoming"),),
         model=str(tiny_model_dir),
         store=str(store),
@@ -63,7 +64,7 @@ def test_days_new_model_and_ledger(ray_session, tiny_model_dir, tmp_path, capsys
     assert (second.scored, second.skipped) == (len(day2), len(day1))
 
     new_model = save_untrained_model(tmp_path / "model-v2", seed=3)
-    third = run_nightly(NightlyConfig(**{**config.__dict__, "model": str(new_model)}))
+    third = run_nightly(replace(config, scoring=replace(config.scoring, model=str(new_model))))
     assert (third.scored, third.skipped) == (len(day1) + len(day2), 0)
 
     frame = pd.read_parquet(store / "predictions")
@@ -82,7 +83,7 @@ def test_days_new_model_and_ledger(ray_session, tiny_model_dir, tmp_path, capsys
 def test_second_run_on_the_same_store_refuses(tiny_model_dir, tmp_path):
     arrivals(tmp_path, 1, 1, 5, seed=1)
     store = tmp_path / "store"
-    config = NightlyConfig(
+    config = NightlyConfig.of(
         images=(str(tmp_path / "incoming"),), model=str(tiny_model_dir), store=str(store)
     )
     with (
@@ -117,7 +118,7 @@ def test_killed_run_is_completed_by_the_next(ray_session, tiny_model_dir, tmp_pa
     assert [r["status"] for r in read_ledger(store)] == ["running"]
     partial = len(pd.read_parquet(store / "predictions"))
     result = run_nightly(
-        NightlyConfig(
+        NightlyConfig.of(
             images=(str(tmp_path / "incoming"),), model=str(tiny_model_dir), store=str(store)
         )
     )
@@ -134,7 +135,7 @@ def test_scoring_lock_inside_the_store_refuses_a_nightly_run_cleanly(tiny_model_
 
     arrivals(tmp_path, 1, 1, 5, seed=1)
     store = tmp_path / "store"
-    config = NightlyConfig(
+    config = NightlyConfig.of(
         images=(str(tmp_path / "incoming"),), model=str(tiny_model_dir), store=str(store)
     )
     with (
@@ -150,9 +151,14 @@ def test_scoring_lock_inside_the_store_refuses_a_nightly_run_cleanly(tiny_model_
 def test_retry_errors_flag_reaches_the_config():
     import argparse
 
-    from medai.nightly import add_nightly_arguments, config_from_args
+    from medai.flags import add_nightly_arguments
+    from medai.nightly import config_from_args
 
     parser = add_nightly_arguments(argparse.ArgumentParser())
     base = ["--images", "x", "--model", "m", "--store", "s"]
-    assert config_from_args(parser.parse_args(base)).retry_errors is False
-    assert config_from_args(parser.parse_args([*base, "--retry-errors"])).retry_errors is True
+    config = config_from_args(parser.parse_args(base))
+    assert config.scoring.retry_errors is False
+    assert config_from_args(parser.parse_args([*base, "--retry-errors"])).scoring.retry_errors
+    # The scoring's options are a ScoreConfig of their own, writing into the store.
+    assert config.scoring.out == "s/predictions" and config.scoring.progress is False
+    assert config == NightlyConfig.of(images=("x",), model="m", store="s")

@@ -13,20 +13,33 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from datetime import datetime, timedelta, timezone
-from html.parser import HTMLParser
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from report_kit import (
+    MODEL_A,
+    MODEL_B,
+    PNG_MAGIC,
+    SCHEMA,
+    T0,
+    config,
+    html_images,
+    image_ids,
+    pred_table,
+    simple_setup,
+    strict_json,
+    synthetic,
+    write_card,
+    write_labels,
+    write_preds,
+)
 from sklearn import metrics as skm
 
-from medai.metrics import is_positive
-from medai.predictions import prediction_schema
 from medai.report import (
     INTENDED_USE,
     SPLITS,
@@ -39,91 +52,6 @@ from medai.report import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_A = "a1" * 32
-MODEL_B = "b2" * 32
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SCHEMA = prediction_schema()  # the contract medai score writes
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def image_ids(n: int, start: int = 0) -> list[str]:
-    return [f"{i // 3 + 1:08d}_{i % 3:03d}.png" for i in range(start, start + n)]
-
-
-def synthetic(n: int, seed: int = 0, prevalence: float = 0.3):
-    """Labels and float32 scores with some signal."""
-    rng = np.random.default_rng(seed)
-    y = (rng.random(n) < prevalence).astype(np.int8)
-    scores = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1).astype(np.float32)
-    return y, scores
-
-
-def pred_table(
-    ids,
-    scores,
-    model_id: str = MODEL_A,
-    *,
-    threshold: float | None = 0.5,
-    finding: str = "Mass",
-    sources=None,
-    errors=None,
-    scored_at=None,
-) -> pa.Table:
-    """A table in the `medai score` schema; ``threshold=None`` leaves that column out."""
-    n = len(ids)
-    scores = [None if s is None or np.isnan(s) else float(np.float32(s)) for s in scores]
-    cut = 0.5 if threshold is None else threshold
-    columns = {
-        "image_id": list(ids),
-        "source": list(sources) if sources is not None else [f"/nowhere/{i}" for i in ids],
-        "score": scores,
-        "predicted": [None if s is None else bool(is_positive(s, cut)) for s in scores],
-        "threshold": [threshold] * n,
-        "finding": [finding] * n,
-        "model_id": [model_id] * n,
-        "scored_at": list(scored_at) if scored_at is not None else [T0] * n,
-        "error": list(errors) if errors is not None else [None] * n,
-    }
-    # Columns these tests do not set (e.g. the engine that ran) are null.
-    table = pa.table([columns.get(f.name, pa.nulls(n, f.type)) for f in SCHEMA], schema=SCHEMA)
-    return table.drop_columns(["threshold"]) if threshold is None else table
-
-
-def write_preds(folder: Path, name: str, table: pa.Table) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, folder / name)
-    return folder
-
-
-def write_labels(path: Path, ids, y) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"image": list(ids), "label": [int(v) for v in y]}).to_csv(path, index=False)
-    return path
-
-
-def write_card(folder: Path, model_id: str, **fields) -> None:
-    cards = folder / "_model_cards"
-    cards.mkdir(parents=True, exist_ok=True)
-    (cards / f"{model_id}.json").write_text(json.dumps({"model_id": model_id, **fields}))
-
-
-def strict_json(path: Path):
-    def refuse(constant):
-        raise AssertionError(f"non-strict JSON constant {constant}")
-
-    return json.loads(path.read_text(), parse_constant=refuse)
-
-
-def simple_setup(tmp_path: Path, n: int = 200, seed: int = 0, **table_options):
-    ids = image_ids(n)
-    y, scores = synthetic(n, seed)
-    table = pred_table(ids, scores, **table_options)
-    preds = write_preds(tmp_path / "pred", "part-0.parquet", table)
-    labels = write_labels(tmp_path / "labels.csv", ids, y)
-    return preds, labels, y, scores
 
 
 def _ece_by_hand(y, scores, n_bins: int = 10) -> float:
@@ -137,33 +65,6 @@ def _ece_by_hand(y, scores, n_bins: int = 10) -> float:
             gap = abs(scores[members].mean() - y[members].mean())
             total += members.sum() * gap
     return total / len(y)
-
-
-def config(preds: Path, labels: Path, out: Path, **options) -> ReportConfig:
-    """A report config; ``split`` defaults to ``all`` (these labels have no NIH lists)."""
-    options.setdefault("split", "all")
-    return ReportConfig(predictions=preds, labels=labels, out=out, **options)
-
-
-class _Images(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.images: list[str] = []
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        values = dict(attrs)
-        if tag == "img":
-            self.images.append(values.get("src", ""))
-        for key in ("src", "href"):
-            if key in values and tag != "img":
-                self.links.append(values[key])
-
-
-def html_images(text: str) -> _Images:
-    parser = _Images()
-    parser.feed(text)
-    return parser
 
 
 # ----------------------------------------------------------------------------- a shared report
@@ -565,11 +466,14 @@ def test_ece_is_written_beside_brier(tmp_path: Path) -> None:
 
 
 def test_threshold_from_card_or_none(tmp_path: Path) -> None:
-    preds, labels, _, _ = simple_setup(tmp_path, threshold=None)
+    from medai.metrics import youden_threshold
+
+    preds, labels, y, scores = simple_setup(tmp_path, threshold=None)
     section = run_report(config(preds, labels, tmp_path / "none", bootstrap=0))["models"][MODEL_A]
     assert section["operating_points"]["model_threshold"]["threshold"] is None
     assert any("no model threshold" in r for r in section["reasons"])
-    assert section["operating_points"]["youden"]["threshold"] is not None
+    youden = section["operating_points"]["youden"]["threshold"]
+    assert youden == pytest.approx(youden_threshold(y, scores))
     assert section["examples"]["cut_off"] == section["operating_points"]["youden"]["threshold"]
     # The sources point nowhere: every shown example is reported unreadable, nothing crashes.
     shown = sum(len(group) for group in section["examples"]["images"].values())
@@ -614,10 +518,11 @@ def test_one_class_and_empty_models_give_nulls_with_reasons(tmp_path: Path, capl
 
     for key in ("auc", "auc_ci95", "average_precision"):
         assert one_class[key] is None
-    assert one_class["brier"] is not None
+    # All negatives: Brier is the mean squared score; half of them lie below 0.5.
+    assert one_class["brier"] == pytest.approx(np.mean(np.linspace(0, 1, 20) ** 2), abs=1e-6)
     assert "auc undefined: only one class present (0 positive, 20 negative)" in one_class["reasons"]
     assert one_class["operating_points"]["youden"]["threshold"] is None
-    assert one_class["operating_points"]["model_threshold"]["specificity"] is not None
+    assert one_class["operating_points"]["model_threshold"]["specificity"] == 0.5
 
     assert (empty["n"], empty["n_errors"]) == (0, 20)
     for key in ("auc", "auc_ci95", "average_precision", "brier"):
@@ -1054,8 +959,7 @@ def test_processes_flag_is_checked(tmp_path) -> None:
 
 
 def test_multi_finding_roc_has_one_curve_per_finding(multi) -> None:
-    from medai import plots
-    from medai.report import accounting, evaluation, figures, inputs
+    from medai.report import accounting, evaluation, figures, inputs, plots
 
     cfg = config(multi["preds"], multi["labels"], multi["out"] / "unused", bootstrap=0)
     [model] = accounting.collect_models(cfg, inputs.prepare(cfg))

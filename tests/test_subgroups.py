@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from report_kit import MODEL_A, html_images, image_ids, pred_table, write_card, write_preds
 from sklearn import metrics as skm
-from test_report import MODEL_A, html_images, image_ids, pred_table, write_card, write_preds
 
 from medai.report import ReportConfig, run_report
 

@@ -10,7 +10,7 @@ view, follow-up; flagged when the subgroup's AUC CI lies below the overall AUC),
 analysis (the most confident false positives and missed positives) and plots; models that
 scored the same images are compared finding by finding (paired bootstrap and DeLong's test).
 An image is called positive when ``score >= threshold`` in float32
-(:func:`medai.metrics.is_positive`, the rule of Parquet's ``predicted`` column).
+(:func:`medai.card.is_positive`, the rule of Parquet's ``predicted`` column).
 
 Nothing is dropped silently: per model and finding the rows are accounted for as
 ``n_rows = n_duplicates + n_outside_split + n_errors + n_unlabeled + n``, and every metric
@@ -21,14 +21,14 @@ Modules, one per concern: :mod:`~medai.report.config` (options and flags),
 :mod:`~medai.report.inputs` (reading and checking inputs), :mod:`~medai.report.accounting`
 (rows per model and finding), :mod:`~medai.report.evaluation` (metrics per finding, model
 comparison), :mod:`~medai.report.subgroups`, :mod:`~medai.report.examples` (example images and
-failure analysis), :mod:`~medai.report.figures`, :mod:`~medai.report.render` (the Jinja2 page)
-and :mod:`~medai.report.driver` (:func:`run_report`). Saliency (Grad-CAM heatmaps, the pointing
-game) is not part of the report yet: ``--model MODEL_DIR`` already gives the driver the model
-directory it would need.
+failure analysis), :mod:`~medai.report.saliency` (Grad-CAM of the examples and the pointing
+game, with ``--model MODEL_DIR``), :mod:`~medai.report.figures`, :mod:`~medai.report.render`
+(the Jinja2 page) and :mod:`~medai.report.driver` (:func:`run_report`). The intended-use text is
+the model card's (:data:`medai.card.INTENDED_USE`).
 """
 
+from medai.card import INTENDED_USE
 from medai.report.config import (
-    INTENDED_USE,
     SPLIT_HELP,
     SPLITS,
     ReportConfig,

@@ -8,22 +8,19 @@ threshold (``--threshold``, else the model card's, else the predictions').
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from medai.card import finding_threshold, read_card_copy
 from medai.labels import label_columns
 from medai.report.config import ReportConfig
 from medai.report.inputs import Inputs, Split, findings_in_order
 
-__all__ = ["COUNT_KEYS", "FindingRows", "ModelRows", "card_summary", "collect_models"]
+__all__ = ["COUNT_KEYS", "FindingRows", "ModelRows", "collect_models"]
 
 log = logging.getLogger("medai.report")
 
@@ -165,41 +162,6 @@ def account_rows(
     return out
 
 
-def _load_card(folder: Path, model_id: str) -> tuple[dict | None, list[str]]:
-    # The model id names a file: refuse anything that could leave the model_cards folder.
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", model_id) or model_id.startswith("."):
-        return None, []
-    path = folder / "_model_cards" / f"{model_id}.json"
-    if not path.is_file():
-        return None, []
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        log.warning("ignoring unreadable model card %s: %s", path, exc)
-        return None, [f"model card {path.name} is unreadable ({exc}); card details omitted"]
-    if not isinstance(card, dict):
-        return None, [f"model card {path.name} is not a JSON object; card details omitted"]
-    return card, []
-
-
-def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _card_threshold(card: dict | None, finding: str) -> float | None:
-    """The card's threshold for ``finding``: ``per_finding`` for a multi-finding card."""
-    if not card:
-        return None
-    per_finding = card.get("per_finding")
-    if isinstance(per_finding, dict) and isinstance(per_finding.get(finding), dict):
-        return _number(per_finding[finding].get("threshold"))
-    if isinstance(card.get("findings"), list) and len(card["findings"]) > 1:
-        return None  # a multi-finding card without this finding's entry
-    return _number(card.get("threshold"))
-
-
 def _finding_threshold(
     config: ReportConfig, values: pd.Series, card: dict | None, finding: str
 ) -> tuple[float | None, str, list[str]]:
@@ -207,12 +169,12 @@ def _finding_threshold(
 
     ``values`` counts the finding's prediction rows per stored threshold. The card's value is
     used exactly as trained (never a rounded decimal); compared in float32
-    (:func:`medai.metrics.is_positive`) it splits the scores exactly as Parquet's
+    (:func:`medai.card.is_positive`) it splits the scores exactly as Parquet's
     ``predicted`` column, which was computed from the same value.
     """
     if config.threshold is not None:
         return float(config.threshold), "--threshold", []
-    card_value = _card_threshold(card, finding)
+    card_value = finding_threshold(card, finding)
     if card_value is not None:
         stored = values.index.to_numpy(dtype=np.float64).astype(np.float32)
         differs = int(values[stored != np.float32(card_value)].sum())
@@ -246,7 +208,10 @@ def _stored_thresholds(rows: pd.DataFrame) -> dict[str, pd.Series]:
 def collect_models(config: ReportConfig, inputs: Inputs) -> list[ModelRows]:
     models = []
     for model_id, rows in inputs.predictions.groupby("model_id", sort=True):
-        card, reasons = _load_card(Path(config.predictions), str(model_id))
+        card, problem = read_card_copy(config.predictions, str(model_id))
+        if problem:
+            log.warning("ignoring %s", problem)
+        reasons = [problem] if problem else []
         if card is None and inputs.model_card is not None:
             card = inputs.model_card  # the --model directory's own card
         names = findings_in_order(rows["finding"].unique(), card)
@@ -262,22 +227,3 @@ def collect_models(config: ReportConfig, inputs: Inputs) -> list[ModelRows]:
             reasons.append(f"all rows are outside the {inputs.split.name} split")
         models.append(ModelRows(str(model_id), findings, card, reasons))
     return models
-
-
-def card_summary(card: dict | None) -> dict | None:
-    if card is None:
-        return None
-    keys = (
-        "finding",
-        "findings",
-        "threshold",
-        "threshold_sensitivity_90",
-        "val_auc",
-        "per_finding",
-        "counts",
-        "head",
-        "image_size",
-        "weights",
-        "intended_use",
-    )
-    return {key: card[key] for key in keys if key in card}

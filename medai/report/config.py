@@ -6,12 +6,13 @@ import argparse
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from medai.configs import CheckedConfig, config_from
 from medai.errors import MedaiError
 from medai.labels import NEGATIVE_POLICIES
 
 __all__ = [
-    "INTENDED_USE",
     "SPLITS",
     "SPLIT_HELP",
     "ReportConfig",
@@ -30,7 +31,6 @@ SPLIT_HELP = (
     "every labelled image, training images included (optimistic metrics). Default: test when "
     "test_list.txt is beside the labels file, else unseen"
 )
-INTENDED_USE = "Research use only, not for diagnosis."
 DEFAULT_FINDING = "Mass"  # the finding of rows and generic label columns that name none
 FINDING_HELP = (
     "finding(s) to evaluate: a name, a comma list (Mass,Nodule,Effusion) or 'all' (the 14 NIH "
@@ -38,7 +38,6 @@ FINDING_HELP = (
     "generic image,label CSV)"
 )
 EXAMPLES_PER_GROUP = 4
-ECE_BINS = 10  # equal-width bins of the expected calibration error
 # Subgroup AUC CIs use the first this many of the finding's bootstrap resamples: each subgroup
 # attribute costs as much as the overall AUC per resample, and 14 findings x 4 attributes x
 # 1,000 resamples over the whole archive would not fit the report's one-minute budget.
@@ -52,7 +51,7 @@ class ReportError(MedaiError, ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReportConfig:
+class ReportConfig(CheckedConfig):
     """Options of one report run (the ``medai report`` flags).
 
     Attributes:
@@ -97,6 +96,12 @@ class ReportConfig:
     boxes: str | Path | None = None
     processes: int = 0
 
+    error: ClassVar[type[MedaiError]] = ReportError
+
+    def problems(self) -> list[str]:
+        """Every option value that cannot work, checked without file access."""
+        return report_problems(self)
+
 
 # ----------------------------------------------------------------------------- command line
 
@@ -136,6 +141,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="which images count as negatives (default: all-others)",
     )
     parser.add_argument("--split", default=None, choices=SPLITS, help=SPLIT_HELP)
+    _add_model_flags(parser)
+    _add_output_flags(parser)
+    return parser
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--model-id`` and ``--threshold``: whose rows, at which cut-off."""
     parser.add_argument(
         "--model",
         default=None,
@@ -153,6 +165,10 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument(
         "--threshold", type=float, default=None, help="cut-off overriding the model's threshold"
     )
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """Bootstrap, processes, images and boxes: what the report computes and shows."""
     parser.add_argument(
         "--bootstrap",
         type=int,
@@ -182,11 +198,10 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "original-image pixels): score localisation by the pointing game on the evaluated "
         "images with a box (needs --model, whose Grad-CAM heatmaps are played)",
     )
-    return parser
 
 
 def build_report_parser(prog: str = "medai report") -> argparse.ArgumentParser:
-    """A stand-alone parser for the report flags (used by ``jobs/report.py``)."""
+    """A stand-alone parser for the report flags."""
     parser = argparse.ArgumentParser(
         prog=prog, description="Evaluate `medai score` predictions against labels."
     )
@@ -199,60 +214,52 @@ def config_from_args(namespace: argparse.Namespace) -> ReportConfig:
     Raises:
         ReportError: If a flag value is invalid.
     """
-    config = ReportConfig(
-        predictions=namespace.predictions,
-        labels=namespace.labels,
-        out=namespace.out,
-        finding=namespace.finding,
-        negatives=namespace.negatives,
-        split=namespace.split,
-        model=getattr(namespace, "model", None),
-        model_id=namespace.model_id,
-        threshold=namespace.threshold,
-        bootstrap=namespace.bootstrap,
-        seed=namespace.seed,
-        images=getattr(namespace, "images", True),
-        boxes=getattr(namespace, "boxes", None),
-        processes=getattr(namespace, "processes", 0),
-    )
-    check_config(config)
+    config = config_from(ReportConfig, namespace)
+    config.check()
     return config
 
 
 def check_config(config: ReportConfig) -> None:
-    """Check option values that need no file access.
+    """Check option values that need no file access (:meth:`ReportConfig.check`).
 
     Raises:
-        ReportError: Naming the first invalid option.
+        ReportError: Naming every invalid option.
     """
+    config.check()
+
+
+def report_problems(config: ReportConfig) -> list[str]:
+    """Every option value that cannot work, checked without file access."""
+    problems = []
     if config.finding is not None and not str(config.finding).strip():
-        raise ReportError("--finding must not be empty")
+        problems.append("--finding must not be empty")
     if config.negatives not in NEGATIVE_POLICIES:
-        raise ReportError(
+        problems.append(
             f"--negatives must be one of {', '.join(NEGATIVE_POLICIES)}, not {config.negatives!r}"
         )
     if config.split is not None and config.split not in SPLITS:
-        raise ReportError(f"--split must be one of {', '.join(SPLITS)}, not {config.split!r}")
+        problems.append(f"--split must be one of {', '.join(SPLITS)}, not {config.split!r}")
     if config.threshold is not None and (
         isinstance(config.threshold, bool)
         or not isinstance(config.threshold, numbers.Real)
         or not 0.0 <= config.threshold <= 1.0
     ):
-        raise ReportError(f"--threshold must be a number in [0, 1], not {config.threshold!r}")
+        problems.append(f"--threshold must be a number in [0, 1], not {config.threshold!r}")
     for name in ("bootstrap", "seed", "processes"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ReportError(f"--{name} must be a non-negative integer, not {value!r}")
+            problems.append(f"--{name} must be a non-negative integer, not {value!r}")
     if not isinstance(config.images, bool):
-        raise ReportError(f"images must be True or False, not {config.images!r}")
-    if config.model_id is not None and not str(config.model_id).strip():
-        raise ReportError("--model-id must not be empty")
-    if config.model is not None and not str(config.model).strip():
-        raise ReportError("--model must not be empty")
+        problems.append(f"images must be True or False, not {config.images!r}")
+    for name in ("model_id", "model"):
+        value = getattr(config, name)
+        if value is not None and not str(value).strip():
+            problems.append(f"--{name.replace('_', '-')} must not be empty")
     if config.boxes is not None and config.model is None:
-        raise ReportError(
+        problems.append(
             "--boxes needs --model MODEL_DIR: the pointing game plays the model's Grad-CAM heatmaps"
         )
     for name in ("predictions", "labels", "out"):
         if not str(getattr(config, name)).strip():
-            raise ReportError(f"--{name} is required")
+            problems.append(f"--{name} is required")
+    return problems

@@ -26,7 +26,14 @@ from medai.report.examples import (
     read_images,
     thumbnails_of,
 )
-from medai.report.figures import Titles, comparison_plot, draw_finding, model_plots, slug
+from medai.report.figures import (
+    FindingJob,
+    Titles,
+    comparison_plot,
+    draw_finding,
+    model_plots,
+    slug,
+)
 from medai.report.inputs import prepare, resolved_config
 from medai.report.render import fmt, render_html, undefined_auc
 from medai.report.saliency import boxed_sources, localization, overlays
@@ -93,28 +100,7 @@ def run_report(config: ReportConfig) -> dict:
 
     models = collect_models(config, inputs)
     attributes = attributes_of(inputs.labels)
-    # In the models' output order (the first model's first).
-    reported = list(dict.fromkeys(f.name for m in models for f in m.findings))
-    reported = reported or list(inputs.findings)
-    report: dict = {
-        "finding": ",".join(reported),
-        "findings": reported,
-        "split": inputs.split.name,
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "n_prediction_rows": int(len(inputs.predictions)),
-        "subgroup_attributes": [attribute.name for attribute in attributes],
-        "subgroup_bootstrap": min(config.bootstrap, SUBGROUP_BOOTSTRAP),
-        "images": config.images,
-        "config": resolved,
-        "models": {},
-        "comparisons": [],
-        "skipped_models": inputs.skipped_models,
-        "reasons": [],
-    }
-    if not models:
-        report["reasons"].append("the prediction files hold no rows")
-    for model_id, finding in inputs.skipped_models.items():
-        report["reasons"].append(f"model {model_id} skipped: it scores {finding!r}")
+    report = _report_header(config, inputs, models, attributes, resolved)
     names = [attribute.name for attribute in attributes]
     failures: dict[str, dict[str, dict | None]] = {}
     figures: dict[str, tuple[dict[str, bytes], dict[str, dict[str, bytes]]]] = {}
@@ -141,6 +127,33 @@ def run_report(config: ReportConfig) -> dict:
     page = render_html(report, figures, comparison_figures, safe_failures, names, config.images)
     (out / "report.html").write_text(page, encoding="utf-8")
     log.info("report written to %s in %.1f s", out, time.perf_counter() - started)
+    return report
+
+
+def _report_header(config: ReportConfig, inputs, models, attributes, resolved: dict) -> dict:
+    """``metrics.json`` before its sections: what was evaluated, how, and what was skipped."""
+    # In the models' output order (the first model's first).
+    reported = list(dict.fromkeys(f.name for m in models for f in m.findings))
+    reported = reported or list(inputs.findings)
+    report: dict = {
+        "finding": ",".join(reported),
+        "findings": reported,
+        "split": inputs.split.name,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_prediction_rows": int(len(inputs.predictions)),
+        "subgroup_attributes": [attribute.name for attribute in attributes],
+        "subgroup_bootstrap": min(config.bootstrap, SUBGROUP_BOOTSTRAP),
+        "images": config.images,
+        "config": resolved,
+        "models": {},
+        "comparisons": [],
+        "skipped_models": inputs.skipped_models,
+        "reasons": [],
+    }
+    if not models:
+        report["reasons"].append("the prediction files hold no rows")
+    for model_id, finding in inputs.skipped_models.items():
+        report["reasons"].append(f"model {model_id} skipped: it scores {finding!r}")
     return report
 
 
@@ -197,7 +210,9 @@ def _draw_model(drawing: _Drawing, index: int, model, section: dict) -> tuple[di
         thumbnails, note = _thumbnails(
             drawing.explainer, model, finding.name, groups, drawing.decoded
         )
-        jobs.append((titles, finding.numeric(), entry, groups, thumbnails, drawing.images, note))
+        jobs.append(
+            FindingJob(titles, finding.numeric(), entry, groups, thumbnails, drawing.images, note)
+        )
     drawings = pool_map(drawing.pool, draw_finding, jobs)
     for finding, (drawn, examples) in zip(model.findings, drawings, strict=True):
         entry = section["findings"][finding.name]

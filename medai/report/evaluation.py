@@ -9,9 +9,10 @@ from concurrent.futures import Executor
 import numpy as np
 import pandas as pd
 
-from medai import metrics
-from medai.report.accounting import COUNT_KEYS, FindingRows, ModelRows, card_summary
-from medai.report.config import ECE_BINS, SUBGROUP_BOOTSTRAP, ReportConfig
+from medai import metrics, resampling
+from medai.card import ECE_BINS, card_excerpt
+from medai.report.accounting import COUNT_KEYS, FindingRows, ModelRows
+from medai.report.config import SUBGROUP_BOOTSTRAP, ReportConfig
 from medai.report.subgroups import Attribute, subgroup_entries
 from medai.report.workers import pool_map
 
@@ -42,7 +43,7 @@ def _ranking_metrics(
     }
     resampled = None
     if not why and config.bootstrap > 0:
-        boot = metrics.bootstrap(
+        boot = resampling.bootstrap(
             y,
             [scores],
             config.bootstrap,
@@ -164,7 +165,7 @@ def model_section(
         entries[finding.name] = entry
         subgroups += found
     summary = [_summary_row(entry, subgroups) for entry in entries.values()]
-    card = card_summary(model.card)
+    card = card_excerpt(model.card)
     if model.single:
         [entry] = entries.values()
         flat = {key: value for key, value in entry.items() if key not in ("reasons",)}
@@ -209,7 +210,7 @@ def _compare(
         second.rows[["image_id", "score"]], on="image_id", suffixes=("_a", "_b")
     )
     y = shared["label"].to_numpy(dtype=np.int8)
-    result, reasons = metrics.paired_auc_difference(
+    result, reasons = resampling.paired_auc_difference(
         y,
         shared["score_a"].to_numpy(),
         shared["score_b"].to_numpy(),

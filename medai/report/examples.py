@@ -9,15 +9,14 @@ subgroup attributes and its other labelled findings, so a reviewer sees whether 
 from __future__ import annotations
 
 import logging
-import tarfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from medai.card import is_positive
 from medai.labels import NO_FINDING
-from medai.metrics import is_positive
 from medai.report.accounting import FindingRows, ModelRows
 from medai.report.config import EXAMPLES_PER_GROUP, FAILURES_PER_KIND, THUMBNAIL_SIZE
 
@@ -156,36 +155,55 @@ def thumbnails_of(
 
 
 def _payloads(sources: Sequence[str]) -> dict[str, bytes | str]:
-    """Per source, its bytes or why they could not be read."""
-    from medai.images import ARCHIVE_SEP, ImageError, image_id_of, iter_archive, read_bytes
+    """Per source, its bytes or why they could not be read.
+
+    Read as every job reads (:func:`medai.datasets.read_records`): one streaming pass per
+    archive however many of its members are shown, stopped once all of them are found; a
+    truncated archive gives the members before its fault.
+    """
+    from medai.datasets import read_records
+    from medai.images import ARCHIVE_SEP, ImageInputs
 
     payloads: dict[str, bytes | str] = {}
     members: dict[str, set[str]] = {}
+    files = []
     for source in dict.fromkeys(sources):
         if ARCHIVE_SEP in source:
             archive, member = source.split(ARCHIVE_SEP, 1)
             members.setdefault(archive, set()).add(member)
-            continue
+        else:
+            files.append(source)
+    for source in files:
         try:
-            payloads[source] = read_bytes(source)
-        except (ImageError, OSError, ValueError) as exc:
-            payloads[source] = str(exc)
-    # One streaming pass per archive however many of its members are shown.
+            for record in read_records(ImageInputs(files=(source,))):
+                payloads[record.source] = record.error or record.data
+        except (OSError, ValueError) as exc:  # e.g. a URI whose filesystem cannot be opened
+            payloads[source] = f"cannot read {source}: {exc}"
     for archive, wanted in members.items():
-        found: dict[str, bytes] = {}
-        try:
-            for name, data in iter_archive(archive, wanted=wanted):
-                found[name] = found[image_id_of(name)] = data
-                if all(m in found or image_id_of(m) in found for m in wanted):
-                    break
-        except (ImageError, OSError, ValueError, tarfile.TarError, EOFError) as exc:
-            log.warning("cannot read example images from %s: %s", archive, exc)
-        for member in wanted:
-            data = found.get(member, found.get(image_id_of(member)))
-            payloads[f"{archive}{ARCHIVE_SEP}{member}"] = (
-                data if data is not None else f"{member} not found in {archive}"
-            )
+        payloads.update(_archive_payloads(archive, wanted))
     return payloads
+
+
+def _archive_payloads(archive: str, wanted: set[str]) -> dict[str, bytes | str]:
+    from medai.datasets import read_records
+    from medai.images import ARCHIVE_SEP, ImageInputs, image_id_of
+
+    found: dict[str, bytes | str] = {}
+    fault = ""
+    for record in read_records(ImageInputs(archives=(archive,)), wanted):
+        if record.source == archive:  # the archive itself failed after these members
+            fault = f" ({record.error})"
+            log.warning("cannot read example images from %s: %s", archive, record.error)
+            continue
+        member = record.source.split(ARCHIVE_SEP, 1)[1]
+        found[member] = found[image_id_of(member)] = record.error or record.data
+        if all(m in found or image_id_of(m) in found for m in wanted):
+            break
+    missing = {m: f"{m} not found in {archive}{fault}" for m in wanted}
+    return {
+        f"{archive}{ARCHIVE_SEP}{m}": found.get(m, found.get(image_id_of(m), missing[m]))
+        for m in wanted
+    }
 
 
 def _other_findings(text, finding: str) -> list[str]:

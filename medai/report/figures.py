@@ -1,10 +1,11 @@
-"""Report figures (PNG bytes via :mod:`medai.plots`) and the example images they show."""
+"""Report figures (PNG bytes via :mod:`medai.report.plots`) and the example images they show."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from medai.report.examples import EXAMPLE_GROUPS, example_cut_off
 from medai.report.render import fmt
 
 __all__ = [
+    "FindingJob",
     "Titles",
     "comparison_plot",
     "draw_finding",
@@ -56,7 +58,7 @@ def _finding_curves(model: ModelRows, section: Mapping) -> list[tuple[str, metri
 
 
 def findings_roc_arguments(model: ModelRows, section: Mapping) -> tuple:
-    """Arguments of :func:`medai.plots.roc_plot` for the model's ROC with a curve per finding."""
+    """Arguments of :func:`medai.report.plots.roc_plot`: the model's ROC, a curve per finding."""
     return (
         f"ROC curves per finding - model {model.model_id[:12]}",
         _finding_curves(model, section),
@@ -67,7 +69,7 @@ def findings_roc_arguments(model: ModelRows, section: Mapping) -> tuple:
 
 def _operating_marks(points: Mapping) -> tuple[list, dict, list]:
     """ROC marks, histogram cut-offs and confusion panels of the two operating points."""
-    from medai import plots
+    from medai.report import plots
 
     names = {"model_threshold": "model threshold", "youden": "Youden threshold"}
     marks, cut_offs, confusion_panels = [], {}, []
@@ -104,6 +106,18 @@ class Titles:
     single: bool
 
 
+class FindingJob(NamedTuple):
+    """The arguments of one :func:`draw_finding` call (a worker process may run it)."""
+
+    titles: Titles
+    finding: FindingRows
+    entry: dict
+    groups: Mapping[str, pd.DataFrame] | None
+    thumbnails: Mapping[str, tuple[np.ndarray | None, str]]
+    images: bool
+    note: str
+
+
 def draw_finding(
     titles: Titles,
     finding: FindingRows,
@@ -134,7 +148,7 @@ def finding_plots(
 ) -> dict[str, bytes]:
     """The per-finding figures: ROC (single-finding layout only), histogram, confusion,
     calibration and the example grid drawn beforehand (``None``: no patient images)."""
-    from medai import plots
+    from medai.report import plots
 
     y, scores = finding.y, finding.scores
     short = model.model_id[:12]
@@ -167,7 +181,8 @@ def finding_plots(
 
 def model_plots(model: ModelRows, section: dict) -> dict[str, bytes]:
     """Model-level figures: the ROC with a curve per finding (several findings), training."""
-    from medai import plots
+    from medai.report import plots
+    from medai.report.training_curves import training_plot
 
     figures = {}
     if not model.single:
@@ -175,8 +190,11 @@ def model_plots(model: ModelRows, section: dict) -> dict[str, bytes]:
     history = (model.card or {}).get("history")
     if isinstance(history, list) and any(isinstance(row, dict) for row in history):
         rows = [row for row in history if isinstance(row, dict)]
-        figures["training"] = plots.training_plot(
-            f"Training history - model {model.model_id[:12]}", rows
+        findings = (model.card or {}).get("findings")
+        figures["training"] = training_plot(
+            f"Training history - model {model.model_id[:12]}",
+            rows,
+            [str(f) for f in findings] if isinstance(findings, list) else (),
         )
     return figures
 
@@ -195,7 +213,7 @@ def examples_figure(
     With ``images=False`` (``--no-images``) the images are listed but no grid is drawn:
     ``None`` is returned. ``note`` is added to the title (e.g. which heatmap is overlaid).
     """
-    from medai import plots
+    from medai.report import plots
 
     cut_off, name = example_cut_off(entry)
     title = f"Example images - model {model.model_id[:12]}"
@@ -225,7 +243,7 @@ def examples_figure(
 
 
 def comparison_plot(section: Mapping, shared: pd.DataFrame) -> bytes:
-    from medai import plots
+    from medai.report import plots
 
     y = shared["label"].to_numpy(dtype=np.int8)
     curves = []

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from medai.boxes import BoxError, read_boxes
-from medai.flags import folder_problem
 from medai.labels import (
     ALL,
     NIH_FINDINGS,
@@ -26,6 +25,7 @@ from medai.labels import (
     parse_findings,
     read_split_list,
 )
+from medai.paths import folder_problem
 from medai.report.config import DEFAULT_FINDING, ReportConfig, ReportError, check_config
 
 __all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "Inputs", "Split", "prepare", "resolved_config"]
@@ -204,20 +204,20 @@ def _select_model(frame: pd.DataFrame, wanted: str) -> pd.DataFrame:
 
 
 def _read_model_dir(model: Path) -> tuple[dict, frozenset[str] | None]:
-    """The card of ``--model`` and the image ids it trained or validated on (``split.csv``)."""
-    from medai.artifact import SPLIT_FILE, ModelDirError, read_card
+    """The card of ``--model`` and the image ids of its train and val splits (``split.csv``).
+
+    Every train and val image counts as seen, the unreadable ones too: the split is by
+    patient, so their patients' other images were trained or validated on.
+    """
+    from medai.card import ModelDirError, read_card, read_split
 
     try:
         card = read_card(model)
+        table = read_split(model)
     except (ModelDirError, OSError, UnicodeDecodeError) as exc:
         raise ReportError(f"--model: {exc}") from exc
-    path = model / SPLIT_FILE
-    if not path.is_file():
+    if table is None:
         return card, None
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["image_id", "split"])
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ReportError(f"--model: cannot read {path}: {exc}") from exc
     seen = table.loc[table["split"].isin(["train", "val"]), "image_id"]
     return card, frozenset(seen)
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from medai import metrics
-from medai.report.config import ECE_BINS, INTENDED_USE
+from medai.card import ECE_BINS, INTENDED_USE
 
 __all__ = ["CAPTIONS", "fmt", "render_html", "undefined_auc"]
 
@@ -151,6 +151,31 @@ def _flags(report: Mapping) -> list[str]:
     return flags
 
 
+def _model_view(model_id: str, section: Mapping, drawn: tuple, failures: Mapping) -> dict:
+    """What the template shows of one model: its section, figures, findings and card."""
+    model_figures, per_finding = drawn
+    card = section.get("model_card") or {}
+    findings = [
+        {
+            "name": name,
+            "entry": entry,
+            "figures": _figures(per_finding.get(name, {}), name),
+            "subgroups": [row for row in section["subgroups"] if row["finding"] == name],
+            "failures": failures.get(name),
+        }
+        for name, entry in section["findings"].items()
+    ]
+    return {
+        "section": section,
+        "single": not per_finding,
+        "figures": _figures(model_figures),
+        "findings": findings,
+        "card_rows": _card_rows(card),
+        "card_findings": _mapping_items(card.get("per_finding")),
+        "training": _mapping_items(card.get("counts")),
+    }
+
+
 def render_html(
     report: Mapping,
     figures: Mapping[str, tuple[dict[str, bytes], dict[str, dict[str, bytes]]]],
@@ -173,31 +198,10 @@ def render_html(
     Returns:
         The HTML text.
     """
-    models = []
-    for model_id, section in report["models"].items():
-        model_figures, per_finding = figures[model_id]
-        card = section.get("model_card") or {}
-        findings = [
-            {
-                "name": name,
-                "entry": entry,
-                "figures": _figures(per_finding.get(name, {}), name),
-                "subgroups": [row for row in section["subgroups"] if row["finding"] == name],
-                "failures": failures.get(model_id, {}).get(name),
-            }
-            for name, entry in section["findings"].items()
-        ]
-        models.append(
-            {
-                "section": section,
-                "single": not per_finding,
-                "figures": _figures(model_figures),
-                "findings": findings,
-                "card_rows": _card_rows(card),
-                "card_findings": _mapping_items(card.get("per_finding")),
-                "training": _mapping_items(card.get("counts")),
-            }
-        )
+    models = [
+        _model_view(model_id, section, figures[model_id], failures.get(model_id, {}))
+        for model_id, section in report["models"].items()
+    ]
     return _template().render(
         report=report,
         models=models,

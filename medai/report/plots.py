@@ -1,5 +1,5 @@
-"""Report figures as PNG bytes: ROC, score histograms, confusion matrices, calibration,
-training curves and example thumbnails.
+"""Report figures as PNG bytes: ROC, score histograms, confusion matrices, calibration and
+example thumbnails (training curves: :mod:`medai.report.training_curves`).
 
 Figures are drawn on matplotlib's Agg canvas directly (no ``pyplot``), so no global backend
 state is touched and nothing is imported until a plot is drawn. Every function returns PNG
@@ -28,7 +28,10 @@ __all__ = [
     "score_histogram",
     "confusion_plot",
     "calibration_plot",
-    "training_plot",
+    "is_finite",
+    "new_figure",
+    "plain_text",
+    "png_bytes",
     "examples_plot",
 ]
 
@@ -66,7 +69,7 @@ class Example:
     problem: str = ""
 
 
-def _plain_text(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+def plain_text(draw: Callable[..., bytes]) -> Callable[..., bytes]:
     """Draw with mathtext off: ids and file names with ``$`` must print, not fail to parse."""
 
     @functools.wraps(draw)
@@ -79,7 +82,8 @@ def _plain_text(draw: Callable[..., bytes]) -> Callable[..., bytes]:
     return wrapper
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib figure on an Agg canvas (no pyplot, no global backend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -89,7 +93,7 @@ def _figure(width: float, height: float):
     return figure
 
 
-def _png(figure, fast: bool = False) -> bytes:
+def png_bytes(figure, fast: bool = False) -> bytes:
     """Encode a figure; ``fast`` trades zlib effort for time on photo-like figures, whose
     pixels hardly compress anyway (about half the encode time of a thumbnail grid)."""
     buffer = io.BytesIO()
@@ -125,7 +129,7 @@ def _say(axes, message: str) -> None:
     axes.set_yticks([])
 
 
-@_plain_text
+@plain_text
 def message_plot(title: str, message: str) -> bytes:
     """A placeholder figure that only states ``message``.
 
@@ -136,14 +140,14 @@ def message_plot(title: str, message: str) -> bytes:
     Returns:
         PNG bytes.
     """
-    figure = _figure(6, 2.5)
+    figure = new_figure(6, 2.5)
     axes = figure.add_subplot()
     axes.set_title(title)
     _say(axes, message)
-    return _png(figure)
+    return png_bytes(figure)
 
 
-@_plain_text
+@plain_text
 def roc_plot(
     title: str,
     curves: Sequence[tuple[str, Curve | None]],
@@ -162,7 +166,7 @@ def roc_plot(
     Returns:
         PNG bytes.
     """
-    return _png(roc_figure(title, curves, points, empty_reason))
+    return png_bytes(roc_figure(title, curves, points, empty_reason))
 
 
 def roc_figure(
@@ -172,7 +176,7 @@ def roc_figure(
     empty_reason: str = "",
 ):
     """The matplotlib ``Figure`` of :func:`roc_plot` (for callers that inspect it)."""
-    figure = _figure(6, 5.5)
+    figure = new_figure(6, 5.5)
     axes = figure.add_subplot()
     axes.set_title(title)
     axes.set_xlabel("False-positive rate (1 - specificity)")
@@ -214,7 +218,7 @@ def roc_figure(
     return figure
 
 
-@_plain_text
+@plain_text
 def score_histogram(
     title: str,
     y: np.ndarray,
@@ -236,14 +240,14 @@ def score_histogram(
     Returns:
         PNG bytes.
     """
-    figure = _figure(7, 4.2)
+    figure = new_figure(7, 4.2)
     axes = figure.add_subplot()
     axes.set_title(title)
     axes.set_xlabel("Predicted probability")
     axes.set_ylabel("Density (per class)")
     if y.size == 0:
         _say(axes, "no labelled predictions")
-        return _png(figure)
+        return png_bytes(figure)
     edges = np.linspace(0.0, 1.0, bins + 1)
     clipped = np.clip(scores, 0.0, 1.0)
     for value, name, color in ((0, "negatives", _COLORS[0]), (1, "positives", _COLORS[1])):
@@ -265,10 +269,10 @@ def score_histogram(
             axes.axvline(value, color="black", linestyle=style, label=f"{label} = {value:.3f}")
     axes.set_xlim(0, 1)
     axes.legend(fontsize=8)
-    return _png(figure)
+    return png_bytes(figure)
 
 
-@_plain_text
+@plain_text
 def confusion_plot(title: str, panels: Sequence[tuple[str, Mapping[str, int] | None]]) -> bytes:
     """Confusion matrices side by side, one per cut-off.
 
@@ -279,7 +283,7 @@ def confusion_plot(title: str, panels: Sequence[tuple[str, Mapping[str, int] | N
     Returns:
         PNG bytes.
     """
-    figure = _figure(4.2 * max(1, len(panels)), 4.2)
+    figure = new_figure(4.2 * max(1, len(panels)), 4.2)
     figure.suptitle(title)
     for index, (name, counts) in enumerate(panels or [("", None)]):
         axes = figure.add_subplot(1, max(1, len(panels)), index + 1)
@@ -305,10 +309,10 @@ def confusion_plot(title: str, panels: Sequence[tuple[str, Mapping[str, int] | N
         axes.set_yticks([0, 1], ["negative", "positive"])
         axes.set_xlabel("Predicted")
         axes.set_ylabel("Actual (label)")
-    return _png(figure)
+    return png_bytes(figure)
 
 
-@_plain_text
+@plain_text
 def calibration_plot(title: str, bins: Mapping[str, Sequence], label: str) -> bytes:
     """Reliability curve (observed positive fraction per predicted-probability bin), with the
     number of images in each bin as labelled bars below it.
@@ -321,7 +325,7 @@ def calibration_plot(title: str, bins: Mapping[str, Sequence], label: str) -> by
     Returns:
         PNG bytes.
     """
-    figure = _figure(6, 6)
+    figure = new_figure(6, 6)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.set_title(title)
     top.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfectly calibrated")
@@ -341,53 +345,14 @@ def calibration_plot(title: str, bins: Mapping[str, Sequence], label: str) -> by
     top.set_ylabel("Observed fraction positive")
     bottom.set_xlabel("Mean predicted probability (bin)")
     bottom.set_ylabel("Images")
-    return _png(figure)
+    return png_bytes(figure)
 
 
-@_plain_text
-def training_plot(title: str, history: Sequence[Mapping]) -> bytes:
-    """Training and validation accuracy, loss (and AUC when recorded) per epoch.
-
-    Args:
-        title: Figure title.
-        history: Per-epoch dicts with any of ``epoch``, ``loss``, ``accuracy``, ``auc`` and
-            their ``val_`` counterparts.
-
-    Returns:
-        PNG bytes.
-    """
-    from matplotlib.ticker import MaxNLocator
-
-    panels = [
-        name
-        for name in ("accuracy", "loss", "auc")
-        if any(_finite(row.get(name)) or _finite(row.get(f"val_{name}")) for row in history)
-    ]
-    if not panels:
-        return message_plot(title, "the model card history has no accuracy or loss values")
-    figure = _figure(4.4 * len(panels), 4)
-    figure.suptitle(title)
-    epochs = [row.get("epoch", index + 1) for index, row in enumerate(history)]
-    for index, name in enumerate(panels):
-        axes = figure.add_subplot(1, len(panels), index + 1)
-        for key, style, split in ((name, "-", "training"), (f"val_{name}", "--", "validation")):
-            values = [row.get(key) if _finite(row.get(key)) else np.nan for row in history]
-            if not all(np.isnan(values)):
-                axes.plot(epochs, values, style, marker="o", markersize=3, label=split)
-        axes.set_title(name.upper() if name == "auc" else name.capitalize(), fontsize=10)
-        axes.set_xlabel("Epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 on short runs
-        axes.set_ylabel(name.upper() if name == "auc" else name)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
-    return _png(figure)
-
-
-def _finite(value) -> bool:
+def is_finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
-@_plain_text
+@plain_text
 def examples_plot(title: str, rows: Mapping[str, Sequence[Example]], columns: int = 4) -> bytes:
     """A grid of thumbnails: one row per group (e.g. true positives), up to ``columns`` each.
 
@@ -399,7 +364,7 @@ def examples_plot(title: str, rows: Mapping[str, Sequence[Example]], columns: in
     Returns:
         PNG bytes.
     """
-    figure = _figure(2.3 * columns, 2.7 * max(1, len(rows)))
+    figure = new_figure(2.3 * columns, 2.7 * max(1, len(rows)))
     figure.suptitle(title)
     grid = figure.subplots(max(1, len(rows)), columns, squeeze=False)
     for row_axes, (name, examples) in zip(grid, rows.items(), strict=False):
@@ -430,4 +395,4 @@ def examples_plot(title: str, rows: Mapping[str, Sequence[Example]], columns: in
                 )
             else:
                 axes.imshow(example.pixels, cmap="gray", vmin=0, vmax=255)
-    return _png(figure, fast=True)
+    return png_bytes(figure, fast=True)
