@@ -28,6 +28,7 @@ from pathlib import Path
 
 from medai.errors import MedaiError
 from medai.flags import (
+    add_dicom_flags,
     add_engine_flags,
     add_images_flag,
     add_max_unreadable_flag,
@@ -113,6 +114,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
         help="worker failures to recover from (restart from last checkpoint)",
     )
     add_max_unreadable_flag(parser)
+    add_dicom_flags(parser)
 
 
 def _add_score(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +145,7 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
         help="no progress bars (medai's and Ray Data's; they show only on a terminal anyway)",
     )
     add_retry_errors_flag(parser)
+    add_dicom_flags(parser, id_key=False)
 
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:
@@ -272,6 +275,8 @@ def _run_train(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         max_unreadable=args.max_unreadable,
         export_openvino=args.openvino,
+        modalities=args.modalities,
+        id_key=args.id_key,
     )
     card = run_training(config)
     print(f"model {card['model_id'][:12]} in {args.out}: {card_summary(card)}")
@@ -295,6 +300,7 @@ def _score_config(args: argparse.Namespace):
         rows_per_file=args.rows_per_file,
         progress=args.progress,
         retry_errors=args.retry_errors,
+        modalities=args.modalities,
     )
 
 

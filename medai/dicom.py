@@ -24,6 +24,7 @@ import io
 import logging
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,12 +224,13 @@ def parse_age(text: str | None) -> float | None:
     return round(float(match.group(1)) * _AGE_UNIT_YEARS[match.group(2).upper()], 3)
 
 
-def read_header(data: bytes, key: bytes | None = None) -> DicomHeader:
+def read_header(data: bytes, key: bytes | Callable[[], bytes] | None = None) -> DicomHeader:
     """The header of a DICOM file, read without its pixel data.
 
     Args:
         data: The file's bytes (with or without the preamble and file meta).
-        key: A site key; with it, ``patient`` is the keyed pseudonym of the Patient ID.
+        key: A site key, or a function giving it (called only for a Patient ID); with it,
+            ``patient`` is the keyed pseudonym of the Patient ID.
 
     Raises:
         ImageError: ``kind="decode"`` if the bytes are not a DICOM dataset.
@@ -262,7 +264,9 @@ def read_header(data: bytes, key: bytes | None = None) -> DicomHeader:
         samples=int(dataset.get("SamplesPerPixel") or 1),
         has_pixels=_has_pixels(data, stopped, str(syntax or "")),
         bits_stored=int(dataset.get("BitsStored") or 8),
-        patient=pseudonym(patient_id, key) if key and patient_id else None,
+        patient=pseudonym(patient_id, key() if callable(key) else key)
+        if key and patient_id
+        else None,
     )
 
 

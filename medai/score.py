@@ -24,13 +24,15 @@ OpenVINO actor never imports TensorFlow. Each row records the engine and precisi
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,12 +47,12 @@ from medai.artifact import (
     verify_model_file,
     write_json,
 )
+from medai.dicom import DEFAULT_MODALITIES, missing_codecs
 from medai.engines import ENGINES, EngineError, resolve_engine, verify_ir
 from medai.engines import PRECISIONS as ENGINE_PRECISIONS
 from medai.errors import MedaiError
 from medai.flags import folder_problem
 from medai.images import ImageInputs, discover_images
-from medai.metrics import is_positive
 from medai.predictions import (
     PREDICTION_SCHEMA,
     StoreBusyError,
@@ -58,6 +60,7 @@ from medai.predictions import (
     hold_lock,
     prediction_files,
     prediction_schema,
+    prediction_table,  # the row builder: write_predictions calls it
     reconcile,
     remove_temporaries,
     rows_to_retry,
@@ -109,10 +112,13 @@ class ScoreConfig:
     rows_per_file: int = 4096
     progress: bool = True
     retry_errors: bool = False
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
 
     def check(self) -> None:
         """Raise :class:`ScoreError` on any option that cannot work."""
         problems = []
+        if not self.modalities:
+            problems.append("--modalities must name at least one DICOM modality (e.g. CR,DX)")
         if self.batch_size < 1:
             problems.append("--batch-size must be at least 1")
         if self.precision not in PRECISIONS:
@@ -148,6 +154,7 @@ class ScoreSummary:
     model_id: str = ""
     findings: int = 1
     engine: str = ""
+    ignored: Counter = field(default_factory=Counter)
 
     @property
     def images_per_second(self) -> float:
@@ -157,8 +164,11 @@ class ScoreSummary:
     def line(self) -> str:
         """The final one-line summary."""
         per = f" x {self.findings} findings" if self.findings > 1 else ""
+        kinds = ", ".join(f"{count} {reason}" for reason, count in sorted(self.ignored.items()))
+        # DICOM instances that are not chest radiographs (SR, CT, ...): skipped, counted here.
+        other = f", {sum(self.ignored.values())} not radiographs ({kinds})" if kinds else ""
         return (
-            f"scored {self.scored} images{per}, skipped {self.skipped} already scored, "
+            f"scored {self.scored} images{per}, skipped {self.skipped} already scored{other}, "
             f"{self.errors} errors, {self.files} files, {self.seconds:.1f} s wall, "
             f"{self.images_per_second:.1f} images/s"
         )
@@ -202,62 +212,14 @@ class Scorer:
             images = np.asarray(batch["image"])[usable]
             scores[usable] = self._engine.predict(images)
         n = len(errors)
+        # Every column but the pixels passes on (the DICOM header's `meta`, `ignored`, ...).
+        passed = {name: values for name, values in batch.items() if name != "image"}
         return {
-            "image_id": batch["image_id"],
-            "source": batch["source"],
+            **passed,
             "score": scores,
-            "error": batch["error"],
-            "skip": batch["skip"],
             "engine": [self._engine.name] * n,
             "precision": [self._engine.precision] * n,
         }
-
-
-def prediction_table(
-    batch: dict, model_id: str, findings: list[str], thresholds: list[float]
-) -> tuple[object, np.ndarray]:
-    """The rows of a scored batch, one per kept image and finding (image-major).
-
-    Returns:
-        The Arrow table in :func:`prediction_schema` and the per-image error mask.
-    """
-    import pyarrow as pa
-
-    keep = ~np.asarray(batch["skip"], dtype=bool)
-    k = len(findings)
-    errors = [str(e) for e, kept in zip(batch["error"], keep, strict=True) if kept]
-    failed = np.array([bool(e) for e in errors], dtype=bool)
-    scores = np.asarray(batch["score"], dtype=np.float32).reshape(len(keep), k)[keep]
-    n = len(errors)
-
-    def per_row(values) -> list:
-        return [str(v) for v, kept in zip(values, keep, strict=True) if kept for _ in range(k)]
-
-    limits = np.asarray(thresholds, np.float32)
-    # Each finding decided with its own threshold, by the one float32 rule.
-    predicted = np.zeros((n, k), bool)
-    for column, threshold in enumerate(thresholds):
-        predicted[:, column] = is_positive(scores[:, column], threshold)
-    mask = np.repeat(failed, k)
-    table = pa.table(
-        {
-            "image_id": per_row(batch["image_id"]),
-            "source": per_row(batch["source"]),
-            "score": pa.array(scores.reshape(-1), mask=mask, type=pa.float32()),
-            "predicted": pa.array(np.asarray(predicted).reshape(-1), mask=mask, type=pa.bool_()),
-            "threshold": pa.array(np.tile(limits, n)),
-            "finding": pa.array(list(findings) * n, pa.string()),
-            "model_id": pa.array([model_id] * (n * k), pa.string()),
-            "scored_at": pa.array(
-                [datetime.now(timezone.utc)] * (n * k), pa.timestamp("us", tz="UTC")
-            ),
-            "error": pa.array([e or None for e in errors for _ in range(k)], pa.string()),
-            "engine": pa.array(per_row(batch["engine"]), pa.string()),
-            "precision": pa.array(per_row(batch["precision"]), pa.string()),
-        },
-        schema=prediction_schema(),
-    )
-    return table, failed
 
 
 def write_predictions(
@@ -275,13 +237,15 @@ def write_predictions(
     import pyarrow.parquet as pq
 
     skip = np.asarray(batch["skip"], dtype=bool)
+    ignored = [str(reason) for reason in batch.get("ignored", [""] * len(skip))]
     table, failed = prediction_table(batch, model_id, findings, thresholds)
     n = len(failed)
     counts = {
         "rows": [table.num_rows],
         "scored": [int(n - failed.sum())],
         "errors": [int(failed.sum())],
-        "skipped": [int(skip.sum())],
+        "skipped": [int(skip.sum()) - sum(map(bool, ignored))],
+        "ignored": [json.dumps(Counter(reason for reason in ignored if reason))],
         "file": [""],
     }
     if n == 0:
@@ -465,7 +429,11 @@ def _score_locked(
         object_store_memory=IN_FLIGHT_BYTES
     )
     actors, cpus, gpus, per_node = _plan_actors(config, engine)
-    dataset = image_dataset(inputs, card["image_size"], exclude=skip)
+    for problem in missing_codecs():  # such files become error rows naming the package
+        logger.warning("DICOM codec missing: %s", problem)
+    dataset = image_dataset(
+        inputs, card["image_size"], exclude=skip, modalities=tuple(config.modalities)
+    )
     if config.limit:
         dataset = dataset.limit(config.limit)  # the first N inputs, so a rerun skips them
     scored = dataset.map_batches(
@@ -508,6 +476,7 @@ def _score_locked(
             summary.scored += int(row["scored"])
             summary.errors += int(row["errors"])
             summary.skipped += int(row["skipped"])
+            summary.ignored.update(json.loads(row["ignored"]))
             if row["file"]:
                 files.append(str(row["file"]))
             summary.files = len(files)

@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 
 from medai.artifact import CURVES_FILE, SPLIT_FILE, read_card, save_model_dir, write_json
+from medai.dicom import DEFAULT_MODALITIES
+from medai.dicom_labels import resolve_labels
 from medai.errors import MedaiError
 from medai.flags import folder_problem
 from medai.images import ImageInputs, discover_images
@@ -96,6 +98,8 @@ class TrainConfig:
     max_failures: int = 2
     max_unreadable: float = 0.01
     export_openvino: bool = True
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    id_key: str | None = None  # the site key's file (its path, never its bytes, is recorded)
 
     def check(self) -> None:
         """Raise :class:`TrainError` on any option that cannot work."""
@@ -177,12 +181,14 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
     if (out / "model.keras").exists() and not config.resume:
         logger.warning("%s already holds a model; it will be replaced", out)
     labels = load_labels(config.labels, config.finding, config.negatives)
+    inputs = discover_images(config.images)
+    # DICOM: study-level labels to images, keyed pseudonyms for patients (one header pass).
+    labels = resolve_labels(labels, inputs, config.id_key, tuple(config.modalities))
     train_val_path, test_path = find_split_lists(config.labels)
     test_ids = read_split_list(test_path) if test_path else []
     train_val_ids = read_split_list(train_val_path) if train_val_path else None
     split = split_by_patient(labels, test_ids, train_val_ids, config.val_fraction, config.seed)
     _require_both_classes(split)
-    inputs = discover_images(config.images)
     if inputs.empty:
         raise TrainError(f"--images: no images or archives found in {list(config.images)}")
     if weights == "imagenet":  # last: the only check that may touch the network
@@ -246,7 +252,11 @@ def _load_images(plan: TrainPlan):
     split_of = dict(zip(usable["image_id"], usable["split"], strict=True))
     # In input order: the same seed then sees the same training set and trains the same model.
     dataset = image_dataset(
-        plan.inputs, plan.config.image_size, wanted=set(labels_of), ordered=True
+        plan.inputs,
+        plan.config.image_size,
+        wanted=set(labels_of),
+        ordered=True,
+        modalities=tuple(plan.config.modalities),
     )
     dataset = dataset.map_batches(
         _attach_labels,
