@@ -30,7 +30,7 @@ from medai.report.figures import Titles, comparison_plot, draw_finding, model_pl
 from medai.report.inputs import prepare, resolved_config
 from medai.report.render import fmt, render_html, undefined_auc
 from medai.report.saliency import boxed_sources, localization, overlays
-from medai.report.subgroups import attributes_of
+from medai.report.subgroups import attributes_of, with_header_attributes
 from medai.report.workers import finding_pool, pool_map
 from medai.saliency import Explainer, load_explainer
 
@@ -92,7 +92,7 @@ def run_report(config: ReportConfig) -> dict:
     _write_json(out / "config.json", resolved)
 
     models = collect_models(config, inputs)
-    attributes = attributes_of(inputs.labels)
+    attributes = attributes_of(with_header_attributes(inputs.labels, inputs.predictions))
     # In the models' output order (the first model's first).
     reported = list(dict.fromkeys(f.name for m in models for f in m.findings))
     reported = reported or list(inputs.findings)
