@@ -284,14 +284,15 @@ def _has_pixels(data: bytes, stopped: int, syntax: str) -> bool:
 def skip_reason(header: DicomHeader, modalities: tuple[str, ...] = DEFAULT_MODALITIES) -> str:
     """Why an instance is not an image of the task (skipped and counted), or ``""``.
 
-    Instances without pixel data (SR, KO, PR) and other modalities than ``modalities`` are
-    skipped: they are not chest radiographs. Multi-frame and colour CR/DX images are not
-    skipped here: they claim to be radiographs, so :func:`decode_dicom` makes them error rows.
+    Instances of other modalities than ``modalities`` are skipped, those without pixel data
+    (SR, KO, PR) said apart: they are not chest radiographs. A CR/DX instance is never skipped:
+    it claims to be a radiograph, so :func:`decode_dicom` makes one without pixel data (a
+    truncated file), with several frames or in colour an error row.
     """
-    if not header.has_pixels:
-        return "no pixel data"
     if modalities and header.modality not in modalities:
-        return f"modality {header.modality or 'missing'}"
+        return (
+            "no pixel data" if not header.has_pixels else f"modality {header.modality or 'missing'}"
+        )
     return ""
 
 
@@ -341,7 +342,7 @@ def decode_dicom(data: bytes, size: int) -> np.ndarray:
 
     header = read_header(data)
     if not header.has_pixels:
-        raise ImageError("DICOM instance without pixel data")
+        raise ImageError("DICOM instance without pixel data (not an image, or truncated)")
     if header.frames > 1:
         raise ImageError(f"multi-frame DICOM ({header.frames} frames): not a radiograph")
     if header.samples != 1 or header.photometric not in _GREY:

@@ -86,13 +86,14 @@ def new_uid() -> str:
 def dataset(
     pixels: np.ndarray | None,
     bits_stored: int | None = None,
-    modality: str = "CR",
+    modality: str | None = None,
     sop_uid: str | None = None,
     study_uid: str | None = None,
     patient_id: str | None = None,
     **attrs,
 ):
-    """A CR dataset of ``pixels`` (``None``: an SR without pixel data), explicit VR LE."""
+    """A CR dataset of ``pixels`` (``None``: an SR without pixel data), explicit VR LE,
+    with :data:`PHI` planted."""
     from pydicom.dataset import Dataset, FileMetaDataset
 
     ds = Dataset()
@@ -104,7 +105,7 @@ def dataset(
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     ds.StudyInstanceUID = study_uid or new_uid()
     ds.SeriesInstanceUID = new_uid()
-    ds.Modality = modality
+    ds.Modality = modality or ("CR" if pixels is not None else "SR")
     for keyword, value in PHI.items():
         setattr(ds, keyword, value)
     if patient_id is not None:
@@ -136,7 +137,9 @@ def to_bytes(ds, syntax: str = "explicit", preamble: bool = True) -> bytes:
         return _dcmcjpeg(to_bytes(ds, "explicit"), *DCMCJPEG[syntax])
     if syntax in ENCODED:
         options = {"jpegls-near": {"jls_error": 2}, "j2k-lossy": {"j2k_psnr": [50]}}
-        ds.compress(ENCODED[syntax], **options.get(syntax, {}))
+        # The same instance UID, so that tests can follow the instance (pydicom gives a lossy
+        # copy a new one by default, as the standard asks of a real archive).
+        ds.compress(ENCODED[syntax], generate_instance_uid=False, **options.get(syntax, {}))
     else:
         ds.file_meta.TransferSyntaxUID = NATIVE[syntax]
     buffer = io.BytesIO()
