@@ -81,6 +81,43 @@ def test_score_a_dicom_folder_like_its_png_twins(ray_session, tiny_model_dir, ar
     # `source` keeps the user's own paths (here a folder named after a patient): by design.
     assert rows["source"].str.contains("patient-Zyxwortel").any()
     assert not _phi_found([root / "out-dicom"], [caplog.text, summary.line()])
+    _check_deidentified_report(rows, root, caplog)
+
+
+def _check_deidentified_report(rows: pd.DataFrame, root: Path, caplog) -> None:
+    """``medai report --deidentify --no-images``: no image id, study id, source or PHI left."""
+    from medai.report import ReportConfig, run_report
+
+    scored = rows[rows["error"].isna()].reset_index(drop=True)
+    labels = root / "labels.csv"
+    pd.DataFrame({"image": scored["image_id"], "label": scored.index % 2}).to_csv(
+        labels, index=False
+    )
+    key = root / "site.key"
+    key.write_bytes(b"fedcba9876543210fedcba9876543210")
+    out = root / "report"
+    config = ReportConfig(
+        predictions=str(root / "out-dicom"),
+        labels=str(labels),
+        out=str(out),
+        finding="Mass",
+        split="all",
+        bootstrap=20,
+        images=False,
+        deidentify=True,
+        id_key=str(key),
+        processes=1,
+    )
+    with caplog.at_level(logging.INFO, logger="medai"):
+        metrics = run_report(config)
+    assert (out / "metrics.json").is_file() and (out / "report.html").is_file()
+    assert {"modality", "manufacturer"} <= set(metrics["subgroup_attributes"])
+    identifiers = [*rows["image_id"], *rows["study_id"].dropna(), *rows["source"]]
+    identifiers += [str(root / "dicom")]
+    blobs = [p.read_bytes() for p in out.rglob("*") if p.is_file()] + [caplog.text.encode()]
+    leaked = [i for i in identifiers for blob in blobs if i.encode() in blob]
+    assert not leaked
+    assert not _phi_found([out])
 
 
 def test_predict_one_dcm(tiny_model_dir, archive):
@@ -115,6 +152,7 @@ def _training_archive(folder: Path, studies: int = 32) -> tuple[list[dict], Path
     return records, folder
 
 
+@pytest.mark.slow  # 3-5 min on 2 busy cores; test_dicom_labels covers the labels without Ray
 @pytest.mark.parametrize("level", ["image", "study"])
 def test_train_on_a_dicom_folder(ray_session, tmp_path, monkeypatch, caplog, level):
     from medai.train import TrainConfig, run_training

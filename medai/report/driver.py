@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medai.pseudonyms import load_id_key
 from medai.report.accounting import collect_models
 from medai.report.config import SUBGROUP_BOOTSTRAP, ReportConfig
+from medai.report.deidentify import deidentify_inputs
 from medai.report.evaluation import comparisons, model_section
 from medai.report.examples import (
     choose_examples,
@@ -83,7 +85,10 @@ def run_report(config: ReportConfig) -> dict:
         ReportError: On invalid options or unusable inputs, before anything is written.
     """
     started = time.perf_counter()
+    key = load_id_key(config.id_key, "for --deidentify") if config.deidentify else None
     inputs = prepare(config)
+    if key is not None:  # before any evaluation: the report is built from pseudonyms only
+        inputs = deidentify_inputs(inputs, key)
     out = Path(config.out)
     resolved = resolved_config(config, inputs)
     log.info("report config: %s", json.dumps(resolved, sort_keys=True))
