@@ -108,6 +108,7 @@ def _check_deidentified_report(rows: pd.DataFrame, root: Path, caplog) -> None:
         id_key=str(key),
         processes=1,
     )
+    caplog.clear()  # the scoring's own log names its sources: searched above, not here
     with caplog.at_level(logging.INFO, logger="medai"):
         metrics = run_report(config)
     assert (out / "metrics.json").is_file() and (out / "report.html").is_file()
