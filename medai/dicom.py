@@ -76,6 +76,7 @@ _CODEC_PACKAGES = {
     "1.2.840.10008.1.2.5": ("RLE Lossless", "pylibjpeg with pylibjpeg-rle"),
 }
 _JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+_PREFERRED_PLUGINS = {"1.2.840.10008.1.2.4.50": "pillow"}
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
@@ -373,7 +374,7 @@ def grey_values(dataset) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            stored = dataset.pixel_array
+            stored = _stored_values(dataset)
         except Exception as exc:  # decoders raise many types; their texts hold no header value
             raise ImageError(f"DICOM pixel data does not decode: {type(exc).__name__}") from exc
         if stored.ndim != 2:
@@ -393,6 +394,21 @@ def grey_values(dataset) -> np.ndarray:
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         grey = 255 - grey  # MONOCHROME1: the lowest value is white
     return grey
+
+
+def _stored_values(dataset) -> np.ndarray:
+    """The stored values, by the fastest installed decoder of the syntax (pydicom's own
+    order otherwise): Pillow decodes 8-bit JPEG baseline ~4x faster than GDCM here."""
+    from pydicom.pixels import pixel_array
+
+    syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
+    plugin = _PREFERRED_PLUGINS.get(syntax, "")
+    if plugin:
+        try:
+            return pixel_array(dataset, decoding_plugin=plugin)
+        except Exception:  # that plugin missing or unable: pydicom's order decides
+            pass
+    return dataset.pixel_array
 
 
 def _masked(stored: np.ndarray, dataset) -> np.ndarray:
