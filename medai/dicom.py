@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medai.dicom_codecs import codec_problem, missing_codecs, stored_values
 from medai.images import ImageError
 from medai.luminance import resize_luminance
 
@@ -63,20 +64,6 @@ _PIXEL_TAGS = (
     b"\xe0\x7f\x09\x00",  # (7FE0,0009) Double Float Pixel Data
     b"\x7f\xe0\x00\x10",  # Pixel Data, big endian
 )
-# The package that decodes each compressed syntax (MIT/BSD; never GPL pylibjpeg-libjpeg).
-_CODEC_PACKAGES = {
-    "1.2.840.10008.1.2.4.50": ("JPEG Baseline", "python-gdcm"),
-    "1.2.840.10008.1.2.4.51": ("JPEG Extended", "python-gdcm"),
-    "1.2.840.10008.1.2.4.57": ("JPEG Lossless", "python-gdcm"),
-    "1.2.840.10008.1.2.4.70": ("JPEG Lossless SV1", "python-gdcm"),
-    "1.2.840.10008.1.2.4.80": ("JPEG-LS Lossless", "pyjpegls or python-gdcm"),
-    "1.2.840.10008.1.2.4.81": ("JPEG-LS Near-Lossless", "pyjpegls or python-gdcm"),
-    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Lossless", "pylibjpeg with pylibjpeg-openjpeg"),
-    "1.2.840.10008.1.2.4.91": ("JPEG 2000", "pylibjpeg with pylibjpeg-openjpeg"),
-    "1.2.840.10008.1.2.5": ("RLE Lossless", "pylibjpeg with pylibjpeg-rle"),
-}
-_JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
-_PREFERRED_PLUGINS = {"1.2.840.10008.1.2.4.50": "pillow"}
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
@@ -106,6 +93,8 @@ class DicomHeader:
     samples: int = 1
     has_pixels: bool = False
     bits_stored: int = 8
+    width: int = 0
+    height: int = 0
     patient: str | None = None
 
     def metadata(self) -> dict:
@@ -265,6 +254,8 @@ def read_header(data: bytes, key: bytes | Callable[[], bytes] | None = None) -> 
         samples=int(dataset.get("SamplesPerPixel") or 1),
         has_pixels=_has_pixels(data, stopped, str(syntax or "")),
         bits_stored=int(dataset.get("BitsStored") or 8),
+        width=int(dataset.get("Columns") or 0),
+        height=int(dataset.get("Rows") or 0),
         patient=pseudonym(patient_id, key() if callable(key) else key)
         if key and patient_id
         else None,
@@ -295,38 +286,6 @@ def skip_reason(header: DicomHeader, modalities: tuple[str, ...] = DEFAULT_MODAL
             "no pixel data" if not header.has_pixels else f"modality {header.modality or 'missing'}"
         )
     return ""
-
-
-def codec_problem(syntax: str | None, bits_stored: int = 8) -> str:
-    """The error text of a transfer syntax this installation cannot decode, or ``""``.
-
-    12-bit JPEG Extended is named apart: python-gdcm and Pillow decode only its 8-bit form,
-    and the one pylibjpeg plugin for it (pylibjpeg-libjpeg) is GPL-3.0, which medai does not
-    install; dcmtk's ``dcmdjpeg`` converts such files to an uncompressed syntax medai reads.
-    """
-    from pydicom.pixels import get_decoder
-
-    if not syntax:
-        return ""
-    if syntax == _JPEG_EXTENDED and bits_stored > 8:
-        return (
-            f"transfer syntax JPEG Extended ({syntax}) with 12-bit samples has no codec "
-            "installed: convert with dcmtk's `dcmdjpeg in.dcm out.dcm` (or install the "
-            "GPL-3.0 pylibjpeg-libjpeg yourself)"
-        )
-    try:
-        available = get_decoder(syntax).is_available
-    except (NotImplementedError, ValueError, KeyError):
-        return f"unsupported transfer syntax {syntax}: no decoder exists for it"
-    if available:
-        return ""
-    name, package = _CODEC_PACKAGES.get(syntax, (syntax, "a pydicom pixel data plugin"))
-    return f"transfer syntax {name} ({syntax}) needs a codec: install {package}"
-
-
-def missing_codecs() -> list[str]:
-    """One line per radiograph transfer syntax without an installed decoder (warned at start)."""
-    return [text for text in map(codec_problem, _CODEC_PACKAGES) if text]
 
 
 def decode_dicom(data: bytes, size: int) -> np.ndarray:
@@ -374,7 +333,7 @@ def grey_values(dataset) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            stored = _stored_values(dataset)
+            stored = stored_values(dataset)
         except Exception as exc:  # decoders raise many types; their texts hold no header value
             raise ImageError(f"DICOM pixel data does not decode: {type(exc).__name__}") from exc
         if stored.ndim != 2:
@@ -394,21 +353,6 @@ def grey_values(dataset) -> np.ndarray:
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         grey = 255 - grey  # MONOCHROME1: the lowest value is white
     return grey
-
-
-def _stored_values(dataset) -> np.ndarray:
-    """The stored values, by the fastest installed decoder of the syntax (pydicom's own
-    order otherwise): Pillow decodes 8-bit JPEG baseline ~4x faster than GDCM here."""
-    from pydicom.pixels import pixel_array
-
-    syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
-    plugin = _PREFERRED_PLUGINS.get(syntax, "")
-    if plugin:
-        try:
-            return pixel_array(dataset, decoding_plugin=plugin)
-        except Exception:  # that plugin missing or unable: pydicom's order decides
-            pass
-    return dataset.pixel_array
 
 
 def _masked(stored: np.ndarray, dataset) -> np.ndarray:

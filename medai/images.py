@@ -424,4 +424,10 @@ def image_size_of(data: bytes) -> tuple[int, int]:
     try:
         return Image.open(io.BytesIO(data)).size
     except Exception as exc:  # as decode_image: every PIL failure means "not an image"
-        raise ImageError(f"not a decodable image: {type(exc).__name__}") from exc
+        from medai.dicom import read_header  # DICOM (with or without preamble): its header
+
+        try:
+            header = read_header(data)
+        except ImageError:
+            raise ImageError(f"not a decodable image: {type(exc).__name__}") from exc
+        return header.width, header.height

@@ -160,6 +160,13 @@ def test_pydicoms_bundled_cr_files_decode(name):
     assert image.shape == (SIZE, SIZE, 1) and image.std() > 5
 
 
+def test_image_size_of_a_dicom_file():
+    from medai.images import image_size_of
+
+    pixels = kit.phantom_pixels(72)[:, :60]
+    assert image_size_of(kit.to_bytes(kit.dataset(np.ascontiguousarray(pixels)))) == (60, 72)
+
+
 def test_header_holds_the_row_columns_and_no_phi():
     ds = kit.dataset(kit.phantom_pixels(72))
     header = read_header(kit.to_bytes(ds))
