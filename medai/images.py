@@ -176,8 +176,6 @@ def discover_images(paths: Iterable[str], listed: bool = False) -> ImageInputs:
     """
     from pyarrow import fs as pafs
 
-    from medai.dicom import is_dicom_file
-
     archives: list[str] = []
     files: list[str] = []
     for given in paths:
@@ -189,19 +187,9 @@ def discover_images(paths: Iterable[str], listed: bool = False) -> ImageInputs:
         if info.type == pafs.FileType.NotFound:
             raise ImageError(f"--images: no such file or folder: {given}", kind="read")
         if info.type == pafs.FileType.Directory:
-            found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-            for entry in sorted(found, key=lambda e: e.path):
-                if entry.type != pafs.FileType.File or PurePosixPath(entry.path).name.startswith(
-                    "."
-                ):
-                    continue
-                source = _join_source(given, path, entry.path)
-                if _suffix_in(entry.path, ARCHIVE_SUFFIXES):
-                    archives.append(source)
-                elif _suffix_in(entry.path, IMAGE_SUFFIXES) or is_dicom_file(
-                    filesystem, entry.path
-                ):
-                    files.append(source)
+            found_archives, found_files = _walk(filesystem, given, path)
+            archives.extend(found_archives)
+            files.extend(found_files)
         elif _suffix_in(path, ARCHIVE_SUFFIXES):
             archives.append(given if _is_uri(given) else path)
         elif _suffix_in(path, LIST_SUFFIXES):
@@ -219,6 +207,26 @@ def discover_images(paths: Iterable[str], listed: bool = False) -> ImageInputs:
             files.append(given if _is_uri(given) else path)
     # The same file named twice (e.g. a folder and a file in it) is read once.
     return ImageInputs(tuple(dict.fromkeys(archives)), tuple(dict.fromkeys(files)))
+
+
+def _walk(filesystem, given: str, path: str) -> tuple[list[str], list[str]]:
+    """The archives and image files under a folder (recursive, sorted, hidden ones left out);
+    DICOM files by suffix or, without extension, by ``DICM`` at byte 128."""
+    from pyarrow import fs as pafs
+
+    from medai.dicom import is_dicom_file
+
+    archives, files = [], []
+    found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    for entry in sorted(found, key=lambda e: e.path):
+        if entry.type != pafs.FileType.File or PurePosixPath(entry.path).name.startswith("."):
+            continue
+        source = _join_source(given, path, entry.path)
+        if _suffix_in(entry.path, ARCHIVE_SUFFIXES):
+            archives.append(source)
+        elif _suffix_in(entry.path, IMAGE_SUFFIXES) or is_dicom_file(filesystem, entry.path):
+            files.append(source)
+    return archives, files
 
 
 def _join_source(given: str, root: str, found: str) -> str:

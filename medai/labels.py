@@ -237,13 +237,18 @@ def load_labels(
         raise LabelError(
             f"{path}: no labelled images left for finding {', '.join(findings)!r} ({negatives})"
         )
+    return _finished(path, table, columns, patients)
+
+
+def _finished(path: Path, table: pd.DataFrame, columns: list[str], patients: str) -> pd.DataFrame:
+    """The table in its column order, with its ``level`` and ``patients`` attrs; refuses
+    duplicated ids."""
+    level = "study" if "study_id" in table else "image"
     duplicated = table["image_id"][table["image_id"].duplicated()]
     if not duplicated.empty:
-        what = "study" if "study_id" in table else "image"
-        raise LabelError(f"{path}: duplicated {what} ids, e.g. {duplicated.iloc[0]!r}")
+        raise LabelError(f"{path}: duplicated {level} ids, e.g. {duplicated.iloc[0]!r}")
     order = ["image_id", "patient_id", "findings", *columns, "label"]
     order += [name for name in METADATA_COLUMNS if name in table]
-    level = "study" if "study_id" in table else "image"
     table = table[order + (["study_id"] if level == "study" else [])].reset_index(drop=True)
     table.attrs["level"] = level
     table.attrs["patients"] = patients
