@@ -115,15 +115,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=56, help="images per folder (default 56)")
     parser.add_argument("--rounds", type=int, default=2, help="scorings per folder (default 2)")
     parser.add_argument("--no-score", action="store_true", help="decode table only")
+    parser.add_argument("--no-decode", action="store_true", help="whole scoring only")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    print(f"(a) decode_image, {args.source} px -> {args.image_size} px, one thread, median ms")
-    print(f"{'syntax':<15}{'bits':>5}{'ms/image':>10}{'x PNG':>8}")
-    for syntax, bits, ms, ratio in decode_table(args.source, args.image_size, args.repeat):
-        print(f"{syntax:<15}{bits:>5}{ms:>10.1f}{ratio:>8.2f}")
+    if not args.no_decode:
+        print(f"(a) decode_image, {args.source} px -> {args.image_size} px, one thread, median ms")
+        print(f"{'syntax':<15}{'bits':>5}{'ms/image':>10}{'x PNG':>8}")
+        for syntax, bits, ms, ratio in decode_table(args.source, args.image_size, args.repeat):
+            print(f"{syntax:<15}{bits:>5}{ms:>10.1f}{ratio:>8.2f}", flush=True)
     if args.no_score:
         return 0
     with tempfile.TemporaryDirectory() as folder:
