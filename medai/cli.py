@@ -27,6 +27,7 @@ from pathlib import Path
 
 from medai.configs import config_from
 from medai.flags import (
+    add_dicom_flags,
     add_engine_flags,
     add_images_flag,
     add_max_unreadable_flag,
@@ -131,6 +132,7 @@ def _add_train_run_flags(parser: argparse.ArgumentParser) -> None:
         help="worker failures to recover from (restart from last checkpoint)",
     )
     add_max_unreadable_flag(parser)
+    add_dicom_flags(parser)
 
 
 def _add_score(parser: argparse.ArgumentParser) -> None:
@@ -161,6 +163,7 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
         help="no progress bars (medai's and Ray Data's; they show only on a terminal anyway)",
     )
     add_retry_errors_flag(parser)
+    add_dicom_flags(parser, id_key=False)
 
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,9 @@
 """Ray Data pipelines over image inputs: read in place, decode in parallel CPU tasks.
 
-Rows have the columns ``image_id``, ``source``, ``skip`` (already done, not decoded),
+Rows have the columns ``image_id`` (a DICOM image's SOP Instance UID, else the file name),
+``source``, ``skip`` (already done, or not an image of the task: not decoded),
+``meta`` (a DICOM header's prediction columns as JSON, ``""`` otherwise), ``ignored`` (why a
+DICOM instance is not an image of the task, e.g. ``"modality CT"``; ``""`` otherwise),
 ``image`` (``uint8`` of shape ``(size, size, 1)``; zeros when the image could not be used)
 and ``error`` (``""`` when the image is usable, else :attr:`medai.images.ImageError.text`:
 ``"read error: ..."`` or ``"decode error: ..."``, the same text for the same fault every run;
@@ -16,11 +19,13 @@ both stay apart from a downstream inference actor.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
+from medai.dicom import DEFAULT_MODALITIES, extensionless, is_dicom_name, read_header, skip_reason
 from medai.images import (
     ARCHIVE_SEP,
     MAX_BYTES,
@@ -62,9 +67,14 @@ def plan_units(inputs: ImageInputs, files_per_unit: int = 64) -> list[dict]:
 
 
 def _records(
-    unit: dict, wanted: set[str] | None, exclude: frozenset[str], max_bytes: int = MAX_BYTES
+    unit: dict,
+    wanted: set[str] | None,
+    exclude: frozenset[str],
+    max_bytes: int = MAX_BYTES,
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES,
 ) -> Iterator[tuple]:
-    """Yield ``(image_id, source, bytes, error, skip)`` for every image of a read unit.
+    """Yield ``(image_id, source, bytes, error, skip, meta, ignored)`` for every image of a
+    read unit (see :func:`_identified`).
 
     Excluded images still yield a row (flagged ``skip``, without bytes) so that the
     downstream count of skipped images is exact.
@@ -73,27 +83,65 @@ def _records(
     if archive:
         try:
             for member in iter_members(archive, wanted, max_bytes):
-                image_id = image_id_of(member.name)
                 source = f"{archive}{ARCHIVE_SEP}{member.name}"
-                if image_id in exclude:
-                    yield image_id, source, b"", "", True
-                else:
-                    error = member.error.text if member.error is not None else ""
-                    yield image_id, source, member.data, error, False
+                error = member.error.text if member.error is not None else ""
+                record = (image_id_of(member.name), source, member.data, error)
+                yield from _identified(record, wanted, exclude, modalities)
         except Exception as exc:  # a truncated or corrupt archive: one row says so
-            yield image_id_of(archive), archive, b"", archive_error(exc).text, False
+            yield image_id_of(archive), archive, b"", archive_error(exc).text, False, "", ""
         return
     for source in unit["files"]:
         image_id = image_id_of(source)
-        if wanted is not None and image_id not in wanted:
+        dicom = is_dicom_name(source) or extensionless(source)
+        if wanted is not None and image_id not in wanted and not dicom:
             continue
-        if image_id in exclude:
-            yield image_id, source, b"", "", True
+        if image_id in exclude and not dicom:
+            yield image_id, source, b"", "", True, "", ""
             continue
         try:
-            yield image_id, source, read_bytes(source, max_bytes), "", False
+            record = (image_id, source, read_bytes(source, max_bytes), "")
         except ImageError as exc:
-            yield image_id, source, b"", exc.text, False
+            record = (image_id, source, b"", exc.text)
+        yield from _identified(record, wanted, exclude, modalities)
+
+
+def _identified(
+    record: tuple, wanted: set[str] | None, exclude: frozenset[str], modalities: tuple[str, ...]
+) -> Iterator[tuple]:
+    """A read record with its identity: a DICOM image is named by its SOP Instance UID.
+
+    ``meta`` is the header's prediction columns as JSON (``""`` for other formats); ``ignored``
+    says why an instance is not an image of the task (no pixel data, another modality: see
+    :func:`medai.dicom.skip_reason`). An ignored instance is skipped (counted, not written),
+    unless it was asked for by id (a labelled one): then it is a decode-error row.
+    """
+    image_id, source, data, error = record
+    meta, ignored = "", ""
+    if not error and (data[128:132] == b"DICM" or is_dicom_name(source)):
+        try:
+            header = read_header(data)
+            image_id, meta = header.sop_instance_uid, json.dumps(header.metadata())
+            ignored = skip_reason(header, modalities)
+        except ImageError:
+            pass  # decoding says why, in the row's error
+    if wanted is not None and image_id not in wanted:
+        return
+    if image_id in exclude:
+        yield image_id, source, b"", "", True, meta, ""
+    elif ignored and wanted is not None:
+        yield (
+            image_id,
+            source,
+            b"",
+            ImageError(f"not a chest radiograph: {ignored}").text,
+            False,
+            meta,
+            "",
+        )
+    elif ignored:
+        yield image_id, source, b"", "", True, meta, ignored
+    else:
+        yield image_id, source, data, error, False, meta, ""
 
 
 class ImageRecord(NamedTuple):
@@ -123,8 +171,11 @@ def read_records(
         max_bytes: Files and members above this size are error records, never read.
     """
     for unit in plan_units(inputs):
-        for image_id, source, data, error, _ in _records(unit, wanted, frozenset(), max_bytes):
-            yield ImageRecord(image_id, source, data, error)
+        for image_id, source, data, error, skip, *_ in _records(
+            unit, wanted, frozenset(), max_bytes
+        ):
+            if not skip:  # a DICOM instance that is not a radiograph (SR, CT, ...)
+                yield ImageRecord(image_id, source, data, error)
 
 
 def read_unit(
@@ -132,6 +183,7 @@ def read_unit(
     wanted: set[str] | None = None,
     exclude: frozenset[str] = frozenset(),
     max_bytes: int = MAX_BYTES,
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES,
 ) -> Iterator[dict]:
     """Ray Data UDF: expand read units into batches of raw image bytes.
 
@@ -140,11 +192,12 @@ def read_unit(
         wanted: If given, only these image ids are read (e.g. the labelled ones).
         exclude: Image ids to skip (e.g. already scored).
         max_bytes: Files and members above this size are error rows, never read.
+        modalities: DICOM modalities scored; other instances are skipped and counted.
     """
     rows: list[tuple] = []
     for archive, files in zip(batch["archive"], batch["files"], strict=True):
         unit = {"archive": str(archive), "files": [str(f) for f in files]}
-        for record in _records(unit, wanted, exclude, max_bytes):
+        for record in _records(unit, wanted, exclude, max_bytes, tuple(modalities)):
             rows.append(record)
             if len(rows) == _ROWS_PER_BATCH:
                 yield _columns(rows)
@@ -154,13 +207,15 @@ def read_unit(
 
 
 def _columns(rows: list[tuple]) -> dict:
-    image_id, source, data, error, skip = zip(*rows, strict=True)
+    image_id, source, data, error, skip, meta, ignored = zip(*rows, strict=True)
     return {
         "image_id": list(image_id),
         "source": list(source),
         "data": list(data),
         "error": list(error),
         "skip": np.array(skip, dtype=bool),
+        "meta": list(meta),
+        "ignored": list(ignored),
     }
 
 
@@ -182,6 +237,8 @@ def decode_batch(batch: dict, image_size: int) -> dict:
         "image": images,
         "error": errors,
         "skip": batch["skip"],
+        "meta": batch["meta"],
+        "ignored": batch["ignored"],
     }
 
 
@@ -192,6 +249,7 @@ def image_dataset(
     exclude: frozenset[str] = frozenset(),
     max_bytes: int = MAX_BYTES,
     ordered: bool = False,
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES,
 ):
     """Build the lazy Ray dataset of decoded images for the given inputs.
 
@@ -201,13 +259,15 @@ def image_dataset(
         wanted: Only these image ids (``None``: all).
         exclude: Skip these image ids.
         max_bytes: Size cap per file or archive member (larger ones are error rows).
+        modalities: DICOM modalities read as images (others: skipped rows, ``ignored``).
         ordered: Rows in input order (archives and chunks of files as planned), for this
             dataset and those derived from it. Otherwise they come in the order tasks finish,
             which varies between runs when units are read in parallel: fine for scoring
             (every row carries its image id), not for training from a seed.
 
     Returns:
-        A ``ray.data.Dataset`` with columns ``image_id``, ``source``, ``image``, ``error``.
+        A ``ray.data.Dataset`` with columns ``image_id``, ``source``, ``image``, ``error``,
+        ``skip``, ``meta`` and ``ignored``.
     """
     import ray
 
@@ -218,7 +278,12 @@ def image_dataset(
         read_unit,
         batch_size=1,
         num_cpus=READ_CPUS,
-        fn_kwargs={"wanted": wanted, "exclude": exclude, "max_bytes": max_bytes},
+        fn_kwargs={
+            "wanted": wanted,
+            "exclude": exclude,
+            "max_bytes": max_bytes,
+            "modalities": tuple(modalities),
+        },
     )
     decoded = raw.map_batches(
         decode_batch,

@@ -13,6 +13,7 @@ __all__ = [
     "add_engine_flags",
     "add_nightly_arguments",
     "add_runs_arguments",
+    "add_dicom_flags",
 ]
 
 
@@ -107,6 +108,31 @@ def add_retry_errors_flag(parser: argparse.ArgumentParser) -> None:
         help="score every error row again (read errors are always retried; decode errors, "
         "whose bytes are not an image, only with this flag)",
     )
+
+
+def _modalities(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name.strip().upper() for name in text.split(",") if name.strip()))
+
+
+def add_dicom_flags(parser: argparse.ArgumentParser, id_key: bool = True) -> None:
+    """``--modalities`` (DICOM instances read as chest radiographs) and ``--id-key``."""
+    parser.add_argument(
+        "--modalities",
+        type=_modalities,
+        default=("CR", "DX"),
+        help="DICOM modalities read as chest radiographs (default CR,DX). Other DICOM "
+        "instances, of other modalities or without pixel data (SR, KO, PR), are skipped and "
+        "counted in the summary; multi-frame and colour CR/DX images are decode-error rows",
+    )
+    if id_key:
+        parser.add_argument(
+            "--id-key",
+            metavar="FILE",
+            default=None,
+            help="site key for keyed pseudonyms of DICOM Patient IDs (default: the file in "
+            "$MEDAI_ID_KEY_FILE, or $MEDAI_ID_KEY); make one with "
+            "`head -c 32 /dev/urandom > site.key`",
+        )
 
 
 def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

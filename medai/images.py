@@ -25,6 +25,12 @@ from typing import NamedTuple
 import numpy as np
 
 from medai.errors import MedaiError
+from medai.luminance import (
+    HIGH_DEPTH_MODES,
+    high_depth_to_luminance,
+    resize_luminance,
+    to_luminance,
+)
 
 __all__ = [
     "ARCHIVE_SEP",
@@ -41,12 +47,14 @@ __all__ = [
     "iter_archive",
     "archive_error",
     "decode_image",
+    "resize_luminance",
     "image_id_of",
     "error_kind",
 ]
 
 ARCHIVE_SEP = "::"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DICOM_MAGIC = b"DICM"  # at byte 128 of a DICOM file with its preamble (see medai.dicom)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 LIST_SUFFIXES = (".txt", ".lst")
 # NIH's split lists name images inside the tarballs (by Image Index), not files to read.
@@ -179,17 +187,9 @@ def discover_images(paths: Iterable[str], listed: bool = False) -> ImageInputs:
         if info.type == pafs.FileType.NotFound:
             raise ImageError(f"--images: no such file or folder: {given}", kind="read")
         if info.type == pafs.FileType.Directory:
-            found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-            for entry in sorted(found, key=lambda e: e.path):
-                if entry.type != pafs.FileType.File or PurePosixPath(entry.path).name.startswith(
-                    "."
-                ):
-                    continue
-                source = _join_source(given, path, entry.path)
-                if _suffix_in(entry.path, ARCHIVE_SUFFIXES):
-                    archives.append(source)
-                elif _suffix_in(entry.path, IMAGE_SUFFIXES):
-                    files.append(source)
+            found_archives, found_files = _walk(filesystem, given, path)
+            archives.extend(found_archives)
+            files.extend(found_files)
         elif _suffix_in(path, ARCHIVE_SUFFIXES):
             archives.append(given if _is_uri(given) else path)
         elif _suffix_in(path, LIST_SUFFIXES):
@@ -207,6 +207,26 @@ def discover_images(paths: Iterable[str], listed: bool = False) -> ImageInputs:
             files.append(given if _is_uri(given) else path)
     # The same file named twice (e.g. a folder and a file in it) is read once.
     return ImageInputs(tuple(dict.fromkeys(archives)), tuple(dict.fromkeys(files)))
+
+
+def _walk(filesystem, given: str, path: str) -> tuple[list[str], list[str]]:
+    """The archives and image files under a folder (recursive, sorted, hidden ones left out);
+    DICOM files by suffix or, without extension, by ``DICM`` at byte 128."""
+    from pyarrow import fs as pafs
+
+    from medai.dicom import is_dicom_file
+
+    archives, files = [], []
+    found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    for entry in sorted(found, key=lambda e: e.path):
+        if entry.type != pafs.FileType.File or PurePosixPath(entry.path).name.startswith("."):
+            continue
+        source = _join_source(given, path, entry.path)
+        if _suffix_in(entry.path, ARCHIVE_SUFFIXES):
+            archives.append(source)
+        elif _suffix_in(entry.path, IMAGE_SUFFIXES) or is_dicom_file(filesystem, entry.path):
+            files.append(source)
+    return archives, files
 
 
 def _join_source(given: str, root: str, found: str) -> str:
@@ -306,6 +326,9 @@ def iter_members(
 ) -> Iterator[ArchiveMember]:
     """Stream the image members of a tarball, in archive order, never extracting it.
 
+    Images are PNG/JPEG by suffix and DICOM (``.dcm``/``.dicom``, or no extension and
+    ``DICM`` at byte 128); an extensionless member without it is not an image and left out.
+
     A member larger than ``max_bytes`` (by its header) comes with a decode-kind error and no
     bytes: its data is skipped over in the stream, never held in memory.
 
@@ -318,13 +341,18 @@ def iter_members(
         Exception: Whatever the filesystem, ``tarfile`` or ``zlib`` raise on an unreadable or
             truncated archive, after the members read before the fault.
     """
+    from medai.dicom import extensionless, is_dicom_name
+
     filesystem, path = _filesystem(archive)
     with filesystem.open_input_stream(path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
         for member in tar:
-            if not member.isfile() or not _suffix_in(member.name, IMAGE_SUFFIXES):
+            # A DICOM member's id is inside it (its SOP Instance UID): `wanted` cannot name it.
+            dicom = is_dicom_name(member.name) or extensionless(member.name)
+            if not member.isfile() or not (_suffix_in(member.name, IMAGE_SUFFIXES) or dicom):
                 continue
             if (
                 wanted is not None
+                and not dicom
                 and member.name not in wanted
                 and image_id_of(member.name) not in wanted
             ):
@@ -333,7 +361,9 @@ def iter_members(
                 yield ArchiveMember(member.name, b"", _too_large(member.size, max_bytes))
                 continue
             handle = tar.extractfile(member)
-            yield ArchiveMember(member.name, handle.read() if handle is not None else b"", None)
+            data = handle.read() if handle is not None else b""
+            if not dicom or is_dicom_name(member.name) or data[128:132] == DICOM_MAGIC:
+                yield ArchiveMember(member.name, data, None)
 
 
 def iter_archive(
@@ -356,8 +386,10 @@ def iter_archive(
 def decode_image(data: bytes, size: int) -> np.ndarray:
     """Decode image bytes into the model's input: ``uint8`` array of shape ``(size, size, 1)``.
 
-    Grayscale, RGB, RGBA, palette, 16-bit PNG and JPEG (whatever the file is named) are
-    accepted; colour is collapsed to luminance because radiographs carry one channel.
+    DICOM bytes (``DICM`` at byte 128, or a dataset without preamble that parses with pixel
+    data) go to :func:`medai.dicom.decode_dicom`, the one DICOM decoder. Grayscale, RGB, RGBA,
+    palette, 16-bit PNG and JPEG (whatever the file is named) are accepted; colour is
+    collapsed to luminance because radiographs carry one channel.
     16-bit images are scaled by their own maximum so that the full range maps to 0-255; they
     are resized before scaling, so no full-size copy beyond the decoded image is made.
 
@@ -369,6 +401,10 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
 
     if not data:
         raise ImageError("empty file")
+    if data[128:132] == DICOM_MAGIC:
+        from medai.dicom import decode_dicom
+
+        return decode_dicom(data, size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -383,20 +419,20 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"decompression bomb refused: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
+        # Old DICOM exports lack the preamble and file meta: read as DICOM if they parse so.
+        from medai.dicom import decode_headerless
+
+        if (dicom := decode_headerless(data, size)) is not None:
+            return dicom
         # PIL's text names the BytesIO object by its memory address: different every run.
         raise ImageError("not a decodable image: unrecognised image format") from exc
     except Exception as exc:  # PIL raises many types for bad data; all mean "not an image"
         raise ImageError(f"not a decodable image: {type(exc).__name__}: {exc}") from exc
-    if image.mode in _HIGH_DEPTH_MODES:
-        image = _high_depth_to_luminance(image, size)
+    if image.mode in HIGH_DEPTH_MODES:
+        image = high_depth_to_luminance(image, size)
     else:
-        image = _to_luminance(image)
-    factor = min(image.width, image.height) // (2 * size)
-    if factor >= 2:
-        image = image.reduce(factor)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8).reshape(size, size, 1)
+        image = to_luminance(image)
+    return resize_luminance(image, size)
 
 
 def image_size_of(data: bytes) -> tuple[int, int]:
@@ -410,34 +446,10 @@ def image_size_of(data: bytes) -> tuple[int, int]:
     try:
         return Image.open(io.BytesIO(data)).size
     except Exception as exc:  # as decode_image: every PIL failure means "not an image"
-        raise ImageError(f"not a decodable image: {type(exc).__name__}") from exc
+        from medai.dicom import read_header  # DICOM (with or without preamble): its header
 
-
-_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-def _high_depth_to_luminance(image, size: int):
-    """16-bit, 32-bit integer or float image -> 8-bit ``L`` of ``(size, size)``, scaled by its peak.
-
-    The peak comes from PIL's extrema (no copy) and the image is resized in its own mode before
-    scaling, so only the small image is ever converted to floats.
-    """
-    from PIL import Image
-
-    if image.mode not in ("I;16", "I", "F"):
-        image = image.convert("I")  # rare byte orders: a 32-bit integer copy, still no float64
-    peak = float(image.getextrema()[1])
-    small = image.resize((size, size), Image.Resampling.BILINEAR)
-    scaled = np.asarray(small, dtype=np.float32) * np.float32(255.0 / (peak if peak > 0 else 1.0))
-    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
-
-
-def _to_luminance(image):
-    """Convert any 8-bit PIL mode to 8-bit luminance ``L``."""
-    from PIL import Image
-
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("L")
+        try:
+            header = read_header(data)
+        except ImageError:
+            raise ImageError(f"not a decodable image: {type(exc).__name__}") from exc
+        return header.width, header.height

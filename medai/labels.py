@@ -74,6 +74,11 @@ _NIH_METADATA = {
 }
 _GENERIC_METADATA = {"age": "age", "sex": "sex", "view": "view", "follow_up": "follow_up"}
 _GENERIC_REQUIRED = ("image", "label")
+_ID_COLUMNS = ("image", "study")
+# Where the table's patients come from (table.attrs): the file's own column, or nothing (each
+# image its own patient until medai.dicom_labels gives DICOM images their keyed pseudonym).
+PATIENTS_FROM_FILE = "file"
+PATIENTS_FROM_IMAGES = "images"
 
 
 class LabelError(MedaiError, ValueError):
@@ -132,13 +137,19 @@ def labelled_findings(path: str | Path) -> tuple[str, ...] | None:
     header = _read_header(path)
     if all(col in header for col in _NIH_REQUIRED):
         return NIH_FINDINGS
-    if "image" in header and "label" not in header:
+    if _id_column(header) and "label" not in header:
         columns = tuple(name for name in NIH_FINDINGS if name in header)
         if columns:
             return columns
-    if all(col in header for col in _GENERIC_REQUIRED):
+    if _id_column(header) and "label" in header:
         return None
     raise _unrecognised(path, header)
+
+
+def _id_column(header: Sequence[str]) -> str | None:
+    """A generic CSV's id column: ``image`` (a file name or SOP Instance UID), else ``study``
+    (a StudyInstanceUID: study-level labels, every image of the study takes them)."""
+    return next((name for name in _ID_COLUMNS if name in header), None)
 
 
 def _unrecognised(path: Path, header: list[str]) -> LabelError:
@@ -179,7 +190,9 @@ def load_labels(
     """Load a label file into the normalised label table.
 
     Args:
-        path: An NIH ``Data_Entry_2017.csv``, or a generic CSV with an ``image`` column and
+        path: An NIH ``Data_Entry_2017.csv``, or a generic CSV with an ``image`` column (a
+            file name or a DICOM SOP Instance UID), or a ``study`` column (a
+            StudyInstanceUID: study-level labels, see :mod:`medai.dicom_labels`), and
             either a ``label`` column (0/1, for a single finding) or one 0/1 column per finding
             named exactly as the finding; optional ``patient_id`` (without it each image is its
             own patient, and a warning says so), ``sex``, ``age`` and ``view`` columns.
@@ -192,8 +205,10 @@ def load_labels(
 
     Returns:
         A DataFrame with ``image_id``, ``patient_id``, ``findings``, the :func:`label_columns`,
-        ``label`` and any metadata columns, one row per image; images not evaluated for any
-        finding are dropped.
+        ``label`` and any metadata columns, one row per image (per study, with a ``study_id``
+        column, for study-level labels); images not evaluated for any finding are dropped.
+        ``attrs["level"]`` is ``"image"`` or ``"study"``; ``attrs["patients"]`` is ``"file"``
+        (a patient column) or ``"images"`` (none: each image its own patient).
 
     Raises:
         LabelError: On a missing or empty file, missing columns, an unknown finding or negatives
@@ -208,9 +223,11 @@ def load_labels(
     if all(col in header for col in _NIH_REQUIRED):
         findings = _resolve(finding, single_ok=False)
         table = _load_nih(path, header, findings, negatives)
-    elif "image" in header and ("label" in header or any(f in header for f in NIH_FINDINGS)):
+        patients = PATIENTS_FROM_FILE
+    elif _id_column(header) and ("label" in header or any(f in header for f in NIH_FINDINGS)):
         findings = _resolve(finding, single_ok="label" in header)
         table = _load_generic(path, header, findings)
+        patients = PATIENTS_FROM_FILE if "patient_id" in header else PATIENTS_FROM_IMAGES
     else:
         raise _unrecognised(path, header)
     columns = label_columns(findings)
@@ -220,12 +237,22 @@ def load_labels(
         raise LabelError(
             f"{path}: no labelled images left for finding {', '.join(findings)!r} ({negatives})"
         )
+    return _finished(path, table, columns, patients)
+
+
+def _finished(path: Path, table: pd.DataFrame, columns: list[str], patients: str) -> pd.DataFrame:
+    """The table in its column order, with its ``level`` and ``patients`` attrs; refuses
+    duplicated ids."""
+    level = "study" if "study_id" in table else "image"
     duplicated = table["image_id"][table["image_id"].duplicated()]
     if not duplicated.empty:
-        raise LabelError(f"{path}: duplicated image ids, e.g. {duplicated.iloc[0]!r}")
+        raise LabelError(f"{path}: duplicated {level} ids, e.g. {duplicated.iloc[0]!r}")
     order = ["image_id", "patient_id", "findings", *columns, "label"]
     order += [name for name in METADATA_COLUMNS if name in table]
-    return table[order].reset_index(drop=True)
+    table = table[order + (["study_id"] if level == "study" else [])].reset_index(drop=True)
+    table.attrs["level"] = level
+    table.attrs["patients"] = patients
+    return table
 
 
 def _read_header(path: Path) -> list[str]:
@@ -332,15 +359,17 @@ def _load_generic(path: Path, header: list[str], findings: tuple[str, ...]) -> p
     # labelled findings, as NIH's "Finding Labels" does.
     others = [name for name in NIH_FINDINGS if name in header and name not in sources]
     optional = ["patient_id", *_GENERIC_METADATA, *others]
-    raw = _read_csv(path, ["image", *sources], optional)
+    key = _id_column(header) or "image"
+    raw = _read_csv(path, [key, *sources], optional)
     for source in sources:
         bad = raw[~raw[source].isin(["0", "1"])]
         if not bad.empty:
-            value, image = bad[source].iloc[0], bad["image"].iloc[0]
+            value, image = bad[source].iloc[0], bad[key].iloc[0]
             name = "label" if source == "label" else f"label ({source})"
             raise LabelError(f"{path}: {name} must be 0 or 1, found {value!r} for {image!r}")
-    image_id = raw["image"].map(lambda value: Path(value).name)
-    if "patient_id" not in raw:
+    # A study's rows carry its UID as their id until its images are known (medai.dicom_labels).
+    image_id = raw[key] if key == "study" else raw[key].map(lambda value: Path(value).name)
+    if "patient_id" not in raw and key == "image":
         # The split can still not leak images, but it can leak patients, which inflates AUC.
         log.warning(
             "%s has no patient_id column: each image is treated as its own patient, so "
@@ -350,6 +379,8 @@ def _load_generic(path: Path, header: list[str], findings: tuple[str, ...]) -> p
         )
     patient = raw.get("patient_id", image_id)
     table = pd.DataFrame({"image_id": image_id, "patient_id": patient})
+    if key == "study":
+        table["study_id"] = raw["study"]
     table["findings"] = _findings_text(raw, [] if single else [*sources, *others])
     for source, column in zip(sources, label_columns(findings), strict=True):
         table[column] = raw[source].astype("int8")

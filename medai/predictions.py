@@ -14,7 +14,8 @@ it so, whatever happens (reruns, ``kill -9``, retried Ray tasks, two runs at onc
   (duplicates left by a killed run or a retried write task) and at its end (a retried error
   row replaced by its new result).
 
-Files written before the ``engine`` and ``precision`` columns existed are upgraded in place by
+Files written before a column existed (``engine`` and ``precision``; the DICOM header columns
+``study_id``, ``sex``, ``age``, ``view``, ``modality``, ``manufacturer``) are upgraded in place by
 the next run (:func:`upgrade_files`, atomically, with nulls in the new columns): pyarrow and
 pandas take a folder's schema from one file and DuckDB refuses a glob of differing schemas, so
 a folder mixing both would lose the new columns or fail to read.
@@ -25,9 +26,12 @@ next run) or ``"decode error: ..."`` (the bytes are not a usable image; final un
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +42,12 @@ from medai.images import error_kind
 from medai.locks import exclusive_lock
 
 __all__ = [
+    "COLUMNS",
+    "HEADER_COLUMNS",
     "PREDICTION_SCHEMA",
+    "Column",
+    "prediction_table",
+    "rank_rows",
     "KEY",
     "LOCK",
     "StoreBusyError",
@@ -60,19 +69,49 @@ KEY = ("model_id", "image_id", "finding")
 LOCK = "_lock"
 _INDEX_COLUMNS = ["image_id", "finding", "model_id", "source", "error", "scored_at"]
 
-PREDICTION_SCHEMA = {
-    "image_id": "NIH Image Index (the file name)",
-    "source": "path or URI of the image, or ARCHIVE::MEMBER for a tarball member",
-    "score": "float32 probability of the finding; null on error",
-    "predicted": "bool, score >= threshold compared in float32; null on error",
-    "threshold": "float32, the model card's threshold (Youden's J on validation)",
-    "finding": "string, the finding this row scores (one row per image and finding)",
-    "model_id": "string, sha256 of the model's model.keras",
-    "scored_at": "timestamp (UTC, microseconds)",
-    "error": "null, or 'read error: <reason>' (retried) or 'decode error: <reason>' (final)",
-    "engine": "string, openvino or tensorflow (what ran); null in files written before it existed",
-    "precision": "string, fp32, bf16 or int8 (what ran, after any fallback); null likewise",
-}
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the prediction files: its name, Arrow type and meaning."""
+
+    name: str
+    kind: str
+    doc: str
+
+
+# The one column spec: the Arrow schema, the row builder and the report's columns come from it.
+COLUMNS = (
+    Column("image_id", "string", "a DICOM image's SOP Instance UID, else the file name (NIH)"),
+    Column("source", "string", "path or URI of the image, or ARCHIVE::MEMBER in a tarball"),
+    Column("score", "float32", "probability of the finding; null on error"),
+    Column("predicted", "bool", "score >= threshold compared in float32; null on error"),
+    Column("threshold", "float32", "the model card's threshold (Youden's J on validation)"),
+    Column("finding", "string", "the finding this row scores (one row per image and finding)"),
+    Column("model_id", "string", "sha256 of the model's model.keras"),
+    Column("scored_at", "timestamp", "UTC, microseconds"),
+    Column("error", "string", "null, or 'read error: ...' (retried) or 'decode error: ...'"),
+    Column("engine", "string", "openvino or tensorflow (what ran); null in older files"),
+    Column(
+        "precision", "string", "fp32, bf16 or int8 (what ran, after any fallback); null likewise"
+    ),
+    Column("study_id", "string", "DICOM StudyInstanceUID; null for other formats"),
+    Column("sex", "string", "DICOM Patient's Sex, M or F; null when unknown or not DICOM"),
+    Column("age", "float32", "years, from DICOM Patient's Age (045Y, 045M, 45); null likewise"),
+    Column("view", "string", "DICOM View Position (PA, AP, LL, ...); null likewise"),
+    Column("modality", "string", "DICOM Modality (CR, DX); null likewise"),
+    Column("manufacturer", "string", "DICOM Manufacturer of the equipment; null likewise"),
+)
+# Filled from a DICOM header (see medai.dicom.DicomHeader.metadata); null for PNG and JPEG.
+HEADER_COLUMNS = ("study_id", "sex", "age", "view", "modality", "manufacturer")
+PREDICTION_SCHEMA = {column.name: f"{column.kind}, {column.doc}" for column in COLUMNS}
+
+
+def _arrow_type(kind: str):
+    import pyarrow as pa
+
+    if kind == "timestamp":
+        return pa.timestamp("us", tz="UTC")
+    return {"string": pa.string(), "float32": pa.float32(), "bool": pa.bool_()}[kind]
 
 
 class StoreBusyError(MedaiError, ValueError):
@@ -80,24 +119,10 @@ class StoreBusyError(MedaiError, ValueError):
 
 
 def prediction_schema():
-    """The Arrow schema of prediction files."""
+    """The Arrow schema of prediction files (from :data:`COLUMNS`)."""
     import pyarrow as pa
 
-    return pa.schema(
-        [
-            ("image_id", pa.string()),
-            ("source", pa.string()),
-            ("score", pa.float32()),
-            ("predicted", pa.bool_()),
-            ("threshold", pa.float32()),
-            ("finding", pa.string()),
-            ("model_id", pa.string()),
-            ("scored_at", pa.timestamp("us", tz="UTC")),
-            ("error", pa.string()),
-            ("engine", pa.string()),
-            ("precision", pa.string()),
-        ]
-    )
+    return pa.schema([(column.name, _arrow_type(column.kind)) for column in COLUMNS])
 
 
 def prediction_files(out: str | Path) -> list[Path]:
@@ -209,11 +234,11 @@ def reconcile(
 ) -> pd.DataFrame:
     """Leave exactly one row per key of ``model_id`` in a folder (call with the lock held).
 
-    Of several rows with one key, a score wins over an error, then the newest ``scored_at``
-    (then the later file) wins. Winners are chosen before any file changes and no file loses
-    a winner, so a kill part-way leaves at worst duplicates for the next call, never a lost
-    row. Each affected file is rewritten under a temporary name and renamed over the original;
-    one left without rows is removed.
+    Of several rows with one key, the first by :func:`rank_rows` wins (a score over an
+    error, then the newest ``scored_at``, then the later file). Winners are chosen before any
+    file changes and no file loses a winner, so a kill part-way leaves at worst duplicates for
+    the next call, never a lost row. Each affected file is rewritten under a temporary name
+    and renamed over the original; one left without rows is removed.
 
     Args:
         out: The prediction folder.
@@ -227,10 +252,7 @@ def reconcile(
     index = read_index(out, model_id)
     if index.empty:
         return index.drop(columns="position")
-    ranked = index.assign(failed=index["error"].notna()).sort_values(
-        ["image_id", "finding", "failed", "scored_at", "file", "position"],
-        ascending=[True, True, True, False, False, False],
-    )
+    ranked = rank_rows(index, tiebreak=("file", "position"))
     keys = pd.MultiIndex.from_frame(ranked[["image_id", "finding"]])
     retired = keys.isin(list(retire)) if retire else np.zeros(len(ranked), dtype=bool)
     losers = ranked.duplicated(["image_id", "finding"], keep="first").to_numpy() | retired
@@ -243,7 +265,7 @@ def reconcile(
             int(losers.sum()),
             model_id[:12],
         )
-    return ranked[~losers].drop(columns=["failed", "position"]).reset_index(drop=True)
+    return ranked[~losers].drop(columns=["position"]).reset_index(drop=True)
 
 
 def _drop_rows(path: Path, positions: np.ndarray) -> None:
@@ -275,3 +297,77 @@ def rows_to_retry(done: pd.DataFrame, retry_errors: bool = False) -> pd.DataFram
     if retry_errors:
         return failed
     return failed[failed["error"].map(error_kind) != "decode"]
+
+
+def rank_rows(rows: pd.DataFrame, tiebreak: Sequence[str] = ()) -> pd.DataFrame:
+    """The one duplicate-row rule: rows ordered so that the first of each (image, finding) wins.
+
+    A score wins over an error (a non-empty ``error`` text), then the newest ``scored_at``
+    (a missing one counts as the oldest), then the ``tiebreak`` columns, largest first. Used
+    by :func:`reconcile` on the store and by the report's accounting on what it reads.
+    """
+    error = rows["error"]
+    failed = error.notna() & (error.astype(str).str.strip() != "")
+    keys = ["image_id", "finding", "_failed", "scored_at", *tiebreak]
+    ranked = rows.assign(_failed=failed.to_numpy()).sort_values(
+        keys,
+        ascending=[True, True, True, False, *[False] * len(tiebreak)],
+        na_position="last",
+        kind="stable",
+    )
+    return ranked.drop(columns="_failed")
+
+
+def prediction_table(
+    batch: dict, model_id: str, findings: list[str], thresholds: list[float]
+) -> tuple[object, np.ndarray]:
+    """The rows of a scored batch, one per kept image and finding (image-major).
+
+    Args:
+        batch: Scored rows: ``image_id``, ``source``, ``score`` ``(N, findings)``, ``error``,
+            ``skip`` (not written), ``engine``, ``precision`` and, optionally, ``meta`` (the
+            DICOM header columns as JSON, ``""`` for other formats).
+
+    Returns:
+        The Arrow table in :func:`prediction_schema` and the per-image error mask.
+    """
+    import pyarrow as pa
+
+    from medai.card import is_positive
+
+    keep = ~np.asarray(batch["skip"], dtype=bool)
+    k = len(findings)
+    errors = [str(e) for e, kept in zip(batch["error"], keep, strict=True) if kept]
+    failed = np.array([bool(e) for e in errors], dtype=bool)
+    scores = np.asarray(batch["score"], dtype=np.float32).reshape(len(keep), k)[keep]
+    n = len(errors)
+
+    def per_row(values) -> list:
+        return [v for v, kept in zip(values, keep, strict=True) if kept for _ in range(k)]
+
+    predicted = np.zeros((n, k), bool)
+    for column, threshold in enumerate(thresholds):  # each finding by its own threshold
+        predicted[:, column] = is_positive(scores[:, column], threshold)
+    mask = np.repeat(failed, k)
+    values = {
+        "image_id": [str(v) for v in per_row(batch["image_id"])],
+        "source": [str(v) for v in per_row(batch["source"])],
+        "score": pa.array(scores.reshape(-1), mask=mask, type=pa.float32()),
+        "predicted": pa.array(np.asarray(predicted).reshape(-1), mask=mask, type=pa.bool_()),
+        "threshold": pa.array(np.tile(np.asarray(thresholds, np.float32), n)),
+        "finding": list(findings) * n,
+        "model_id": [model_id] * (n * k),
+        "scored_at": [datetime.now(timezone.utc)] * (n * k),
+        "error": [e or None for e in errors for _ in range(k)],
+        "engine": [str(v) for v in per_row(batch["engine"])],
+        "precision": [str(v) for v in per_row(batch["precision"])],
+    }
+    headers = [json.loads(m) if m else {} for m in per_row(batch.get("meta", [""] * len(keep)))]
+    for name in HEADER_COLUMNS:
+        values[name] = [header.get(name) for header in headers]
+    schema = prediction_schema()
+    arrays = [
+        value if isinstance(value, pa.Array) else pa.array(value, field.type)
+        for value, field in ((values[field.name], field) for field in schema)
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema), failed

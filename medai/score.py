@@ -24,11 +24,13 @@ OpenVINO actor never imports TensorFlow. Each row records the engine and precisi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,10 +42,10 @@ from medai.artifact import verify_model_file
 from medai.card import (
     card_findings,
     card_thresholds,
-    is_positive,
     read_card,
     write_card_copy,
 )
+from medai.dicom import missing_codecs
 from medai.engines import resolve_engine, verify_ir
 from medai.files import write_json
 from medai.images import ImageInputs, discover_images
@@ -53,6 +55,7 @@ from medai.predictions import (
     hold_lock,
     prediction_files,
     prediction_schema,
+    prediction_table,  # the row builder: write_predictions calls it
     reconcile,
     remove_temporaries,
     rows_to_retry,
@@ -87,53 +90,6 @@ IN_FLIGHT_BYTES = 512 * 1024 * 1024
 _SUMMARY_FIELDS = ("rows", "scored", "errors", "skipped")
 
 
-def prediction_table(
-    batch: dict, model_id: str, findings: list[str], thresholds: list[float]
-) -> tuple[object, np.ndarray]:
-    """The rows of a scored batch, one per kept image and finding (image-major).
-
-    Returns:
-        The Arrow table in :func:`prediction_schema` and the per-image error mask.
-    """
-    import pyarrow as pa
-
-    keep = ~np.asarray(batch["skip"], dtype=bool)
-    k = len(findings)
-    errors = [str(e) for e, kept in zip(batch["error"], keep, strict=True) if kept]
-    failed = np.array([bool(e) for e in errors], dtype=bool)
-    scores = np.asarray(batch["score"], dtype=np.float32).reshape(len(keep), k)[keep]
-    n = len(errors)
-
-    def per_row(values) -> list:
-        return [str(v) for v, kept in zip(values, keep, strict=True) if kept for _ in range(k)]
-
-    limits = np.asarray(thresholds, np.float32)
-    # Each finding decided with its own threshold, by the one float32 rule.
-    predicted = np.zeros((n, k), bool)
-    for column, threshold in enumerate(thresholds):
-        predicted[:, column] = is_positive(scores[:, column], threshold)
-    mask = np.repeat(failed, k)
-    table = pa.table(
-        {
-            "image_id": per_row(batch["image_id"]),
-            "source": per_row(batch["source"]),
-            "score": pa.array(scores.reshape(-1), mask=mask, type=pa.float32()),
-            "predicted": pa.array(np.asarray(predicted).reshape(-1), mask=mask, type=pa.bool_()),
-            "threshold": pa.array(np.tile(limits, n)),
-            "finding": pa.array(list(findings) * n, pa.string()),
-            "model_id": pa.array([model_id] * (n * k), pa.string()),
-            "scored_at": pa.array(
-                [datetime.now(timezone.utc)] * (n * k), pa.timestamp("us", tz="UTC")
-            ),
-            "error": pa.array([e or None for e in errors for _ in range(k)], pa.string()),
-            "engine": pa.array(per_row(batch["engine"]), pa.string()),
-            "precision": pa.array(per_row(batch["precision"]), pa.string()),
-        },
-        schema=prediction_schema(),
-    )
-    return table, failed
-
-
 def write_predictions(
     batch: dict,
     out: str,
@@ -149,13 +105,15 @@ def write_predictions(
     import pyarrow.parquet as pq
 
     skip = np.asarray(batch["skip"], dtype=bool)
+    ignored = [str(reason) for reason in batch.get("ignored", [""] * len(skip))]
     table, failed = prediction_table(batch, model_id, findings, thresholds)
     n = len(failed)
     counts = {
         "rows": [table.num_rows],
         "scored": [int(n - failed.sum())],
         "errors": [int(failed.sum())],
-        "skipped": [int(skip.sum())],
+        "skipped": [int(skip.sum()) - sum(map(bool, ignored))],
+        "ignored": [json.dumps(Counter(reason for reason in ignored if reason))],
         "file": [""],
     }
     if n == 0:
@@ -312,7 +270,11 @@ def _pipeline(
     from medai.datasets import image_dataset
 
     plan = plan_actors(config.actors, engine, actor_cpus)
-    dataset = image_dataset(inputs, card["image_size"], exclude=skip)
+    for problem in missing_codecs():  # such files become error rows naming the package
+        logger.warning("DICOM codec missing: %s", problem)
+    dataset = image_dataset(
+        inputs, card["image_size"], exclude=skip, modalities=tuple(config.modalities)
+    )
     if config.limit:
         dataset = dataset.limit(config.limit)  # the first N inputs, so a rerun skips them
     scored = dataset.map_batches(
@@ -351,6 +313,7 @@ def _collect(written, summary: ScoreSummary, progress: bool, total: int | None) 
             summary.scored += int(row["scored"])
             summary.errors += int(row["errors"])
             summary.skipped += int(row["skipped"])
+            summary.ignored.update(json.loads(row["ignored"]))
             if row["file"]:
                 files.append(str(row["file"]))
             summary.files = len(files)

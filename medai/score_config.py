@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from medai.configs import CheckedConfig
+from medai.dicom import DEFAULT_MODALITIES
 from medai.engines import ENGINES
 from medai.engines import PRECISIONS as ENGINE_PRECISIONS
 from medai.errors import MedaiError
@@ -41,12 +43,15 @@ class ScoreConfig(CheckedConfig):
     rows_per_file: int = 4096
     progress: bool = True
     retry_errors: bool = False
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
 
     error: ClassVar[type[MedaiError]] = ScoreError
 
     def problems(self) -> list[str]:
         """Every option that cannot work (:meth:`check` raises them as one ScoreError)."""
         problems = []
+        if not self.modalities:
+            problems.append("--modalities must name at least one DICOM modality (e.g. CR,DX)")
         if self.batch_size < 1:
             problems.append("--batch-size must be at least 1")
         if self.precision not in PRECISIONS:
@@ -81,6 +86,7 @@ class ScoreSummary:
     model_id: str = ""
     findings: int = 1
     engine: str = ""
+    ignored: Counter = field(default_factory=Counter)
 
     @property
     def images_per_second(self) -> float:
@@ -90,8 +96,11 @@ class ScoreSummary:
     def line(self) -> str:
         """The final one-line summary."""
         per = f" x {self.findings} findings" if self.findings > 1 else ""
+        kinds = ", ".join(f"{count} {reason}" for reason, count in sorted(self.ignored.items()))
+        # DICOM instances that are not chest radiographs (SR, CT, ...): skipped, counted here.
+        other = f", {sum(self.ignored.values())} not radiographs ({kinds})" if kinds else ""
         return (
-            f"scored {self.scored} images{per}, skipped {self.skipped} already scored, "
+            f"scored {self.scored} images{per}, skipped {self.skipped} already scored{other}, "
             f"{self.errors} errors, {self.files} files, {self.seconds:.1f} s wall, "
             f"{self.images_per_second:.1f} images/s"
         )

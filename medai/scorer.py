@@ -56,12 +56,11 @@ class Scorer:
             images = np.asarray(batch["image"])[usable]
             scores[usable] = self._engine.predict(images)
         n = len(errors)
+        # Every column but the pixels passes on (the DICOM header's `meta`, `ignored`, ...).
+        passed = {name: values for name, values in batch.items() if name != "image"}
         return {
-            "image_id": batch["image_id"],
-            "source": batch["source"],
+            **passed,
             "score": scores,
-            "error": batch["error"],
-            "skip": batch["skip"],
             "engine": [self._engine.name] * n,
             "precision": [self._engine.precision] * n,
         }

@@ -27,6 +27,7 @@ import pandas as pd
 from medai.artifact import save_model_dir
 from medai.card import CURVES_FILE, card_line, read_card, write_split
 from medai.cpus import WorkerPlan
+from medai.dicom_labels import resolve_labels
 from medai.errors import MedaiError
 from medai.files import write_json
 from medai.images import discover_images
@@ -73,12 +74,14 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
     if (out / "model.keras").exists() and not config.resume:
         logger.warning("%s already holds a model; it will be replaced", out)
     labels = load_labels(config.labels, config.finding, config.negatives)
+    inputs = discover_images(config.images)
+    # DICOM: study-level labels to images, keyed pseudonyms for patients (one header pass).
+    labels = resolve_labels(labels, inputs, config.id_key, tuple(config.modalities))
     train_val_path, test_path = find_split_lists(config.labels)
     test_ids = read_split_list(test_path) if test_path else []
     train_val_ids = read_split_list(train_val_path) if train_val_path else None
     split = split_by_patient(labels, test_ids, train_val_ids, config.val_fraction, config.seed)
     _require_both_classes(split)
-    inputs = discover_images(config.images)
     if inputs.empty:
         raise TrainError(f"--images: no images or archives found in {list(config.images)}")
     if weights == "imagenet":  # last: the only check that may touch the network
@@ -142,7 +145,11 @@ def _load_images(plan: TrainPlan):
     split_of = dict(zip(usable["image_id"], usable["split"], strict=True))
     # In input order: the same seed then sees the same training set and trains the same model.
     dataset = image_dataset(
-        plan.inputs, plan.config.image_size, wanted=set(labels_of), ordered=True
+        plan.inputs,
+        plan.config.image_size,
+        wanted=set(labels_of),
+        ordered=True,
+        modalities=tuple(plan.config.modalities),
     )
     dataset = dataset.map_batches(
         _attach_labels,

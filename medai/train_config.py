@@ -13,6 +13,7 @@ from typing import ClassVar
 import pandas as pd
 
 from medai.configs import CheckedConfig
+from medai.dicom import DEFAULT_MODALITIES
 from medai.errors import MedaiError
 from medai.images import ImageInputs
 from medai.labels import NEGATIVE_POLICIES, parse_findings
@@ -53,6 +54,8 @@ class TrainConfig(CheckedConfig):
     max_failures: int = 2
     max_unreadable: float = 0.01
     export_openvino: bool = True
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    id_key: str | None = None  # the site key's file (its path, never its bytes, is recorded)
 
     error: ClassVar[type[MedaiError]] = TrainError
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medai.predictions import (
+    HEADER_COLUMNS,
     LOCK,
     StoreBusyError,
     hold_lock,
@@ -43,6 +44,8 @@ def write(out: Path, name: str, rows: list[tuple]) -> Path:
             "error": list(error),
             "engine": ["openvino"] * n,
             "precision": ["fp32"] * n,
+            # The DICOM header columns: null for PNGs.
+            **{name: pa.nulls(n, prediction_schema().field(name).type) for name in HEADER_COLUMNS},
         },
         schema=prediction_schema(),
     )

@@ -17,6 +17,7 @@ import pandas as pd
 
 from medai.card import finding_threshold, read_card_copy
 from medai.labels import label_columns
+from medai.predictions import rank_rows
 from medai.report.config import ReportConfig
 from medai.report.inputs import Inputs, Split, findings_in_order
 
@@ -97,9 +98,10 @@ def account_rows(
     no_id = rows["image_id"].isna().to_numpy()
     without_id = per_finding(code[no_id])
     rows = rows[~no_id]
-    # The latest scoring of an image wins; rows without a timestamp count as the oldest.
-    ordered = rows.sort_values("scored_at", kind="stable", na_position="first")
-    unique = ordered.drop_duplicates(["image_id", "finding"], keep="last")
+    # The store's one rule (a score before an error, then the newest; rows without a timestamp
+    # count as the oldest; then the later row), so the report counts what reconcile keeps.
+    ranked = rank_rows(rows.assign(_row=np.arange(len(rows))), tiebreak=("_row",))
+    unique = ranked.drop_duplicates(["image_id", "finding"], keep="first").drop(columns="_row")
     kept = per_finding(code[~no_id])
     code = names.get_indexer(unique["finding"])
     counts["n_duplicates"] = kept - per_finding(code)

@@ -76,6 +76,11 @@ class ReportConfig(CheckedConfig):
             the page and the plots folder, for reports that leave the institution.
         boxes: NIH ``BBox_List_2017.csv`` (or the columns of :data:`medai.boxes.BOX_COLUMNS`)
             for the pointing-game localisation check; needs ``model``.
+        deidentify: Replace image ids, study ids, patient ids and source paths with keyed
+            pseudonyms everywhere in the report (:mod:`medai.report.deidentify`); needs
+            ``images=False``.
+        id_key: The site key's file for ``deidentify`` (else ``MEDAI_ID_KEY_FILE`` or
+            ``MEDAI_ID_KEY``, see :mod:`medai.pseudonyms`).
         processes: Worker processes for the findings' bootstraps and figures (findings are
             independent); ``0``: one per CPU this process may use, ``1``: all in this process.
             The results do not depend on it.
@@ -95,6 +100,8 @@ class ReportConfig(CheckedConfig):
     images: bool = True
     boxes: str | Path | None = None
     processes: int = 0
+    deidentify: bool = False
+    id_key: str | None = None
 
     error: ClassVar[type[MedaiError]] = ReportError
 
@@ -192,6 +199,19 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
         "for reports that leave the institution (default: images are shown)",
     )
     parser.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="replace image ids, study ids, patient ids and source paths with keyed pseudonyms "
+        "(HMAC-SHA256 under the site key) everywhere in the report folder; needs --no-images",
+    )
+    parser.add_argument(
+        "--id-key",
+        metavar="FILE",
+        default=None,
+        help="site key for --deidentify (default: $MEDAI_ID_KEY_FILE or $MEDAI_ID_KEY); make "
+        "one with `head -c 32 /dev/urandom > site.key`",
+    )
+    parser.add_argument(
         "--boxes",
         default=None,
         help="NIH BBox_List_2017.csv (or a CSV with image_id,finding,x,y,width,height in "
@@ -262,4 +282,9 @@ def report_problems(config: ReportConfig) -> list[str]:
     for name in ("predictions", "labels", "out"):
         if not str(getattr(config, name)).strip():
             problems.append(f"--{name} is required")
+    if config.deidentify and (config.images or config.boxes is not None):
+        problems.append(
+            "--deidentify needs --no-images (and no --boxes): patient images cannot be "
+            "de-identified by renaming"
+        )
     return problems

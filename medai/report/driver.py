@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medai.pseudonyms import load_id_key
 from medai.report.accounting import collect_models
 from medai.report.config import SUBGROUP_BOOTSTRAP, ReportConfig
+from medai.report.deidentify import deidentify_inputs
 from medai.report.evaluation import comparisons, model_section
 from medai.report.examples import (
     choose_examples,
@@ -37,7 +39,7 @@ from medai.report.figures import (
 from medai.report.inputs import prepare, resolved_config
 from medai.report.render import fmt, render_html, undefined_auc
 from medai.report.saliency import boxed_sources, localization, overlays
-from medai.report.subgroups import attributes_of
+from medai.report.subgroups import attributes_of, with_header_attributes
 from medai.report.workers import finding_pool, pool_map
 from medai.saliency import Explainer, load_explainer
 
@@ -90,7 +92,10 @@ def run_report(config: ReportConfig) -> dict:
         ReportError: On invalid options or unusable inputs, before anything is written.
     """
     started = time.perf_counter()
+    key = load_id_key(config.id_key, "for --deidentify") if config.deidentify else None
     inputs = prepare(config)
+    if key is not None:  # before any evaluation: the report is built from pseudonyms only
+        inputs = deidentify_inputs(inputs, key)
     out = Path(config.out)
     resolved = resolved_config(config, inputs)
     log.info("report config: %s", json.dumps(resolved, sort_keys=True))
@@ -99,7 +104,7 @@ def run_report(config: ReportConfig) -> dict:
     _write_json(out / "config.json", resolved)
 
     models = collect_models(config, inputs)
-    attributes = attributes_of(inputs.labels)
+    attributes = attributes_of(with_header_attributes(inputs.labels, inputs.predictions))
     report = _report_header(config, inputs, models, attributes, resolved)
     names = [attribute.name for attribute in attributes]
     failures: dict[str, dict[str, dict | None]] = {}

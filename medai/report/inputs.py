@@ -26,15 +26,17 @@ from medai.labels import (
     read_split_list,
 )
 from medai.paths import folder_problem
+from medai.predictions import COLUMNS
 from medai.report.config import DEFAULT_FINDING, ReportConfig, ReportError, check_config
 
 __all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "Inputs", "Split", "prepare", "resolved_config"]
 
 log = logging.getLogger("medai.report")
 
-# Columns of medai.predictions.PREDICTION_SCHEMA the report reads (the others are not needed).
+# The report's columns, from the one column spec (medai.predictions.COLUMNS): these three are
+# required, the others read where a file has them (older files lack some; null then).
 REQUIRED_COLUMNS = ("image_id", "score", "model_id")
-OPTIONAL_COLUMNS = ("source", "predicted", "threshold", "finding", "scored_at", "error")
+OPTIONAL_COLUMNS = tuple(c.name for c in COLUMNS if c.name not in REQUIRED_COLUMNS)
 
 # ----------------------------------------------------------------------------- inputs
 

@@ -1,15 +1,18 @@
-"""Subgroups: per finding, the metrics within sex, age band, view and follow-up groups.
+"""Subgroups: per finding, the metrics within sex, age band, view, follow-up, modality and
+manufacturer groups.
 
 The attributes come from the label table's metadata (:func:`medai.labels.load_labels`: NIH
 ``Patient Gender``, ``Patient Age``, ``View Position`` and ``Follow-up #``, or a generic CSV's
-``sex``, ``age``, ``view`` and ``follow_up`` columns); an attribute without any known value is
-left out. Each subgroup gets n, positives, AUC with a bootstrap CI, sensitivity and specificity
-at the finding's threshold and ECE. Its AUC CI comes from the finding's own bootstrap
-(:func:`medai.metrics.bootstrap`: the same resamples of the whole population, restricted to the
-subgroup), so subgroups cost one ``bincount`` per resample each, not a bootstrap of their own.
-A subgroup whose CI lies wholly below the finding's overall AUC is ``flagged``; one with fewer
-than :data:`MIN_POSITIVES` positives or :data:`MIN_NEGATIVES` negatives gets ``null`` metrics
-and a reason.
+``sex``, ``age``, ``view`` and ``follow_up`` columns), and, where the label table lacks them,
+from the DICOM header columns of the prediction rows (:func:`with_header_attributes`), which
+also give the acquisition subgroups ``modality`` and ``manufacturer`` (as FDA guidance asks);
+an attribute without any known value is left out. Each subgroup gets n, positives, AUC with a
+bootstrap CI, sensitivity and specificity at the finding's threshold and ECE. Its AUC CI comes
+from the finding's own bootstrap (:func:`medai.metrics.bootstrap`: the same resamples of the
+whole population, restricted to the subgroup), so subgroups cost one ``bincount`` per resample
+each, not a bootstrap of their own. A subgroup whose CI lies wholly below the finding's overall
+AUC is ``flagged``; one with fewer than :data:`MIN_POSITIVES` positives or
+:data:`MIN_NEGATIVES` negatives gets ``null`` metrics and a reason.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ __all__ = [
     "MIN_POSITIVES",
     "Attribute",
     "attributes_of",
+    "with_header_attributes",
     "subgroup_entries",
 ]
 
-ATTRIBUTES = ("sex", "age", "view", "follow_up")
+ATTRIBUTES = ("sex", "age", "view", "follow_up", "modality", "manufacturer")
+# Filled from the prediction rows' DICOM header columns where the label table lacks them.
+HEADER_ATTRIBUTES = ("sex", "age", "view", "modality", "manufacturer")
 AGE_BANDS = ("<40", "40-59", "60-79", ">=80")
 _AGE_EDGES = (40, 60, 80)
 _VALUES = {
@@ -61,7 +67,14 @@ class Attribute:
     codes: np.ndarray
 
 
-def _codes(name: str, column: pd.Series) -> np.ndarray:
+def _values(name: str, column: pd.Series) -> tuple[str, ...]:
+    """The subgroups of an attribute: fixed ones, or the values seen (acquisition groups)."""
+    if name in _VALUES:
+        return _VALUES[name]
+    return tuple(sorted(set(column.dropna().astype(str).str.strip().str.upper()) - {""}))
+
+
+def _codes(name: str, column: pd.Series, values: tuple[str, ...]) -> np.ndarray:
     if name in ("age", "follow_up"):
         numbers = pd.to_numeric(column, errors="coerce").astype("Float64")
         known = numbers.notna().to_numpy()
@@ -69,8 +82,8 @@ def _codes(name: str, column: pd.Series) -> np.ndarray:
         # Follow-up 0 is the first image of a patient.
         code = np.digitize(values, _AGE_EDGES) if name == "age" else (values > 0).astype(int)
         return np.where(known, code, -1).astype(np.int64)
-    text = column.astype("string").str.upper()
-    code = pd.Categorical(text, categories=_VALUES[name]).codes
+    text = column.astype("string").str.strip().str.upper()
+    code = pd.Categorical(text, categories=values).codes
     return np.asarray(code, dtype=np.int64)
 
 
@@ -80,10 +93,28 @@ def attributes_of(labels: pd.DataFrame) -> list[Attribute]:
     for name in ATTRIBUTES:
         if name not in labels:
             continue
-        codes = _codes(name, labels[name])
+        values = _values(name, labels[name])
+        codes = _codes(name, labels[name], values)
         if np.any(codes >= 0):
-            found.append(Attribute(name, _VALUES[name], codes))
+            found.append(Attribute(name, values, codes))
     return found
+
+
+def with_header_attributes(labels: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """The label table with the attributes it lacks taken from the DICOM header columns of
+    the prediction rows (``sex``, ``age``, ``view``, ``modality``, ``manufacturer``).
+
+    An attribute the label file has is kept as it is; a header value fills only images whose
+    label row has none.
+    """
+    labels = labels.copy()
+    for name in HEADER_ATTRIBUTES:
+        if name not in predictions or predictions[name].isna().all():
+            continue
+        known = predictions.dropna(subset=[name]).drop_duplicates("image_id")
+        header = labels["image_id"].map(dict(zip(known["image_id"], known[name], strict=True)))
+        labels[name] = labels[name].fillna(header) if name in labels else header
+    return labels
 
 
 def _point(y: np.ndarray, scores: np.ndarray, threshold: float | None, ece_ok: bool) -> dict:
