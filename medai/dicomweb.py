@@ -91,9 +91,7 @@ class DicomwebSource:
 
     def instance_url(self, ref: InstanceRef) -> str:
         """The WADO-RS URL of an instance (the ``source`` of its rows)."""
-        return (
-            f"{self.url}/studies/{ref.study}/series/{ref.series}/instances/{ref.sop}"
-        )
+        return f"{self.url}/studies/{ref.study}/series/{ref.series}/instances/{ref.sop}"
 
 
 class InstanceRef(NamedTuple):
@@ -160,7 +158,9 @@ def since_range(since: str, today: date | None = None) -> str:
         else:
             start = date.fromisoformat(text)
     except ValueError:
-        raise DicomwebError(f"--since must be days (2d) or a date (2026-01-31), not {since!r}")
+        raise DicomwebError(
+            f"--since must be days (2d) or a date (2026-01-31), not {since!r}"
+        ) from None
     return f"{start:%Y%m%d}-"
 
 
