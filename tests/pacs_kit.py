@@ -23,7 +23,10 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.client import HTTPConnection
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Lock, Thread
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +57,7 @@ __all__ = [
     "chest_dicom",
     "upload",
     "instance_count",
+    "FaultProxy",
 ]
 
 
@@ -259,3 +263,81 @@ def upload(server: Orthanc, files: list[bytes]) -> list[str]:
 def instance_count(server: Orthanc) -> int:
     """How many instances Orthanc holds."""
     return int(server.json("/statistics")["CountInstances"])
+
+
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+@dataclass
+class FaultProxy:
+    """A real HTTP proxy thread in front of Orthanc that answers 503 for chosen instances.
+
+    Requests whose path contains one of ``failing`` get a 503 (``times`` times each, then they
+    pass; ``None``: always); every other request is forwarded to Orthanc as is. ``seen`` counts
+    requests per failing UID, so tests can check retries happened.
+    """
+
+    upstream_port: int
+    failing: set[str] = field(default_factory=set)
+    times: int | None = None
+    seen: dict[str, int] = field(default_factory=dict)
+    lock: Lock = field(default_factory=Lock)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def dicomweb(self) -> str:
+        return f"dicomweb+http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def start(self) -> FaultProxy:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet test output
+                pass
+
+            def do_GET(self):
+                proxy.handle(self)
+
+            def do_POST(self):
+                proxy.handle(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def _should_fail(self, path: str) -> bool:
+        with self.lock:
+            for uid in self.failing:
+                if uid in path:
+                    self.seen[uid] = self.seen.get(uid, 0) + 1
+                    return self.times is None or self.seen[uid] <= self.times
+        return False
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        length = int(request.headers.get("Content-Length") or 0)
+        body = request.rfile.read(length) if length else None
+        if self._should_fail(request.path):
+            request.send_response(503, "Service Unavailable")
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        upstream = HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+        try:
+            upstream.request(request.command, request.path, body=body, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        request.send_response(answer.status, answer.reason)
+        for key, value in answer.getheaders():
+            if key.lower() not in _HOP_HEADERS:
+                request.send_header(key, value)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
