@@ -26,8 +26,8 @@ from base64 import b64encode
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Lock, Thread
 from pathlib import Path
+from threading import Lock, Thread
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""DICOMweb sources against a real Orthanc: parsing, credentials, login, paging, retrieval, faults."""
+"""DICOMweb sources against a real Orthanc: parsing, credentials, login, paging, retrieval."""
 
 from __future__ import annotations
 
