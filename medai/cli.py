@@ -32,8 +32,10 @@ from medai.flags import (
     add_images_flag,
     add_max_unreadable_flag,
     add_model_flag,
+    add_pacs_flags,
     add_retry_errors_flag,
     add_run_flags,
+    pacs_options_from_args,
 )
 
 __all__ = ["main", "build_parser", "parse_args"]
@@ -122,6 +124,7 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="predictions folder (Parquet)")
     add_run_flags(parser, 32, "images per inference batch", inference=True)
     parser.add_argument("--limit", type=int, default=None, help="only the first N input images")
+    add_pacs_flags(parser)
     parser.add_argument(
         "--actors",
         type=int,
@@ -295,6 +298,7 @@ def _score_config(args: argparse.Namespace):
         rows_per_file=args.rows_per_file,
         progress=args.progress,
         retry_errors=args.retry_errors,
+        pacs=pacs_options_from_args(args),
     )
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "ENV_PASSWORD",
     "ENV_TOKEN",
     "DEFAULT_MAX_REQUESTS",
+    "NOT_IMAGES",
     "DicomwebError",
     "DicomwebSource",
     "InstanceRef",
@@ -66,6 +67,8 @@ TIMEOUT = (10, 120)  # seconds to connect, seconds between bytes
 RETRIES = 4
 BACKOFF = 0.5  # seconds before the first retry; doubles each time
 _GONE = (404, 410)
+# Documents, not images (medai's own SRs among them): never listed, so never retrieved.
+NOT_IMAGES = frozenset({"SR", "KO", "PR", "DOC"})
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
 
 
@@ -248,7 +251,10 @@ def _pages(search, page: int, **query) -> Iterator[dict]:
 def list_instances(
     client, source: DicomwebSource, since: str | None = None, page: int = PAGE
 ) -> Iterator[InstanceRef]:
-    """Every instance of the studies that match the source's filters, page by page.
+    """Every image instance of the studies that match the source's filters, page by page.
+
+    Instances whose Modality is a document's (SR, KO, PR, DOC: medai's own results among
+    them) are left out.
 
     Args:
         client: From :func:`open_client`.
@@ -274,11 +280,11 @@ def list_instances(
             client.search_for_instances,
             page,
             study_instance_uid=study,
-            fields=["SeriesInstanceUID", "SOPInstanceUID"],
+            fields=["SeriesInstanceUID", "SOPInstanceUID", "Modality"],
         )
         for record in instances:
             series, sop = _uid(record, "0020000E"), _uid(record, "00080018")
-            if series and sop:
+            if series and sop and _uid(record, "00080060") not in NOT_IMAGES:
                 yield InstanceRef(study, series, sop)
 
 

@@ -13,6 +13,8 @@ __all__ = [
     "add_max_unreadable_flag",
     "add_engine_flags",
     "folder_problem",
+    "add_pacs_flags",
+    "pacs_options_from_args",
 ]
 
 
@@ -122,3 +124,51 @@ def folder_problem(flag: str, path: str | Path) -> str | None:
                 return f"{flag} must be a folder, but {path} is a file"
             return f"{flag} {path}: {existing} is a file, not a folder"
     return None
+
+
+def add_pacs_flags(parser: argparse.ArgumentParser) -> None:
+    """DICOMweb flags: ``--since``, ``--results-to``, ``--allow-insecure-http``, ``--ca-bundle``,
+    ``--max-requests``. Credentials are never flags: ``MEDAI_DICOMWEB_USER`` +
+    ``MEDAI_DICOMWEB_PASSWORD`` or ``MEDAI_DICOMWEB_TOKEN`` in the environment."""
+    group = parser.add_argument_group(
+        "PACS (--images dicomweb+https://HOST/dicom-web[?QIDO filters]; credentials from "
+        "MEDAI_DICOMWEB_USER + MEDAI_DICOMWEB_PASSWORD or MEDAI_DICOMWEB_TOKEN)"
+    )
+    group.add_argument(
+        "--since",
+        default=None,
+        help="list only studies dated this many days back (2d) or since a date (2026-01-31): "
+        "a QIDO StudyDate range, so a nightly run does not list the whole archive",
+    )
+    group.add_argument(
+        "--results-to",
+        default=None,
+        metavar="DIR|dicomweb+https://...",
+        help="one DICOM SR per scored image: files in DIR, or STOW-RS to a PACS (one per "
+        "model and image, however often a job runs; missing ones are sent next run)",
+    )
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow plain http to a DICOMweb host other than this machine",
+    )
+    group.add_argument("--ca-bundle", default=None, help="CA file to trust for https (PEM)")
+    group.add_argument(
+        "--max-requests",
+        type=int,
+        default=4,
+        help="DICOMweb requests in flight at most, for the whole run (default: 4)",
+    )
+
+
+def pacs_options_from_args(args: argparse.Namespace):
+    """The :class:`medai.pacs_data.PacsOptions` of parsed :func:`add_pacs_flags` flags."""
+    from medai.pacs_data import PacsOptions
+
+    return PacsOptions(
+        since=args.since,
+        results_to=args.results_to,
+        allow_insecure_http=args.allow_insecure_http,
+        ca_bundle=args.ca_bundle,
+        max_requests=args.max_requests,
+    )

@@ -30,11 +30,14 @@ from medai.errors import MedaiError
 from medai.flags import (
     add_images_flag,
     add_model_flag,
+    add_pacs_flags,
     add_retry_errors_flag,
     add_run_flags,
     folder_problem,
+    pacs_options_from_args,
 )
 from medai.locks import exclusive_lock
+from medai.pacs_data import PacsOptions
 
 __all__ = [
     "NightlyConfig",
@@ -73,6 +76,7 @@ class NightlyConfig:
     address: str | None = None
     rows_per_file: int = 4096
     retry_errors: bool = False
+    pacs: PacsOptions = PacsOptions()
 
 
 @dataclass
@@ -111,6 +115,7 @@ def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     add_run_flags(parser, 32, "images per inference batch", inference=True)
     parser.add_argument("--rows-per-file", type=int, default=4096)
     add_retry_errors_flag(parser)
+    add_pacs_flags(parser)
     return parser
 
 
@@ -135,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> NightlyConfig:
         address=args.address,
         rows_per_file=args.rows_per_file,
         retry_errors=args.retry_errors,
+        pacs=pacs_options_from_args(args),
     )
 
 
@@ -208,6 +214,7 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
         rows_per_file=config.rows_per_file,
         progress=False,
         retry_errors=config.retry_errors,
+        pacs=config.pacs,
     )
     prepared = prepare_scoring(score_config)  # fail on bad inputs before taking the lock
     card = prepared[0]
@@ -230,6 +237,8 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
         try:
             summary = run_scoring(score_config, prepared)
             row.update(scored=summary.scored, skipped=summary.skipped, errors=summary.errors)
+            if summary.results is not None:  # --results-to: the SRs this run sent
+                row.update(srs_sent=summary.results.sent, srs_failed=summary.results.failed)
             report = _refresh_report(config, store, card) if config.labels else None
             row["status"] = "succeeded"
         except BaseException:

@@ -45,12 +45,14 @@ from medai.artifact import (
     verify_model_file,
     write_json,
 )
+from medai.dicomweb import DicomwebError, is_dicomweb
 from medai.engines import ENGINES, EngineError, resolve_engine, verify_ir
 from medai.engines import PRECISIONS as ENGINE_PRECISIONS
 from medai.errors import MedaiError
 from medai.flags import folder_problem
 from medai.images import ImageInputs, discover_images
 from medai.metrics import is_positive
+from medai.pacs_data import PacsOptions, check_servers, input_dataset, send_run_results
 from medai.predictions import (
     PREDICTION_SCHEMA,
     StoreBusyError,
@@ -109,6 +111,7 @@ class ScoreConfig:
     rows_per_file: int = 4096
     progress: bool = True
     retry_errors: bool = False
+    pacs: PacsOptions = PacsOptions()
 
     def check(self) -> None:
         """Raise :class:`ScoreError` on any option that cannot work."""
@@ -131,6 +134,7 @@ class ScoreConfig:
             problems.append("--images is required")
         if problem := folder_problem("--out", self.out):
             problems.append(problem)
+        problems.extend(self.pacs.problems())
         if problems:
             raise ScoreError("; ".join(problems))
 
@@ -148,6 +152,7 @@ class ScoreSummary:
     model_id: str = ""
     findings: int = 1
     engine: str = ""
+    results: object = None  # medai.results.ResultsSummary with --results-to
 
     @property
     def images_per_second(self) -> float:
@@ -161,7 +166,7 @@ class ScoreSummary:
             f"scored {self.scored} images{per}, skipped {self.skipped} already scored, "
             f"{self.errors} errors, {self.files} files, {self.seconds:.1f} s wall, "
             f"{self.images_per_second:.1f} images/s"
-        )
+        ) + (f"; {self.results.line()}" if self.results is not None else "")
 
 
 class Scorer:
@@ -382,9 +387,14 @@ def prepare_scoring(config: ScoreConfig) -> tuple[dict, ImageInputs]:
             verify_ir(config.model, config.precision, card)
     except (EngineError, ModelDirError) as exc:
         raise ScoreError(str(exc)) from None
-    inputs = discover_images(config.images)
-    if inputs.empty:
+    files = [i for i in config.images if not is_dicomweb(i)]
+    inputs = discover_images(files) if files else ImageInputs()
+    if inputs.empty and len(files) == len(config.images):
         raise ScoreError(f"--images: no images or archives found in {list(config.images)}")
+    try:  # a refused login stops the run here, before any work
+        check_servers(config.images, config.pacs)
+    except DicomwebError as exc:
+        raise ScoreError(str(exc)) from None
     return card, inputs
 
 
@@ -430,7 +440,6 @@ def _score_locked(
     """The run itself, with the output folder's lock held."""
     import ray.data
 
-    from medai.datasets import image_dataset
     from medai.runtime import cluster_gpus, init_ray
 
     model_id = card["model_id"]
@@ -465,7 +474,7 @@ def _score_locked(
         object_store_memory=IN_FLIGHT_BYTES
     )
     actors, cpus, gpus, per_node = _plan_actors(config, engine)
-    dataset = image_dataset(inputs, card["image_size"], exclude=skip)
+    dataset, listing = input_dataset(config.images, inputs, card["image_size"], skip, config.pacs)
     if config.limit:
         dataset = dataset.limit(config.limit)  # the first N inputs, so a rerun skips them
     scored = dataset.map_batches(
@@ -495,7 +504,8 @@ def _score_locked(
         },
     )
     # The total is known up front only without archives (counting members means inflating them).
-    total = None if inputs.archives else min(len(inputs.files), config.limit or len(inputs.files))
+    found = len(inputs.files) + listing.count
+    total = None if inputs.archives else min(found, config.limit or found)
     summary = ScoreSummary(
         model_id=model_id,
         startup_seconds=time.perf_counter() - started,
@@ -522,6 +532,9 @@ def _score_locked(
     # reaching an input, so nothing is declared obsolete then.
     obsolete = () if config.limit else _obsolete_errors(retry, inputs, out, files, model_id)
     reconcile(out, model_id, retire=obsolete)
+    summary.skipped += listing.skipped
+    if config.pacs.results_to:
+        summary.results = send_run_results(config.pacs, out, card)
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -274,13 +274,17 @@ class FaultProxy:
 
     Requests whose path contains one of ``failing`` get a 503 (``times`` times each, then they
     pass; ``None``: always); every other request is forwarded to Orthanc as is. ``seen`` counts
-    requests per failing UID, so tests can check retries happened.
+    requests per failing UID, so tests can check retries happened; ``fail_posts`` fails every
+    POST (STOW-RS); ``peak`` is the most requests it ever had in flight at once.
     """
 
     upstream_port: int
     failing: set[str] = field(default_factory=set)
     times: int | None = None
     seen: dict[str, int] = field(default_factory=dict)
+    fail_posts: bool = False
+    in_flight: int = 0
+    peak: int = 0
     lock: Lock = field(default_factory=Lock)
     server: ThreadingHTTPServer | None = None
 
@@ -321,7 +325,17 @@ class FaultProxy:
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length) if length else None
-        if self._should_fail(request.path):
+        with self.lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        try:
+            self._answer(request, body)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _answer(self, request: BaseHTTPRequestHandler, body: bytes | None) -> None:
+        if self._should_fail(request.path) or (self.fail_posts and request.command == "POST"):
             request.send_response(503, "Service Unavailable")
             request.send_header("Content-Length", "0")
             request.end_headers()
