@@ -17,7 +17,8 @@ Listing (:func:`list_instances`) asks QIDO-RS for studies ``page`` at a time (``
 archive. Retrieval (:func:`retrieve_instance`) asks WADO-RS for one instance in its stored
 transfer syntax and returns part-10 bytes, retrying a timeout, a 5xx or a dropped connection
 with exponential backoff; what still fails is an :class:`medai.images.ImageError` of kind
-``read`` (its row is retried next run), and a 404/410 ("gone") one of kind ``decode`` (final).
+``read`` (its row is retried next run), as is a refused login (a worker without credentials),
+and a 404/410 ("gone") or another 4xx one of kind ``decode`` (final).
 The HTTP clients are ``dicomweb-client``'s, on a ``requests`` session.
 """
 
@@ -306,6 +307,12 @@ def _failure(exc: BaseException) -> ImageError:
         status = exc.response.status_code
         if status in _GONE:
             return ImageError(f"the PACS no longer has this instance (HTTP {status})", "decode")
+        if status in (401, 403):  # the login held on the driver: this process lacks it
+            return ImageError(
+                f"WADO-RS answered HTTP {status}: this Ray worker has no valid {ENV_USER}/"
+                f"{ENV_PASSWORD} or {ENV_TOKEN} in its environment",
+                "read",
+            )
         kind = "read" if _retriable(exc) else "decode"
         return ImageError(f"WADO-RS answered HTTP {status} {exc.response.reason}", kind)
     return ImageError(f"WADO-RS retrieval failed: {type(exc).__name__}", "read")

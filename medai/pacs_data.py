@@ -144,8 +144,10 @@ def list_new_instances(
     return listing
 
 
-def plan_pacs_units(listing: PacsListing, per_unit: int = UNIT_INSTANCES) -> list[dict]:
-    """Read units of up to ``per_unit`` instances of one source each."""
+def plan_pacs_units(listing: PacsListing, tasks: int = 1) -> list[dict]:
+    """Read units of one source's instances each: up to :data:`UNIT_INSTANCES`, fewer when
+    that leaves fewer than ``tasks`` units (so that a small listing still reads in parallel)."""
+    per_unit = max(1, min(UNIT_INSTANCES, -(-listing.count // max(1, tasks))))
     units = []
     for source, refs in listing:
         for start in range(0, len(refs), per_unit):
@@ -228,7 +230,7 @@ def pacs_dataset(
 
     from medai.datasets import BLOCK_BYTES, DECODE_CPUS, READ_CPUS, decode_batch
 
-    units = plan_pacs_units(listing)
+    units = plan_pacs_units(listing, max_requests)
     if not units:
         return None
     ray.data.DataContext.get_current().target_max_block_size = BLOCK_BYTES

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -35,6 +36,12 @@ import pytest
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 USER = "medai"
+# One password per test process, in the environment from import on: Ray's workers inherit the
+# environment of the process that starts Ray, as they do in production, and the session's Ray
+# may start before any Orthanc fixture does.
+PASSWORD = secrets.token_urlsafe(16)
+CREDENTIALS = {"MEDAI_DICOMWEB_USER": USER, "MEDAI_DICOMWEB_PASSWORD": PASSWORD}
+os.environ.update(CREDENTIALS)
 READY_SECONDS = 60
 # Planted in every test file's header; none of these may reach anything medai writes.
 PHI = {
@@ -50,6 +57,7 @@ PHI = {
 
 __all__ = [
     "PHI",
+    "CREDENTIALS",
     "Orthanc",
     "start_orthanc",
     "orthanc_missing",
@@ -148,7 +156,7 @@ def _config(folder: Path, port: int, password: str) -> dict:
 def start_orthanc(folder: Path) -> Orthanc:
     """Start an Orthanc with its storage under ``folder`` and wait until it answers."""
     folder.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(16)
+    password = PASSWORD
     port = free_port()
     config = folder / "orthanc.json"
     config.write_text(json.dumps(_config(folder, port, password)))
