@@ -284,6 +284,8 @@ def format_ledger(store: str | Path) -> str:
     if not rows:
         return f"no runs recorded in {store}"
     header = ("run_id", "start", "end", "model_id", "scored", "skipped", "errors", "status")
+    if any("srs_sent" in r for r in rows):  # runs with --results-to
+        header = (*header[:-1], "srs_sent", header[-1])
     lines = [
         [str(r.get(k) if k != "model_id" else str(r.get(k))[:12]) for k in header] for r in rows
     ]
