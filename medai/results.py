@@ -10,8 +10,9 @@ acknowledged is recorded beside the predictions, in ``OUT/_results/<target>/sent
 its address, never credentials.
 
 The SR needs the image's header (patient and study modules): from the PACS it came from
-(WADO-RS metadata) or from its file (read up to the pixels). An image without a DICOM header
-(a PNG) gets no SR and is counted. Requests in flight stay within ``max_requests``.
+(WADO-RS metadata) or from its file (read up to the pixels; archive members in one pass per
+archive). An image without a DICOM header (a PNG) gets no SR: it is counted once and recorded
+with an empty SR UID, so it is not read again. Requests in flight stay within ``max_requests``.
 """
 
 from __future__ import annotations
@@ -137,18 +138,22 @@ def _sent_folder(out: Path, target: ResultsTarget) -> Path:
     return out / RESULTS_DIR / target.key
 
 
-def sent_images(out: str | Path, model_id: str, target: ResultsTarget) -> frozenset[str]:
-    """Image ids whose SR from ``model_id`` this target acknowledged."""
+def _recorded(out: str | Path, model_id: str, target: ResultsTarget) -> dict[str, str]:
+    """``{image_id: SR UID}`` recorded for this model and target (``""``: no DICOM header)."""
     import pyarrow.parquet as pq
 
     folder = _sent_folder(Path(out), target)
-    ids: set[str] = set()
+    found: dict[str, str] = {}
     for path in sorted(folder.glob("sent-*.parquet")) if folder.is_dir() else ():
-        table = pq.read_table(path, columns=["image_id", "model_id"]).to_pydict()
-        ids.update(
-            i for i, m in zip(table["image_id"], table["model_id"], strict=True) if m == model_id
-        )
-    return frozenset(ids)
+        table = pq.read_table(path, columns=["image_id", "model_id", "sr_uid"]).to_pydict()
+        rows = zip(table["image_id"], table["model_id"], table["sr_uid"], strict=True)
+        found.update((i, u) for i, m, u in rows if m == model_id)
+    return found
+
+
+def sent_images(out: str | Path, model_id: str, target: ResultsTarget) -> frozenset[str]:
+    """Image ids whose SR from ``model_id`` this target acknowledged."""
+    return frozenset(i for i, uid in _recorded(out, model_id, target).items() if uid)
 
 
 def _record_sent(out: Path, target: ResultsTarget, model_id: str, sent: list[tuple]) -> None:
@@ -218,18 +223,10 @@ def _metadata_header(client, ref: InstanceRef):
     return pydicom.Dataset.from_json(plain)
 
 
-def _file_header(source: str):
-    """A file's or archive member's DICOM header, or ``None`` when it is not DICOM."""
+def _parse_header(data: bytes):
+    """A DICOM header from a file's bytes, or ``None`` when they are not DICOM."""
     import pydicom
 
-    from medai.images import ARCHIVE_SEP, image_id_of, iter_members, read_bytes
-
-    if ARCHIVE_SEP in source:
-        archive, member = source.split(ARCHIVE_SEP, 1)
-        found = [m for m in iter_members(archive, {image_id_of(member)}) if m.name == member]
-        data = found[0].data if found else b""
-    else:
-        data = read_bytes(source)
     try:
         header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
     except Exception:  # not DICOM (a PNG, a JPEG): no header, so no SR
@@ -237,10 +234,27 @@ def _file_header(source: str):
     return header if "SOPInstanceUID" in header and "StudyInstanceUID" in header else None
 
 
+def _archive_headers(sources: list[str]) -> dict[str, object]:
+    """Headers of archive members (``ARCHIVE::MEMBER`` sources), one pass per archive."""
+    from medai.images import ARCHIVE_SEP, iter_members
+
+    wanted: dict[str, set[str]] = {}
+    for source in sources:
+        if ARCHIVE_SEP in source:
+            archive, member = source.split(ARCHIVE_SEP, 1)
+            wanted.setdefault(archive, set()).add(member)
+    headers: dict[str, object] = {}
+    for archive, members in wanted.items():
+        for member in iter_members(archive, None):
+            if member.name in members and member.error is None:
+                headers[f"{archive}{ARCHIVE_SEP}{member.name}"] = _parse_header(member.data)
+    return headers
+
+
 class _Sender:
     """Builds and delivers the SR of one image; one DICOMweb client per thread and server."""
 
-    def __init__(self, target: ResultsTarget, card: dict, ca_bundle: str | None):
+    def __init__(self, target: ResultsTarget, card: dict, ca_bundle: str | None, archived: dict):
         from medai import __version__
         from medai.artifact import INTENDED_USE, card_findings
 
@@ -248,6 +262,7 @@ class _Sender:
         self.version = __version__
         self.intended_use = card.get("intended_use") or INTENDED_USE
         self.findings = card_findings(card)
+        self.archived = archived  # headers of archive members, read beforehand
         self._local = threading.local()
 
     def client(self, server: DicomwebSource):
@@ -261,15 +276,19 @@ class _Sender:
         if match:
             root, *uids = match.groups()
             return _metadata_header(self.client(DicomwebSource(root)), InstanceRef(*uids))
-        return _file_header(source)
+        if source in self.archived:
+            return self.archived[source]
+        from medai.images import read_bytes
 
-    def __call__(self, image_id: str, rows) -> tuple[str, str] | None:
-        """Deliver one image's SR; returns ``(image_id, SR UID)``, or ``None`` without DICOM."""
+        return _parse_header(read_bytes(source))
+
+    def __call__(self, image_id: str, rows) -> tuple[str, str]:
+        """Deliver one image's SR; returns ``(image_id, SR UID)`` (``""``: no DICOM header)."""
         from medai.sr import FindingResult, build_report
 
         header = self.header(str(rows["source"].iloc[0]))
         if header is None:
-            return None
+            return image_id, ""
         by_finding = {r.finding: r for r in rows.itertuples()}
         results = [
             FindingResult(
@@ -314,10 +333,12 @@ def send_results(
     out = Path(out)
     model_id = card["model_id"]
     scored = scored_results(out, model_id, card_findings(card))
-    sent_before = sent_images(out, model_id, target)
-    pending = scored[~scored["image_id"].isin(sent_before)]
+    recorded = _recorded(out, model_id, target)
+    pending = scored[~scored["image_id"].isin(recorded)]
+    sent_before = {i for i, uid in recorded.items() if uid}
     summary = ResultsSummary(already=len(set(scored["image_id"]) & sent_before))
-    sender, done = _Sender(target, card, ca_bundle), []
+    archived = _archive_headers(list(pending["source"].unique()))
+    sender, done = _Sender(target, card, ca_bundle, archived), []
     with ThreadPoolExecutor(max_workers=max(1, max_requests)) as pool:
         futures = {
             image_id: pool.submit(sender, image_id, rows)
@@ -332,11 +353,11 @@ def send_results(
                     "SR of %s not sent to %s: %s", image_id, target.name, type(exc).__name__
                 )
                 continue
-            if result is None:
+            done.append(result)  # an image without a header is recorded too: never read again
+            if result[1]:
+                summary.sent += 1
+            else:
                 summary.not_dicom += 1
-                continue
-            done.append(result)
-            summary.sent += 1
             if len(done) >= record_every:
                 _record_sent(out, target, model_id, done)
                 done = []

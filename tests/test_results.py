@@ -74,7 +74,7 @@ def test_srs_to_a_folder_once_each(tmp_path):
     assert by_source[studies[2]]["Mass"][1] and by_source[studies[2]]["Effusion"][1]
     assert sent_images(out, CARD["model_id"], target) == frozenset(ids[:3])
     again = send_results(out, CARD, target)
-    assert (again.sent, again.already) == (0, 3)
+    assert (again.sent, again.already, again.not_dicom) == (0, 3, 0)  # the PNG is not re-read
     assert sorted((tmp_path / "srs").glob("*.dcm")) == written
 
 
