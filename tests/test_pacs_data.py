@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from pacs_kit import FaultProxy, chest_dicom, instance_count, orthanc, upload  # noqa: F401
+from pacs_kit import PHI, FaultProxy, chest_dicom, instance_count, orthanc, upload  # noqa: F401
 
 from medai.dicomweb import ENV_PASSWORD, ENV_USER
 from medai.images import ImageError, decode_image, error_kind
@@ -94,8 +94,23 @@ def test_read_errors_from_5xx_are_retried_next_run(ray_session, tiny_model_dir, 
         assert second.scored + second.errors == 2  # only the two read errors were read again
         if _decodes_dicom():
             assert rows["error"].isna().all()
+        _assert_no_secrets(out, [server.password, *PHI.values()])
     finally:
         proxy.stop()
+
+
+def _assert_no_secrets(out: Path, secrets: list[str]) -> None:
+    """No password or header PHI in any file medai wrote (Parquet read as text)."""
+    for path in out.rglob("*"):
+        if not path.is_file() or path.name == "_lock":
+            continue
+        text = (
+            pd.read_parquet(path).to_csv()
+            if path.suffix == ".parquet"
+            else path.read_bytes().decode("utf-8", "replace")
+        )
+        found = [s for s in secrets if s in text]
+        assert not found, f"{path.name} holds {found}"
 
 
 def test_wrong_password_stops_before_work_with_one_line(
