@@ -87,6 +87,14 @@ def _concept(value: str, meaning: str):
     return CodedConcept(value=value[:16], scheme_designator=CODING_SCHEME, meaning=meaning[:64])
 
 
+def _shortest(score: float) -> float:
+    """A float32 score as the shortest decimal that reads back as it (0.8734, not 0.87339997:
+    the SR's decimal string shows what the model gave, no more digits)."""
+    import numpy as np
+
+    return float(str(np.float32(score)))
+
+
 def _finding_group(source, result: FindingResult, algorithm, index: int):
     """TID 1501: the finding's probability and its present/absent decision."""
     import highdicom as hd
@@ -95,7 +103,7 @@ def _finding_group(source, result: FindingResult, algorithm, index: int):
     finding = _concept(f"F-{result.finding}", result.finding)
     measurement = hd.sr.Measurement(
         name=_concept(f"P-{result.finding}", f"Probability of {result.finding}"),
-        value=float(result.score),
+        value=_shortest(result.score),
         unit=codes.UCUM.NoUnits,
         algorithm_id=algorithm,
     )
