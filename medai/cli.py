@@ -32,6 +32,7 @@ from medai.flags import (
     add_images_flag,
     add_max_unreadable_flag,
     add_model_flag,
+    add_pacs_flags,
     add_retry_errors_flag,
     add_run_flags,
 )
@@ -142,6 +143,7 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="predictions folder (Parquet)")
     add_run_flags(parser, 32, "images per inference batch", inference=True)
     parser.add_argument("--limit", type=int, default=None, help="only the first N input images")
+    add_pacs_flags(parser)
     parser.add_argument(
         "--actors",
         type=int,
@@ -280,9 +282,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _score_config(args: argparse.Namespace):
+    from medai.pacs_data import PacsOptions
     from medai.score import ScoreConfig
 
-    return config_from(ScoreConfig, args)
+    return config_from(ScoreConfig, args, pacs=config_from(PacsOptions, args))
 
 
 def _run_score(args: argparse.Namespace) -> int:

@@ -44,6 +44,8 @@ __all__ = [
     "ImageRecord",
     "plan_units",
     "read_records",
+    "identify",
+    "record_columns",
     "read_unit",
     "decode_batch",
     "image_dataset",
@@ -86,7 +88,7 @@ def _records(
                 source = f"{archive}{ARCHIVE_SEP}{member.name}"
                 error = member.error.text if member.error is not None else ""
                 record = (image_id_of(member.name), source, member.data, error)
-                yield from _identified(record, wanted, exclude, modalities)
+                yield from identify(record, wanted, exclude, modalities)
         except Exception as exc:  # a truncated or corrupt archive: one row says so
             yield image_id_of(archive), archive, b"", archive_error(exc).text, False, "", ""
         return
@@ -102,10 +104,10 @@ def _records(
             record = (image_id, source, read_bytes(source, max_bytes), "")
         except ImageError as exc:
             record = (image_id, source, b"", exc.text)
-        yield from _identified(record, wanted, exclude, modalities)
+        yield from identify(record, wanted, exclude, modalities)
 
 
-def _identified(
+def identify(
     record: tuple, wanted: set[str] | None, exclude: frozenset[str], modalities: tuple[str, ...]
 ) -> Iterator[tuple]:
     """A read record with its identity: a DICOM image is named by its SOP Instance UID.
@@ -200,13 +202,13 @@ def read_unit(
         for record in _records(unit, wanted, exclude, max_bytes, tuple(modalities)):
             rows.append(record)
             if len(rows) == _ROWS_PER_BATCH:
-                yield _columns(rows)
+                yield record_columns(rows)
                 rows = []
     if rows:
-        yield _columns(rows)
+        yield record_columns(rows)
 
 
-def _columns(rows: list[tuple]) -> dict:
+def record_columns(rows: list[tuple]) -> dict:
     image_id, source, data, error, skip, meta, ignored = zip(*rows, strict=True)
     return {
         "image_id": list(image_id),

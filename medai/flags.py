@@ -14,6 +14,7 @@ __all__ = [
     "add_nightly_arguments",
     "add_runs_arguments",
     "add_dicom_flags",
+    "add_pacs_flags",
 ]
 
 
@@ -151,6 +152,8 @@ def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     add_run_flags(parser, 32, "images per inference batch", inference=True)
     parser.add_argument("--rows-per-file", type=int, default=4096)
     add_retry_errors_flag(parser)
+    add_dicom_flags(parser, id_key=False)
+    add_pacs_flags(parser)
     return parser
 
 
@@ -158,3 +161,38 @@ def add_runs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """Add ``medai runs`` arguments."""
     parser.add_argument("store", help="store root of medai nightly")
     return parser
+
+
+def add_pacs_flags(parser: argparse.ArgumentParser) -> None:
+    """DICOMweb flags: ``--since``, ``--results-to``, ``--allow-insecure-http``, ``--ca-bundle``,
+    ``--max-requests``. Credentials are never flags: ``MEDAI_DICOMWEB_USER`` +
+    ``MEDAI_DICOMWEB_PASSWORD`` or ``MEDAI_DICOMWEB_TOKEN`` in the environment."""
+    group = parser.add_argument_group(
+        "PACS (--images dicomweb+https://HOST/dicom-web[?QIDO filters]; credentials from "
+        "MEDAI_DICOMWEB_USER + MEDAI_DICOMWEB_PASSWORD or MEDAI_DICOMWEB_TOKEN)"
+    )
+    group.add_argument(
+        "--since",
+        default=None,
+        help="list only studies dated this many days back (2d) or since a date (2026-01-31): "
+        "a QIDO StudyDate range, so a nightly run does not list the whole archive",
+    )
+    group.add_argument(
+        "--results-to",
+        default=None,
+        metavar="DIR|dicomweb+https://...",
+        help="one DICOM SR per scored image: files in DIR, or STOW-RS to a PACS (one per "
+        "model and image, however often a job runs; missing ones are sent next run)",
+    )
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow plain http to a DICOMweb host other than this machine",
+    )
+    group.add_argument("--ca-bundle", default=None, help="CA file to trust for https (PEM)")
+    group.add_argument(
+        "--max-requests",
+        type=int,
+        default=4,
+        help="DICOMweb requests in flight at most, for the whole run (default: 4)",
+    )

@@ -31,6 +31,7 @@ from medai.artifact import card_findings, write_json
 from medai.configs import CheckedConfig, config_from
 from medai.errors import MedaiError
 from medai.locks import exclusive_lock
+from medai.pacs_data import PacsOptions
 from medai.paths import folder_problem
 from medai.predictions import LOCK
 from medai.score_config import ScoreConfig
@@ -126,7 +127,12 @@ class NightlyResult:
 def config_from_args(args: argparse.Namespace) -> NightlyConfig:
     """Build the config from parsed flags (the scoring's from the same flags)."""
     nightly = {name: getattr(args, name) for name in ("store", "labels", "negatives", "split")}
-    scoring = config_from(ScoreConfig, args, out=str(Path(args.store) / "predictions"))
+    scoring = config_from(
+        ScoreConfig,
+        args,
+        out=str(Path(args.store) / "predictions"),
+        pacs=config_from(PacsOptions, args),
+    )
     return NightlyConfig(replace(scoring, progress=False), **nightly)
 
 
@@ -210,6 +216,8 @@ def run_nightly(config: NightlyConfig) -> NightlyResult:
         try:
             summary = run_scoring(score_config, prepared)
             row.update(scored=summary.scored, skipped=summary.skipped, errors=summary.errors)
+            if summary.results is not None:  # --results-to: the SRs this run sent
+                row.update(srs_sent=summary.results.sent, srs_failed=summary.results.failed)
             report = _refresh_report(config, store, card) if config.labels else None
             row["status"] = "succeeded"
         except BaseException:
@@ -255,6 +263,8 @@ def format_ledger(store: str | Path) -> str:
     if not rows:
         return f"no runs recorded in {store}"
     header = ("run_id", "start", "end", "model_id", "scored", "skipped", "errors", "status")
+    if any("srs_sent" in r for r in rows):  # runs with --results-to
+        header = (*header[:-1], "srs_sent", header[-1])
     lines = [
         [str(r.get(k) if k != "model_id" else str(r.get(k))[:12]) for k in header] for r in rows
     ]

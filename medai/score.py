@@ -46,9 +46,11 @@ from medai.card import (
     write_card_copy,
 )
 from medai.dicom import missing_codecs
+from medai.dicomweb import is_dicomweb
 from medai.engines import resolve_engine, verify_ir
 from medai.files import write_json
 from medai.images import ImageInputs, discover_images
+from medai.pacs_data import check_servers, input_dataset, send_run_results
 from medai.predictions import (
     PREDICTION_SCHEMA,
     complete_images,
@@ -153,9 +155,11 @@ def prepare_scoring(config: ScoreConfig) -> PreparedScoring:
     verify_model_file(config.model, card)
     if resolve_engine(config.model, config.engine, config.precision, card) == "openvino":
         verify_ir(config.model, config.precision, card)
-    inputs = discover_images(config.images)
-    if inputs.empty:
+    files = [i for i in config.images if not is_dicomweb(i)]
+    inputs = discover_images(files) if files else ImageInputs()
+    if inputs.empty and len(files) == len(config.images):
         raise ScoreError(f"--images: no images or archives found in {list(config.images)}")
+    check_servers(config.images, config.pacs)  # a refused login stops the run before work
     return PreparedScoring(card, inputs)
 
 
@@ -212,9 +216,10 @@ def _score_locked(
     context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
         object_store_memory=IN_FLIGHT_BYTES
     )
-    written = _pipeline(config, card, inputs, skip, out, engine)
+    written, listing = _pipeline(config, card, inputs, skip, out, engine)
     # The total is known up front only without archives (counting members means inflating them).
-    total = None if inputs.archives else min(len(inputs.files), config.limit or len(inputs.files))
+    found = len(inputs.files) + listing.count
+    total = None if inputs.archives else min(found, config.limit or found)
     summary = ScoreSummary(
         model_id=card["model_id"],
         startup_seconds=time.perf_counter() - started,
@@ -232,6 +237,9 @@ def _score_locked(
     model_id = card["model_id"]
     obsolete = () if config.limit else _obsolete_errors(retry, inputs, out, files, model_id)
     reconcile(out, model_id, retire=obsolete)
+    summary.skipped += listing.skipped
+    if config.pacs.results_to:
+        summary.results = send_run_results(config.pacs, out, card)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -263,17 +271,17 @@ def _settle_store(config: ScoreConfig, card: dict, out: Path) -> tuple[frozenset
 def _pipeline(
     config: ScoreConfig, card: dict, inputs: ImageInputs, skip: frozenset, out: Path, engine: str
 ):
-    """The lazy Ray dataset: read and decode, score in an actor pool, write Parquet files."""
+    """The lazy Ray dataset (read and decode, score in an actor pool, write Parquet files) and
+    the run's DICOMweb listing (:class:`medai.pacs_data.PacsListing`)."""
     import ray.data
 
     from medai.cpus import plan_actors
-    from medai.datasets import image_dataset
 
     plan = plan_actors(config.actors, engine, actor_cpus)
     for problem in missing_codecs():  # such files become error rows naming the package
         logger.warning("DICOM codec missing: %s", problem)
-    dataset = image_dataset(
-        inputs, card["image_size"], exclude=skip, modalities=tuple(config.modalities)
+    dataset, listing = input_dataset(
+        config.images, inputs, card["image_size"], skip, config.pacs, tuple(config.modalities)
     )
     if config.limit:
         dataset = dataset.limit(config.limit)  # the first N inputs, so a rerun skips them
@@ -291,7 +299,7 @@ def _pipeline(
             "actors_per_node": plan.per_node,
         },
     )
-    return scored.map_batches(
+    written = scored.map_batches(
         write_predictions,
         batch_size=config.rows_per_file,
         num_cpus=0.1,
@@ -303,6 +311,7 @@ def _pipeline(
             "run_id": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"),
         },
     )
+    return written, listing
 
 
 def _collect(written, summary: ScoreSummary, progress: bool, total: int | None) -> list[str]:

@@ -15,6 +15,7 @@ from medai.dicom import DEFAULT_MODALITIES
 from medai.engines import ENGINES
 from medai.engines import PRECISIONS as ENGINE_PRECISIONS
 from medai.errors import MedaiError
+from medai.pacs_data import PacsOptions
 from medai.paths import folder_problem
 
 __all__ = ["PRECISIONS", "ScoreConfig", "ScoreError", "ScoreSummary"]
@@ -44,6 +45,7 @@ class ScoreConfig(CheckedConfig):
     progress: bool = True
     retry_errors: bool = False
     modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    pacs: PacsOptions = PacsOptions()
 
     error: ClassVar[type[MedaiError]] = ScoreError
 
@@ -70,6 +72,7 @@ class ScoreConfig(CheckedConfig):
             problems.append("--images is required")
         if problem := folder_problem("--out", self.out):
             problems.append(problem)
+        problems.extend(self.pacs.problems())
         return problems
 
 
@@ -87,6 +90,7 @@ class ScoreSummary:
     findings: int = 1
     engine: str = ""
     ignored: Counter = field(default_factory=Counter)
+    results: object = None  # medai.results.ResultsSummary with --results-to
 
     @property
     def images_per_second(self) -> float:
@@ -103,4 +107,4 @@ class ScoreSummary:
             f"scored {self.scored} images{per}, skipped {self.skipped} already scored{other}, "
             f"{self.errors} errors, {self.files} files, {self.seconds:.1f} s wall, "
             f"{self.images_per_second:.1f} images/s"
-        )
+        ) + (f"; {self.results.line()}" if self.results is not None else "")

@@ -654,3 +654,20 @@ def test_structural_schema_rules() -> None:
     assert schema["properties"]["size"]["anyOf"] == [{"type": "integer"}, {"type": "string"}]
     assert schema["properties"]["maybe"]["type"] == ["string", "null"]
     assert schema["properties"]["metadata"]["properties"]["labels"]["additionalProperties"]
+
+
+def test_dicomweb_credentials_come_from_a_secret_on_head_and_workers() -> None:
+    """Scoring and nightly jobs see MEDAI_DICOMWEB_* from the Secret medai-dicomweb on the head
+    (listing, SRs) and every worker (retrieval); no manifest spells a credential out."""
+    for origin, spec in _job_specs():
+        if not origin.startswith(("rayjob-score", "raycronjob-nightly")):
+            continue
+        cluster = spec["rayClusterSpec"]
+        groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+        for group in groups:
+            for container in group["template"]["spec"]["containers"]:
+                refs = [e.get("secretRef", {}) for e in container.get("envFrom", [])]
+                assert {"name": "medai-dicomweb", "optional": True} in refs, (origin, container)
+    for path in _yaml_files():
+        text = path.read_text()
+        assert "MEDAI_DICOMWEB_PASSWORD=" not in text.replace("MEDAI_DICOMWEB_PASSWORD='...'", "")
