@@ -91,7 +91,7 @@ def parse_target(text: str, allow_insecure_http: bool = False) -> ResultsTarget:
     """``--results-to``: a ``dicomweb+http(s)://`` server or a folder."""
     if is_dicomweb(text):
         return ResultsTarget(server=parse_source(text, allow_insecure_http))
-    from medai.flags import folder_problem
+    from medai.paths import folder_problem
 
     if problem := folder_problem("--results-to", text):
         raise DicomwebError(problem)
@@ -256,7 +256,7 @@ class _Sender:
 
     def __init__(self, target: ResultsTarget, card: dict, ca_bundle: str | None, archived: dict):
         from medai import __version__
-        from medai.artifact import INTENDED_USE, card_findings
+        from medai.card import INTENDED_USE, card_findings
 
         self.target, self.card, self.ca_bundle = target, card, ca_bundle
         self.version = __version__
@@ -328,7 +328,7 @@ def send_results(
         record_every: Acknowledged SRs recorded in batches of this many, so that a killed
             run re-sends at most this many (which the PACS stores once: same UIDs).
     """
-    from medai.artifact import card_findings
+    from medai.card import card_findings
 
     out = Path(out)
     model_id = card["model_id"]

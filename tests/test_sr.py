@@ -12,7 +12,7 @@ from pacs_kit import PHI, chest_dicom, instance_count, orthanc, upload  # noqa: 
 from pydicom.uid import UID
 
 from medai import __version__
-from medai.artifact import INTENDED_USE
+from medai.card import INTENDED_USE
 from medai.dicomweb import open_client
 from medai.results import parse_target, store_report, write_report_file
 from medai.sr import FindingResult, build_report, read_report, report_uids
