@@ -128,11 +128,12 @@ def test_wrong_password_stops_before_work_with_one_line(
 
 
 def test_credentials_in_the_url_are_refused(tiny_model_dir, server, tmp_path, monkeypatch):
-    from medai.score import ScoreError
+    from medai.dicomweb import DicomwebError
 
     url = server.dicomweb.replace("http://", f"http://{server.user}:{server.password}@")
     monkeypatch.delenv(ENV_USER)
-    with pytest.raises(ScoreError, match="do not go in the URL") as caught:
+    # Raised as itself (a MedaiError: one line, exit 2), not re-wrapped by score.
+    with pytest.raises(DicomwebError, match="do not go in the URL") as caught:
         _score(tiny_model_dir, [url], tmp_path / "out")
     assert server.password not in str(caught.value)
 
