@@ -158,6 +158,28 @@ def test_scoring_from_dicomweb_equals_scoring_the_files(
     assert all("/instances/" in s and server.password not in s for s in remote["source"])
 
 
+def test_nightly_reads_only_new_arrivals_within_since(
+    ray_session, tiny_model_dir, server, tmp_path
+):
+    files = [chest_dicom(80 + i) for i in range(3)]
+    upload(server, files[:2])
+    config = NightlyConfig(
+        images=(server.dicomweb,),
+        model=str(tiny_model_dir),
+        store=str(tmp_path / "store"),
+        pacs=PacsOptions(since="2026-01-01"),
+    )
+    first = run_nightly(config)
+    assert (first.scored + first.errors, first.skipped) == (2, 0)
+    upload(server, files[2:])
+    second = run_nightly(config)
+    assert (second.scored + second.errors, second.skipped) == (1, 2)  # only the new arrival
+    future = NightlyConfig(**{**config.__dict__, "pacs": PacsOptions(since="2099-01-01")})
+    third = run_nightly(future)  # the StudyDate range lists nothing
+    assert (third.scored + third.errors, third.skipped) == (0, 0)
+    assert [r["status"] for r in read_ledger(tmp_path / "store")] == ["succeeded"] * 3
+
+
 @pytest.mark.slow  # three nightly runs (~100 s on a loaded 2-core host)
 @needs_decoder
 def test_nightly_scores_new_arrivals_and_leaves_one_sr_per_image(
