@@ -12,6 +12,7 @@ __all__ = [
     "add_max_unreadable_flag",
     "add_engine_flags",
     "add_nightly_arguments",
+    "add_train_arguments",
     "add_runs_arguments",
     "add_dicom_flags",
     "add_pacs_flags",
@@ -134,6 +135,87 @@ def add_dicom_flags(parser: argparse.ArgumentParser, id_key: bool = True) -> Non
             "$MEDAI_ID_KEY_FILE, or $MEDAI_ID_KEY); make one with "
             "`head -c 32 /dev/urandom > site.key`",
         )
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``medai train`` flags."""
+    from medai.labels import NEGATIVE_POLICIES
+    from medai.model import HEADS
+
+    parser.add_argument("--labels", required=True, help="Data_Entry_2017.csv or a CSV image,label")
+    add_images_flag(parser)
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument(
+        "--finding",
+        default="Mass",
+        help="finding(s) to detect: a name, a comma list (Mass,Nodule,Effusion) or 'all' "
+        "(the 14 NIH findings); default Mass",
+    )
+    parser.add_argument(
+        "--openvino",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the OpenVINO IR beside model.keras (default: on; the CPU scoring engine)",
+    )
+    parser.add_argument(
+        "--negatives",
+        default="all-others",
+        choices=NEGATIVE_POLICIES,
+        help="negatives of a finding: every image without it (default, ChestX-ray14) or only "
+        "'No Finding' images",
+    )
+    parser.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
+    add_run_flags(parser, 16, "images per worker per step")
+    parser.add_argument(
+        "--image-size", type=int, default=256, help="input pixels per side (default 256, min 75)"
+    )
+    parser.add_argument(
+        "--head",
+        default="gap",
+        choices=HEADS,
+        help="global average pooling (default) or the original flatten + dense head",
+    )
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet (default), none, or a local InceptionV3 notop .h5 file",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="Ray Train workers (default: one per GPU, else one per node)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="split, weights and augmentation seed (default 0)"
+    )
+    _add_train_run_flags(parser)
+    return parser
+
+
+def _add_train_run_flags(parser: argparse.ArgumentParser) -> None:
+    """How a training run goes: resume, learning rate, validation share, failures, unreadable."""
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="Adam learning rate (default 1e-4 pretrained, 1e-3 from scratch)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of train_val patients held out for validation (default 0.2)",
+    )
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="worker failures to recover from (restart from last checkpoint)",
+    )
+    add_max_unreadable_flag(parser)
+    add_dicom_flags(parser)
 
 
 def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

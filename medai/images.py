@@ -14,7 +14,6 @@ float32 RGB and no caller can forget a step.
 from __future__ import annotations
 
 import io
-import re
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -24,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from medai.errors import MedaiError
+from medai.image_errors import ERROR_KINDS, ImageError, error_kind
 from medai.luminance import (
     HIGH_DEPTH_MODES,
     high_depth_to_luminance,
@@ -64,51 +63,6 @@ MAX_PIXELS = 50_000_000
 # A file or archive member above this is refused from its size alone, before any byte is read:
 # NIH PNGs are under 1 MiB, and a hostile input must not decide how much memory a worker takes.
 MAX_BYTES = 256 * 1024 * 1024
-# How an image failed. "read": the bytes could not be had (I/O, permission, missing file,
-# unreadable or truncated archive); such a fault may clear, so the next run retries it.
-# "decode": the bytes are not a usable image (corrupt, not an image, too large); final.
-ERROR_KINDS = ("read", "decode")
-_ADDRESS = re.compile(r"<([^<>]*?) at 0x[0-9a-fA-F]+>")
-_REASON_CHARS = 300
-
-
-class ImageError(MedaiError, ValueError):
-    """An input is not a usable image; the message is a stable one-line reason.
-
-    Attributes:
-        kind: ``"read"`` (the bytes could not be read; worth retrying) or ``"decode"`` (the
-            bytes are not a usable image; final).
-    """
-
-    def __init__(self, reason: str, kind: str = "decode"):
-        if kind not in ERROR_KINDS:
-            raise ValueError(f"ImageError kind must be one of {ERROR_KINDS}, not {kind!r}")
-        super().__init__(_stable(reason))
-        self.kind = kind
-
-    @property
-    def text(self) -> str:
-        """The error as a prediction row stores it: ``"<kind> error: <reason>"``."""
-        return f"{self.kind} error: {self}"
-
-
-def error_kind(text: str | None) -> str | None:
-    """The kind of a stored error text (see :attr:`ImageError.text`).
-
-    Returns:
-        ``"read"`` or ``"decode"``; ``None`` for no error, or for a text without a kind
-        (written by an older medai).
-    """
-    for kind in ERROR_KINDS:
-        if text and text.startswith(f"{kind} error: "):
-            return kind
-    return None
-
-
-def _stable(reason: str) -> str:
-    """One line, without what varies between runs of the same fault (object addresses)."""
-    reason = _ADDRESS.sub(r"<\1>", " ".join(str(reason).split()))
-    return reason if len(reason) <= _REASON_CHARS else reason[: _REASON_CHARS - 3] + "..."
 
 
 def _too_large(size: int, max_bytes: int) -> ImageError:

@@ -86,72 +86,93 @@ def account_rows(
     All findings of a model go through each step together (one pass over the rows, counts
     by ``bincount`` on the finding's index), so the cost does not grow with a copy per finding.
     """
-    k = len(findings)
-    names = pd.Index(findings)
-
-    def per_finding(codes: np.ndarray) -> np.ndarray:
-        return np.bincount(codes, minlength=k)
-
+    k, names = len(findings), pd.Index(findings)
     code = names.get_indexer(rows["finding"])
-    counts = {"n_rows": per_finding(code)}
+    counts = {"n_rows": _per_finding(code, k)}
+    unique, code, without_id = _deduplicated(rows, code, names, counts)
+    inside = split.inside(unique["image_id"]).to_numpy()
+    counts["n_outside_split"] = _per_finding(code[~inside], k)
+    unique, code, messages = _without_errors(unique[inside], code[inside], k, counts)
+    matrix = labels[label_columns(findings)].to_numpy(dtype=np.int8)
+    at = pd.Index(labels["image_id"]).get_indexer(unique["image_id"])
+    # -1 in the label table: not evaluated for this finding (no-finding negatives).
+    y = np.where(at >= 0, matrix[np.maximum(at, 0), code], -1) if len(at) else np.zeros(0)
+    labelled = y >= 0
+    counts["n_unlabeled"] = _per_finding(code[~labelled], k) + without_id
+    evaluated = unique[labelled].assign(label=y[labelled].astype(np.int8), label_row=at[labelled])
+    return _finding_rows(evaluated, code[labelled], findings, counts, messages)
+
+
+def _per_finding(codes: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(codes, minlength=k)
+
+
+def _deduplicated(
+    rows: pd.DataFrame, code: np.ndarray, names: pd.Index, counts: dict
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One row per (image, finding) by the store's rule; the rows without an image id."""
+    k = len(names)
     # A row without an image id can be neither deduplicated nor joined: it is unlabeled.
     no_id = rows["image_id"].isna().to_numpy()
-    without_id = per_finding(code[no_id])
+    without_id = _per_finding(code[no_id], k)
     rows = rows[~no_id]
     # The store's one rule (a score before an error, then the newest; rows without a timestamp
     # count as the oldest; then the later row), so the report counts what reconcile keeps.
     ranked = rank_rows(rows.assign(_row=np.arange(len(rows))), tiebreak=("_row",))
     unique = ranked.drop_duplicates(["image_id", "finding"], keep="first").drop(columns="_row")
-    kept = per_finding(code[~no_id])
+    kept = _per_finding(code[~no_id], k)
     code = names.get_indexer(unique["finding"])
-    counts["n_duplicates"] = kept - per_finding(code)
-    inside = split.inside(unique["image_id"]).to_numpy()
-    counts["n_outside_split"] = per_finding(code[~inside])
-    unique, code = unique[inside], code[inside]
+    counts["n_duplicates"] = kept - _per_finding(code, k)
+    return unique, code, without_id
+
+
+def _without_errors(
+    unique: pd.DataFrame, code: np.ndarray, k: int, counts: dict
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """The rows with a score; the error texts of the others (``code``, ``text``)."""
     error = unique["error"]
     present = error.notna().to_numpy()
     has_error = present.copy()
     has_error[present] = error[present].astype(str).str.strip().to_numpy() != ""
     failed = has_error | ~np.isfinite(unique["score"].to_numpy(dtype=np.float64))
-    counts["n_errors"] = per_finding(code[failed])
+    counts["n_errors"] = _per_finding(code[failed], k)
     messages = pd.DataFrame(
         {
             "code": code[failed],
             "text": error[failed].where(has_error[failed], "missing score").astype(str).str[:200],
         }
     )
-    unique, code = unique[~failed], code[~failed]
-    matrix = labels[label_columns(findings)].to_numpy(dtype=np.int8)
-    at = pd.Index(labels["image_id"]).get_indexer(unique["image_id"])
-    # -1 in the label table: not evaluated for this finding (no-finding negatives).
-    y = np.where(at >= 0, matrix[np.maximum(at, 0), code], -1) if len(at) else np.zeros(0)
-    labelled = y >= 0
-    counts["n_unlabeled"] = per_finding(code[~labelled]) + without_id
-    evaluated, code, y = unique[labelled], code[labelled], y[labelled].astype(np.int8)
+    return unique[~failed], code[~failed], messages
+
+
+def _finding_rows(
+    evaluated: pd.DataFrame,
+    code: np.ndarray,
+    findings: Sequence[str],
+    counts: dict,
+    messages: pd.DataFrame,
+) -> list[FindingRows]:
+    """Each finding's evaluated rows, sorted by image id, with its counts and top errors."""
+    k = len(findings)
     # One sort for every finding: by finding, then image id.
     rank = pd.factorize(evaluated["image_id"], sort=True)[0]
     order = np.lexsort((rank, code))
-    code, y = code[order], y[order]
+    code, y = code[order], evaluated["label"].to_numpy(dtype=np.int8)[order]
     bounds = np.searchsorted(code, np.arange(k + 1))
-    image_ids = evaluated["image_id"].to_numpy()[order]
-    sources = evaluated["source"].to_numpy()[order]
-    label_rows = at[labelled][order]
-    scores = evaluated["score"].to_numpy(dtype=np.float64)[order]
+    columns = {
+        "image_id": evaluated["image_id"].to_numpy()[order],
+        "source": evaluated["source"].to_numpy()[order],
+        "score": evaluated["score"].to_numpy(dtype=np.float64)[order],
+        "label": y,
+        "label_row": evaluated["label_row"].to_numpy()[order],
+    }
     counts["n"] = np.diff(bounds)
-    counts["n_positive"] = per_finding(code[y == 1])
+    counts["n_positive"] = _per_finding(code[y == 1], k)
     counts["n_negative"] = counts["n"] - counts["n_positive"]
     out = []
     for index, name in enumerate(findings):
         part = slice(bounds[index], bounds[index + 1])
-        table = pd.DataFrame(
-            {
-                "image_id": image_ids[part],
-                "source": sources[part],
-                "score": scores[part],
-                "label": y[part],
-                "label_row": label_rows[part],
-            }
-        )
+        table = pd.DataFrame({key: values[part] for key, values in columns.items()})
         texts = messages.loc[messages["code"] == index, "text"].value_counts().head(5)
         out.append(
             FindingRows(

@@ -160,39 +160,50 @@ def subgroup_entries(
     for index, attribute in enumerate(attributes):
         for code, value in enumerate(attribute.values):
             inside = codes[index] == code
-            sub_y, sub_scores = y[inside], scores[inside]
-            n, positives = int(inside.sum()), int(np.count_nonzero(sub_y == 1))
-            entry = {
-                "finding": finding,
-                "attribute": attribute.name,
-                "value": value,
-                "n": n,
-                "n_positive": positives,
-                **dict.fromkeys(("auc", "auc_ci95", "sensitivity", "specificity", "ece")),
-                "flagged": False,
-                "reasons": [],
-            }
-            if positives < MIN_POSITIVES or n - positives < MIN_NEGATIVES:
-                entry["reasons"].append(
-                    f"too few images for subgroup metrics: {positives} positive, "
-                    f"{n - positives} negative (at least {MIN_POSITIVES} and {MIN_NEGATIVES})"
-                )
+            entry = _entry(finding, attribute.name, value, y[inside])
+            if entry["reasons"]:  # too few images
                 entries.append(entry)
                 continue
-            entry.update(_point(sub_y, sub_scores, threshold, ece_ok))
+            entry.update(_point(y[inside], scores[inside], threshold, ece_ok))
             if threshold is None:
                 entry["reasons"].append("sensitivity and specificity undefined: no threshold")
             if not ece_ok:
                 entry["reasons"].append("ece undefined: scores outside [0, 1]")
-            if resampled is None:
-                entry["reasons"].append("auc_ci95 undefined: no bootstrap")
-            else:
-                entry["auc_ci95"] = metrics.percentile_interval(resampled[index][:, code])
-                if entry["auc_ci95"] is None:
-                    entry["reasons"].append(
-                        "auc_ci95 undefined: too many resamples hold one class of the subgroup"
-                    )
+            _add_interval(entry, None if resampled is None else resampled[index][:, code])
             ci = entry["auc_ci95"]
             entry["flagged"] = bool(ci and overall_auc is not None and ci[1] < overall_auc)
             entries.append(entry)
     return entries
+
+
+def _entry(finding: str, attribute: str, value, sub_y: np.ndarray) -> dict:
+    """A subgroup's entry before its metrics; its one reason when it is too small for them."""
+    n, positives = len(sub_y), int(np.count_nonzero(sub_y == 1))
+    entry = {
+        "finding": finding,
+        "attribute": attribute,
+        "value": value,
+        "n": n,
+        "n_positive": positives,
+        **dict.fromkeys(("auc", "auc_ci95", "sensitivity", "specificity", "ece")),
+        "flagged": False,
+        "reasons": [],
+    }
+    if positives < MIN_POSITIVES or n - positives < MIN_NEGATIVES:
+        entry["reasons"].append(
+            f"too few images for subgroup metrics: {positives} positive, "
+            f"{n - positives} negative (at least {MIN_POSITIVES} and {MIN_NEGATIVES})"
+        )
+    return entry
+
+
+def _add_interval(entry: dict, resampled: np.ndarray | None) -> None:
+    """The subgroup AUC's percentile interval from its bootstrap, or the reason there is none."""
+    if resampled is None:
+        entry["reasons"].append("auc_ci95 undefined: no bootstrap")
+        return
+    entry["auc_ci95"] = metrics.percentile_interval(resampled)
+    if entry["auc_ci95"] is None:
+        entry["reasons"].append(
+            "auc_ci95 undefined: too many resamples hold one class of the subgroup"
+        )
