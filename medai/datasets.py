@@ -126,7 +126,9 @@ def identify(
             ignored = skip_reason(header, modalities)
         except ImageError:
             pass  # decoding says why, in the row's error
-    if wanted is not None and image_id not in wanted:
+    # Asked for by image id, or (read_records' callers) by archive member name.
+    member = source.split(ARCHIVE_SEP, 1)[-1]
+    if wanted is not None and image_id not in wanted and member not in wanted:
         return
     if image_id in exclude:
         yield image_id, source, b"", "", True, meta, ""
