@@ -32,6 +32,7 @@ import numpy as np
 from medai.dicom_codecs import codec_problem, missing_codecs, stored_values
 from medai.images import ImageError
 from medai.luminance import resize_luminance
+from medai.pseudonyms import pseudonym  # re-exported: the interface names it here
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -49,6 +50,7 @@ __all__ = [
     "grey_values",
     "voi_source",
     "parse_age",
+    "pseudonym",
     "codec_problem",
     "missing_codecs",
 ]
@@ -225,8 +227,6 @@ def read_header(data: bytes, key: bytes | Callable[[], bytes] | None = None) -> 
     Raises:
         ImageError: ``kind="decode"`` if the bytes are not a DICOM dataset.
     """
-    from medai.pseudonyms import pseudonym
-
     dataset, stopped = _parse(data, stop_before_pixels=True)
     meta = getattr(dataset, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
