@@ -20,7 +20,7 @@ both stay apart from a downstream inference actor.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -46,6 +46,7 @@ __all__ = [
     "read_records",
     "identify",
     "record_columns",
+    "record_batches",
     "read_unit",
     "decode_batch",
     "image_dataset",
@@ -198,14 +199,26 @@ def read_unit(
         max_bytes: Files and members above this size are error rows, never read.
         modalities: DICOM modalities scored; other instances are skipped and counted.
     """
+    units = (
+        {"archive": str(archive), "files": [str(f) for f in files]}
+        for archive, files in zip(batch["archive"], batch["files"], strict=True)
+    )
+    yield from record_batches(
+        record
+        for unit in units
+        for record in _records(unit, wanted, exclude, max_bytes, tuple(modalities))
+    )
+
+
+def record_batches(records: Iterable[tuple]) -> Iterator[dict]:
+    """Read records (see :func:`identify`) as column batches of up to 32 rows, the read
+    stage's output for :func:`decode_batch`."""
     rows: list[tuple] = []
-    for archive, files in zip(batch["archive"], batch["files"], strict=True):
-        unit = {"archive": str(archive), "files": [str(f) for f in files]}
-        for record in _records(unit, wanted, exclude, max_bytes, tuple(modalities)):
-            rows.append(record)
-            if len(rows) == _ROWS_PER_BATCH:
-                yield record_columns(rows)
-                rows = []
+    for record in records:
+        rows.append(record)
+        if len(rows) == _ROWS_PER_BATCH:
+            yield record_columns(rows)
+            rows = []
     if rows:
         yield record_columns(rows)
 

@@ -194,18 +194,15 @@ def read_pacs_unit(
     Yields batches in the columns of :func:`medai.datasets.read_unit`, for
     :func:`medai.datasets.decode_batch`.
     """
-    from medai.datasets import record_columns
+    from medai.datasets import record_batches
 
-    rows: list[tuple] = []
-    for i in range(len(batch["root"])):
-        unit = {key: batch[key][i] for key in ("root", "study", "series", "sop")}
-        for record in _records(unit, ca_bundle, retries, tuple(modalities)):
-            rows.append(record)
-            if len(rows) == _ROWS_PER_BATCH:
-                yield record_columns(rows)
-                rows = []
-    if rows:
-        yield record_columns(rows)
+    units = (
+        {key: batch[key][i] for key in ("root", "study", "series", "sop")}
+        for i in range(len(batch["root"]))
+    )
+    yield from record_batches(
+        record for unit in units for record in _records(unit, ca_bundle, retries, modalities)
+    )
 
 
 def pacs_dataset(
