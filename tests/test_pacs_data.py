@@ -6,6 +6,7 @@ cannot decode DICOM (before the DICOM decoder of issue 25 is merged); the others
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -163,7 +164,7 @@ def test_nightly_reads_only_new_arrivals_within_since(
 ):
     files = [chest_dicom(80 + i) for i in range(3)]
     upload(server, files[:2])
-    config = NightlyConfig(
+    config = NightlyConfig.of(
         images=(server.dicomweb,),
         model=str(tiny_model_dir),
         store=str(tmp_path / "store"),
@@ -174,7 +175,8 @@ def test_nightly_reads_only_new_arrivals_within_since(
     upload(server, files[2:])
     second = run_nightly(config)
     assert (second.scored + second.errors, second.skipped) == (1, 2)  # only the new arrival
-    future = NightlyConfig(**{**config.__dict__, "pacs": PacsOptions(since="2099-01-01")})
+    later = PacsOptions(since="2099-01-01")
+    future = dataclasses.replace(config, scoring=dataclasses.replace(config.scoring, pacs=later))
     third = run_nightly(future)  # the StudyDate range lists nothing
     assert (third.scored + third.errors, third.skipped) == (0, 0)
     assert [r["status"] for r in read_ledger(tmp_path / "store")] == ["succeeded"] * 3
@@ -190,7 +192,7 @@ def test_nightly_scores_new_arrivals_and_leaves_one_sr_per_image(
     files = [chest_dicom(20 + i) for i in range(5)]
     upload(server, files[:3])
     store = tmp_path / "store"
-    config = NightlyConfig(
+    config = NightlyConfig.of(
         images=(server.dicomweb,),
         model=str(tiny_model_dir),
         store=str(store),

@@ -270,10 +270,13 @@ def test_nightly_with_a_multi_finding_model(ray_session, multi_model, images, tm
         }
     ).to_csv(labels, index=False)
     store = tmp_path / "store"
-    config = NightlyConfig(
-        images=(str(images),), model=str(multi_model), store=str(store), labels=str(labels)
+    config = NightlyConfig.of(
+        images=(str(images),),
+        model=str(multi_model),
+        store=str(store),
+        labels=str(labels),
+        split="all",
     )
-    config = NightlyConfig(**{**config.__dict__, "split": "all"})
     first = run_nightly(config)
     second = run_nightly(config)
     assert (first.scored, first.errors, second.scored, second.skipped) == (good, bad, 0, good + bad)
