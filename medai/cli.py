@@ -146,6 +146,8 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:
+    from medai.saliency import METHODS
+
     add_model_flag(parser)
     parser.add_argument("image", nargs="+", help="image files (or ARCHIVE::MEMBER)")
     parser.add_argument(
@@ -159,8 +161,14 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
         "--heatmap",
         metavar="DIR",
         default=None,
-        help="write each image's Grad-CAM heatmap of every finding to DIR as "
+        help="write each image's heatmap of every finding to DIR as "
         "<image stem>_<finding>.png (the model's input with the heatmap overlaid)",
+    )
+    parser.add_argument(
+        "--saliency",
+        default=None,
+        choices=METHODS,
+        help="heatmap method for --heatmap (default: the report's default)",
     )
 
 
@@ -317,6 +325,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         precision=args.precision,
         threads=args.threads,
         heatmap_dir=args.heatmap,
+        saliency=args.saliency,
     )
     for result in results:
         if args.json:

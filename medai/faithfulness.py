@@ -6,12 +6,15 @@ the cells from the hottest to the coldest of the heatmap (each cell's mean), in
 (:func:`medai.occlusion.blurred`: detail goes, overall brightness stays), and follows the
 finding's probability; its area under the curve (the mean over the fraction removed, 0 to 1,
 trapezoidal) is low when the first cells the map names are the ones the score depends on. The
-same curve with the cells in a random order (seeded, per image) is the reference: a map whose
+same curve with the cells in a random order (seeded by the image's own pixels, so an image
+gets the same order in any batch) is the reference: a map whose
 deletion AUC is not below the random one shows no more of what the score depends on than a
 guess. Ties in the heatmap (e.g. its zero regions) are ordered at random too.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 
@@ -22,17 +25,19 @@ STEPS = 16
 _BATCH = 64
 
 
-def _orders(maps: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _orders(images: np.ndarray, maps: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the cells hottest first (ties at random) and a random order."""
     n, size = maps.shape[0], maps.shape[1]
     edges = np.linspace(0, size, GRID + 1).round().astype(int)
     cells = np.add.reduceat(np.add.reduceat(maps, edges[:-1], axis=1), edges[:-1], axis=2)
     areas = np.outer(np.diff(edges), np.diff(edges))
     heat = (cells / areas).reshape(n, -1)
-    ties = rng.random(heat.shape)
-    hottest = np.stack([np.lexsort((t, -h)) for h, t in zip(heat, ties, strict=True)])
-    shuffled = np.stack([rng.permutation(GRID * GRID) for _ in range(n)])
-    return hottest, shuffled
+    hottest, shuffled = [], []
+    for image, cells_heat in zip(images, heat, strict=True):
+        rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image).tobytes())])
+        hottest.append(np.lexsort((rng.random(GRID * GRID), -cells_heat)))
+        shuffled.append(rng.permutation(GRID * GRID))
+    return np.stack(hottest), np.stack(shuffled)
 
 
 def _cell_masks(size: int) -> np.ndarray:
@@ -94,7 +99,7 @@ def deletion_aucs(
     """
     if len(images) == 0:
         return np.zeros(0), np.zeros(0)
-    hottest, shuffled = _orders(np.asarray(maps, np.float64), np.random.default_rng(seed))
+    hottest, shuffled = _orders(images, np.asarray(maps, np.float64), seed)
     both = deletion_curves(
         model, np.concatenate([images, images]), np.concatenate([hottest, shuffled]), output
     )

@@ -38,12 +38,13 @@ def predict_images(
     precision: str = "fp32",
     threads: int | None = None,
     heatmap_dir: str | Path | None = None,
+    saliency: str | None = None,
 ) -> list[dict]:
     """Score images one by one, in process (no Ray): for a handful of files.
 
     Each image is decoded and run through the network once, for every finding of the model.
-    With ``heatmap_dir``, each image's Grad-CAM heatmap of every finding is written there as
-    ``<image stem>_<finding>.png``: the decoded model input with the heatmap overlaid.
+    With ``heatmap_dir``, each image's heatmap (``saliency``) of every finding is written there
+    as ``<image stem>_<finding>.png``: the decoded model input with the heatmap overlaid.
 
     Args:
         paths: Image paths, URIs or ``ARCHIVE::MEMBER`` sources.
@@ -52,6 +53,7 @@ def predict_images(
         precision: ``fp32``, ``bf16`` or ``int8``.
         threads: Inference threads (``None``: the engine's default).
         heatmap_dir: Folder for heatmap PNGs (created); ``None`` writes none.
+        saliency: Heatmap method (:data:`medai.saliency.METHODS`); ``None``: the default.
 
     Returns:
         One dict per image and finding (image-major, findings in the model's order):
@@ -64,17 +66,22 @@ def predict_images(
     Raises:
         EngineError: If the engine or precision cannot run this model directory.
         PredictError: If ``heatmap_dir`` is a file.
+        SaliencyError: If ``saliency`` is not a known method.
     """
     card, runner = _load(str(Path(model_dir).resolve()), engine, precision, threads)
     findings, thresholds = card_findings(card), card_thresholds(card)
     size = int(card["image_size"])
     explainer = None
+    if saliency is not None:
+        from medai.saliency import check_method
+
+        check_method(saliency)
     if heatmap_dir is not None:
         if problem := folder_problem("--heatmap", heatmap_dir):
             raise PredictError(problem)
-        from medai.saliency import load_explainer
+        from medai.saliency import DEFAULT_METHOD, load_explainer
 
-        explainer = load_explainer(model_dir)
+        explainer = load_explainer(model_dir, saliency or DEFAULT_METHOD)
         Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
     results = []
     for path in paths:

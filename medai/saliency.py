@@ -65,6 +65,7 @@ __all__ = [
     "MIN_GRID",
     "DEFAULT_METHOD",
     "METHODS",
+    "METHOD_NAMES",
     "MIRRORS",
     "SaliencyError",
     "Box",
@@ -85,6 +86,7 @@ MIN_GRID = 6
 # The heatmap methods (see the module docstring); the default is chosen by measurement.
 METHODS = ("gradcam", "hirescam", "occlusion")
 DEFAULT_METHOD = "gradcam"
+METHOD_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "occlusion": "Occlusion"}
 BLOCK = "mixed5"
 FALLBACK_BLOCK = "mixed2"
 _BATCH = 16  # images in one Grad-CAM pass, mirror images included: bounded memory at 512 px

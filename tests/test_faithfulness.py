@@ -81,3 +81,14 @@ def test_summary_says_whether_the_map_beats_random():
     assert entry["images_below_random"] == pytest.approx(0.5)
     empty = summarise(np.zeros(0), np.zeros(0), "gradcam")
     assert empty["deletion_auc"] is None and empty["n"] == 0
+
+
+def test_an_image_gets_the_same_aucs_in_any_batch():
+    model = region_model()
+    images = spotted_images(4, seed=6)
+    maps = np.random.default_rng(7).random((4, SIZE, SIZE)).astype(np.float32)
+    deletion, random = deletion_aucs(model, images, maps, 0)
+    order = [2, 0, 3, 1]
+    again, random_again = deletion_aucs(model, images[order], maps[order], 0)
+    np.testing.assert_allclose(again, deletion[order], rtol=1e-5)
+    np.testing.assert_allclose(random_again, random[order], rtol=1e-5)

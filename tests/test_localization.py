@@ -185,6 +185,49 @@ def test_pointing_game_over_the_boxed_test_images(located, phantom_archive):
     assert on_disk["localization"] == metrics["localization"]
 
 
+def test_faithfulness_is_the_deletion_curves_of_the_boxed_images(located, phantom_archive):
+    """metrics.json's faithfulness equals the deletion AUCs of the same images and maps, and
+    the page shows them beside the pointing game (with the warning when no better than
+    random)."""
+    from medai.faithfulness import deletion_aucs
+    from medai.images import decode_image, iter_archive
+    from medai.saliency import DEFAULT_METHOD, load_explainer
+
+    (entry,) = located["metrics"]["localization"]
+    faith = entry["faithfulness"]
+    assert faith["n"] == entry["n"] and faith["method"] == DEFAULT_METHOD
+    assert located["metrics"]["saliency"]["method"] == DEFAULT_METHOD
+    boxes = read_boxes(phantom_archive / "BBox_List_2017.csv")
+    test = set((phantom_archive / "test_list.txt").read_text().split())
+    wanted = set(boxes["image_id"]) & test
+    explainer = load_explainer(located["model"])
+    found = {
+        Path(name).name: data
+        for name, data in iter_archive(str(phantom_archive / "images_001.tar.gz"))
+        if Path(name).name in wanted
+    }
+    # The report plays the images in the order of its evaluated rows; each image's random
+    # order is seeded by its pixels, so the order of the images does not matter.
+    images = np.stack([decode_image(found[i], explainer.image_size) for i in sorted(found)])
+    deletion, random = deletion_aucs(explainer.model, images, explainer.heatmaps(images, "Mass"), 0)
+    assert faith["deletion_auc"] == pytest.approx(deletion.mean(), rel=1e-4)
+    assert faith["random_deletion_auc"] == pytest.approx(random.mean(), rel=1e-4)
+    assert 0 <= faith["deletion_auc"] <= 1 and 0 <= faith["random_deletion_auc"] <= 1
+    assert faith["better_than_random"] == (faith["deletion_auc"] < faith["random_deletion_auc"])
+    print(f"deletion AUC {faith['deletion_auc']:.3f}, random {faith['random_deletion_auc']:.3f}")
+    page = (located["out"] / "report.html").read_text()
+    assert "random-order AUC" in page
+    assert ("no better than random at finding" in page) == (not faith["better_than_random"])
+
+
+def test_report_saliency_flag_is_checked_before_work(tmp_path):
+    from medai.cli import main
+
+    args = ["report", "--predictions", str(tmp_path), "--labels", str(tmp_path / "l.csv")]
+    assert main([*args, "--out", str(tmp_path / "out"), "--saliency", "lime"]) == 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_overlays_heatmaps_and_names_the_block(located):
     saliency = located["metrics"]["saliency"]
     assert saliency["heatmaps"] and saliency["localization"]
@@ -228,6 +271,10 @@ def test_predict_writes_one_heatmap_per_image_and_finding(located, phantom_archi
     (tmp_path / "file").write_text("")
     model = str(located["model"])
     assert main(["predict", "--model", model, sources[0], "--heatmap", str(tmp_path / "file")]) == 2
+    occluded = tmp_path / "occluded"
+    command = ["predict", "--model", model, sources[0], "--heatmap", str(occluded)]
+    assert main([*command, "--saliency", "occlusion"]) == 0
+    assert len(list(occluded.iterdir())) == 1
 
 
 # Phantoms a model can only separate by finding the lesion: exposure jitter hides the overall

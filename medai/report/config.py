@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medai.errors import MedaiError
 from medai.labels import NEGATIVE_POLICIES
+from medai.saliency import DEFAULT_METHOD, METHODS
 
 __all__ = [
     "INTENDED_USE",
@@ -80,6 +81,7 @@ class ReportConfig:
         processes: Worker processes for the findings' bootstraps and figures (findings are
             independent); ``0``: one per CPU this process may use, ``1``: all in this process.
             The results do not depend on it.
+        saliency: Heatmap method, one of :data:`medai.saliency.METHODS`.
     """
 
     predictions: str | Path
@@ -96,6 +98,7 @@ class ReportConfig:
     images: bool = True
     boxes: str | Path | None = None
     processes: int = 0
+    saliency: str = DEFAULT_METHOD
 
 
 # ----------------------------------------------------------------------------- command line
@@ -182,6 +185,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "original-image pixels): score localisation by the pointing game on the evaluated "
         "images with a box (needs --model, whose Grad-CAM heatmaps are played)",
     )
+    parser.add_argument(
+        "--saliency",
+        default=DEFAULT_METHOD,
+        choices=METHODS,
+        help=f"heatmap method (default: {DEFAULT_METHOD}, the best measured on phantoms with "
+        "distractors; README, Limitations)",
+    )
     return parser
 
 
@@ -214,6 +224,7 @@ def config_from_args(namespace: argparse.Namespace) -> ReportConfig:
         images=getattr(namespace, "images", True),
         boxes=getattr(namespace, "boxes", None),
         processes=getattr(namespace, "processes", 0),
+        saliency=getattr(namespace, "saliency", DEFAULT_METHOD),
     )
     check_config(config)
     return config
@@ -249,6 +260,10 @@ def check_config(config: ReportConfig) -> None:
         raise ReportError("--model-id must not be empty")
     if config.model is not None and not str(config.model).strip():
         raise ReportError("--model must not be empty")
+    if config.saliency not in METHODS:
+        raise ReportError(
+            f"--saliency must be one of {', '.join(METHODS)}, not {config.saliency!r}"
+        )
     if config.boxes is not None and config.model is None:
         raise ReportError(
             "--boxes needs --model MODEL_DIR: the pointing game plays the model's Grad-CAM heatmaps"
