@@ -75,10 +75,16 @@ def test_deletion_curve_starts_at_the_score_and_ends_at_the_blurred_image():
 
 
 def test_summary_says_whether_the_map_beats_random():
+    """Better than random takes more than a lower mean: most images, paired."""
     entry = summarise(np.array([0.1, 0.5]), np.array([0.4, 0.4]), "occlusion")
     assert entry["n"] == 2 and entry["method"] == "occlusion"
-    assert entry["deletion_auc"] == pytest.approx(0.3) and entry["better_than_random"]
+    assert entry["deletion_auc"] == pytest.approx(0.3) and not entry["better_than_random"]
     assert entry["images_below_random"] == pytest.approx(0.5)
+    rng = np.random.default_rng(0)
+    random = rng.uniform(0.4, 0.6, 30)
+    assert summarise(random - 0.1, random, "gradcam")["better_than_random"]
+    noise = summarise(random + rng.normal(0, 0.01, 30), random, "gradcam")
+    assert not noise["better_than_random"] and noise["p_value"] > 0.05
     empty = summarise(np.zeros(0), np.zeros(0), "gradcam")
     assert empty["deletion_auc"] is None and empty["n"] == 0
 
