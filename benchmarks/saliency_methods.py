@@ -64,26 +64,47 @@ def draw_set(spec, count: int, rng: np.random.Generator) -> dict:
 
 
 def train(kind: str, size: int, seed: int, args) -> tuple[object, dict]:
-    """Train (or load from the cache) one model; returns it and its test set."""
+    """Train one model, or load it from the cache (training on where it stopped when the
+    cached one had fewer epochs); returns it and its test set."""
     import keras
-    from sklearn.metrics import roc_auc_score
 
     from medai.model import ModelSpec, build_model
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     stem = cache / f"{kind}_{size}_{seed}"
+    done, test = 0, None
     if stem.with_suffix(".keras").exists():
         test = dict(np.load(stem.with_suffix(".npz")))
-        return keras.models.load_model(stem.with_suffix(".keras")), test
+        done = int(test.get("epochs", 6))
+        model = keras.models.load_model(stem.with_suffix(".keras"))
+        if done >= args.epochs:
+            return model, test
     spec = phantom_spec(kind, size, seed)
     rng = np.random.default_rng(seed)
-    fit, val, test = (draw_set(spec, n, rng) for n in (args.train, args.val, args.test))
-    keras.utils.set_random_seed(seed)
-    model = build_model(ModelSpec(size, "gap", "none", n_outputs=fit["labels"].shape[1]))
-    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
-    best, weights, started = -1.0, None, time.perf_counter()
-    for epoch in range(args.epochs):
+    fit, val, drawn = (draw_set(spec, n, rng) for n in (args.train, args.val, args.test))
+    if test is None:
+        test = drawn | {"val_auc": np.asarray(-1.0), "train_s": np.asarray(0.0)}
+        keras.utils.set_random_seed(seed)
+        model = build_model(ModelSpec(size, "gap", "none", n_outputs=fit["labels"].shape[1]))
+        model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
+    started = time.perf_counter()
+    best = _fit(model, fit, val, range(done, args.epochs), float(test["val_auc"]), kind, seed)
+    model.save(stem.with_suffix(".keras"))
+    test["val_auc"] = np.asarray(best)
+    test["epochs"] = np.asarray(args.epochs)
+    test["train_s"] = np.asarray(float(test["train_s"]) + time.perf_counter() - started)
+    np.savez(stem.with_suffix(".npz"), **test)
+    return model, test
+
+
+def _fit(model, fit: dict, val: dict, epochs, best: float, kind: str, seed: int) -> float:
+    """Train over ``epochs``; the model ends with the weights of the best validation AUC of
+    Mass (those it came with, when no epoch beats ``best``)."""
+    from sklearn.metrics import roc_auc_score
+
+    weights, size = model.get_weights(), fit["images"].shape[1]
+    for epoch in epochs:
         model.fit(fit["images"], fit["labels"], batch_size=16, epochs=1, verbose=0)
         scores = model.predict(val["images"], batch_size=32, verbose=0)
         auc = float(roc_auc_score(val["labels"][:, 0], scores[:, 0]))
@@ -93,11 +114,7 @@ def train(kind: str, size: int, seed: int, args) -> tuple[object, dict]:
         if auc > best:
             best, weights = auc, model.get_weights()
     model.set_weights(weights)
-    model.save(stem.with_suffix(".keras"))
-    test["val_auc"] = np.asarray(best)
-    test["train_s"] = np.asarray(time.perf_counter() - started)
-    np.savez(stem.with_suffix(".npz"), **test)
-    return model, test
+    return best
 
 
 def measure(model, test: dict, method: str, args) -> dict:
