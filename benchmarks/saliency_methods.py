@@ -18,6 +18,7 @@ second run only measures. Prints one row per training and method, then the table
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -126,6 +127,7 @@ def measure(model, test: dict, method: str, args) -> dict:
     explainer = Explainer(model, "bench", list(test["findings"]), size, choose_block(model), method)
     boxed = ~np.isnan(test["boxes"][:, 0])
     images, boxes = test["images"][boxed][: args.lesions], test["boxes"][boxed][: args.lesions]
+    explainer.heatmaps(images[:1], "Mass")  # trace the graph before timing
     started = time.perf_counter()
     maps = explainer.heatmaps(images, "Mass")
     seconds = (time.perf_counter() - started) / len(images)
@@ -154,6 +156,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lesions", type=int, default=60, help="boxed test lesions per model")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument(
+        "--unseen",
+        type=int,
+        default=0,
+        help="also measure on this many phantoms drawn from another seed (seed + 1000), "
+        "data no method was chosen on",
+    )
     args = parser.parse_args()
     from medai.runtime import quiet_tensorflow
     from medai.saliency import METHODS
@@ -166,12 +175,21 @@ def main() -> None:
                 model, test = train(kind, size, seed, args)
                 if args.train_only:
                     continue
-                for method in args.methods or METHODS:
-                    row = {"kind": kind, "size": size, "seed": seed, "method": method}
-                    row |= {"val_auc": float(test["val_auc"])} | measure(model, test, method, args)
-                    rows.append(row)
+                sets = {"test": test}
+                if args.unseen:
+                    spec = phantom_spec(kind, size, seed + 1000)
+                    unseen = draw_set(spec, args.unseen, np.random.default_rng(seed + 1000))
+                    sets["unseen"] = unseen
+                for (data, images), method in itertools.product(
+                    sets.items(), args.methods or METHODS
+                ):
+                    row = {"kind": kind, "size": size, "seed": seed, "data": data}
+                    row |= {"method": method, "val_auc": float(test["val_auc"])}
+                    rows.append(row | measure(model, images, method, args))
+                    row = rows[-1]
                     print(
-                        "  {kind} {size}px seed {seed} {method}: val AUC {val_auc:.3f}, n {n}, "
+                        "  {kind} {size}px seed {seed} {data} {method}: val AUC {val_auc:.3f}, "
+                        "n {n}, "
                         "pointing {pointing:.2f}, deletion {deletion:.3f} vs random {random:.3f} "
                         "({below:.2f} of images below), {s_per_image:.2f} s/image".format(**row),
                         flush=True,
@@ -187,7 +205,7 @@ def print_table(rows: list[dict]) -> None:
     frame = pd.DataFrame(rows)
     frame["deletion_below_random"] = frame["deletion"] < frame["random"]
     frame["pointing_0.6"] = frame["pointing"] >= 0.6
-    table = frame.groupby(["kind", "size", "method"]).agg(
+    table = frame.groupby(["kind", "data", "size", "method"]).agg(
         trainings=("seed", "count"),
         pointing=("pointing", "mean"),
         pointing_min=("pointing", "min"),
