@@ -167,8 +167,8 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--saliency",
         default=None,
-        choices=METHODS,
-        help="heatmap method for --heatmap (default: the report's default)",
+        metavar="METHOD",
+        help=f"heatmap method for --heatmap: {', '.join(METHODS)} (default: the report's)",
     )
 
 

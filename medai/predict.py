@@ -68,14 +68,14 @@ def predict_images(
         PredictError: If ``heatmap_dir`` is a file.
         SaliencyError: If ``saliency`` is not a known method.
     """
+    if saliency is not None:
+        from medai.saliency import check_method
+
+        check_method(saliency)  # before the model loads
     card, runner = _load(str(Path(model_dir).resolve()), engine, precision, threads)
     findings, thresholds = card_findings(card), card_thresholds(card)
     size = int(card["image_size"])
     explainer = None
-    if saliency is not None:
-        from medai.saliency import check_method
-
-        check_method(saliency)
     if heatmap_dir is not None:
         if problem := folder_problem("--heatmap", heatmap_dir):
             raise PredictError(problem)

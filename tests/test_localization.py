@@ -343,3 +343,13 @@ def test_default_heatmap_points_at_masses_among_distractors(ray_session, tmp_pat
     assert entry["n"] >= 30 and entries["Effusion"]["n"] == 0
     assert entry["pointing_hit_rate"] >= 0.6
     assert faith["better_than_random"]
+
+
+def test_predict_saliency_flag_is_checked_before_work(tiny_model_dir, tmp_path, capsys):
+    from medai.cli import main
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    command = ["predict", "--model", str(tiny_model_dir), str(image), "--heatmap", str(tmp_path)]
+    assert main([*command, "--saliency", "lime"]) == 2
+    assert "--saliency must be one of gradcam, hirescam, occlusion" in capsys.readouterr().err

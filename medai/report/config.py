@@ -188,9 +188,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument(
         "--saliency",
         default=DEFAULT_METHOD,
-        choices=METHODS,
-        help=f"heatmap method (default: {DEFAULT_METHOD}, the best measured on phantoms with "
-        "distractors; README, Limitations)",
+        metavar="METHOD",
+        help=f"heatmap method: {', '.join(METHODS)} (default: {DEFAULT_METHOD}; README, "
+        "Limitations, compares them)",
     )
     return parser
 
