@@ -1,18 +1,20 @@
 """How faithful a heatmap is to the score: deletion curves (Petsiuk et al., RISE, 2018).
 
 The image is cut into a :data:`GRID` x :data:`GRID` grid of cells. The deletion curve removes
-the cells from the hottest to the coldest of the heatmap (each cell's mean), in
-:data:`STEPS` equal steps, filling each removed cell from a blurred copy of the image
+the cells from the hottest to the coldest of the heatmap (each cell's mean), in :data:`STEPS`
+equal steps, filling each removed cell from a blurred copy of the image
 (:func:`medai.occlusion.blurred`: detail goes, overall brightness stays), and follows the
 finding's probability; its area under the curve (the mean over the fraction removed, 0 to 1,
 trapezoidal) is low when the first cells the map names are the ones the score depends on. The
-same curve with the cells in a random order (seeded by the image's own pixels, so an image
-gets the same order in any batch) is the reference: a map whose
-deletion AUC is not below the random one shows no more of what the score depends on than a
-guess. Ties in the heatmap (e.g. its zero regions) are ordered at random too. Whether a
-finding's maps beat random is decided per image, paired: Wilcoxon's signed-rank test of the
-deletion AUC below the random order's, one-sided, at :data:`ALPHA` (an untrained network's
-maps differ from random by noise, and a mean alone would call half of them better).
+same curve with the cells in a random order (seeded by the image's own pixels, so an image gets
+the same order in any batch) is the reference: a map whose deletion AUC is not below the random
+one shows no more of what the score depends on than a guess. The report measures at most
+:data:`MAX_IMAGES` images per finding (spread evenly over its boxed images; 34 forward passes
+each), which keeps the report at archive scale within a minute with NIH's box file. Ties in the
+heatmap (e.g. its zero regions) are ordered at random too. Whether a finding's maps beat random
+is decided per image, paired: Wilcoxon's signed-rank test of the deletion AUC below the random
+order's, one-sided, at :data:`ALPHA` (an untrained network's maps differ from random by noise,
+and a mean alone would call half of them better).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "ALPHA",
+    "MAX_IMAGES",
     "GRID",
     "STEPS",
     "deletion_aucs",
@@ -32,6 +35,7 @@ __all__ = [
 ]
 
 ALPHA = 0.05
+MAX_IMAGES = 20
 GRID = 16
 STEPS = 16
 _BATCH = 64
@@ -144,6 +148,12 @@ def summarise(deletion: np.ndarray, random: np.ndarray, method: str) -> dict:
     return entry
 
 
-def faithfulness(model, images: np.ndarray, maps: np.ndarray, output: int, method: str) -> dict:
-    """:func:`deletion_aucs` of one finding's maps, summarised (:func:`summarise`)."""
+def faithfulness(
+    model, images: np.ndarray, maps: np.ndarray, output: int, method: str, limit: int = MAX_IMAGES
+) -> dict:
+    """:func:`deletion_aucs` of one finding's maps, summarised (:func:`summarise`), over at
+    most ``limit`` of the images, spread evenly over them."""
+    if len(images) > limit:
+        chosen = np.linspace(0, len(images) - 1, limit).round().astype(int)
+        images, maps = images[chosen], maps[chosen]
     return summarise(*deletion_aucs(model, images, maps, output), method)

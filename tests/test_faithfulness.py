@@ -98,3 +98,13 @@ def test_an_image_gets_the_same_aucs_in_any_batch():
     again, random_again = deletion_aucs(model, images[order], maps[order], 0)
     np.testing.assert_allclose(again, deletion[order], rtol=1e-5)
     np.testing.assert_allclose(random_again, random[order], rtol=1e-5)
+
+
+def test_faithfulness_measures_at_most_the_limit_spread_over_the_images():
+    from medai.faithfulness import faithfulness
+
+    model = region_model()
+    images = spotted_images(5, seed=8)
+    entry = faithfulness(model, images, region_maps(5), 0, "gradcam", limit=3)
+    deletion, random = deletion_aucs(model, images[[0, 2, 4]], region_maps(3), 0)
+    assert entry["n"] == 3 and entry["deletion_auc"] == pytest.approx(deletion.mean(), rel=1e-5)

@@ -194,13 +194,13 @@ def test_faithfulness_is_the_deletion_curves_of_the_boxed_images(located, phanto
     """metrics.json's faithfulness equals the deletion AUCs of the same images and maps, and
     the page shows them beside the pointing game (with the warning when no better than
     random)."""
-    from medai.faithfulness import deletion_aucs
+    from medai.faithfulness import MAX_IMAGES, deletion_aucs
     from medai.images import decode_image, iter_archive
     from medai.saliency import DEFAULT_METHOD, load_explainer
 
     (entry,) = located["metrics"]["localization"]
     faith = entry["faithfulness"]
-    assert faith["n"] == entry["n"] and faith["method"] == DEFAULT_METHOD
+    assert faith["n"] == min(entry["n"], MAX_IMAGES) and faith["method"] == DEFAULT_METHOD
     assert located["metrics"]["saliency"]["method"] == DEFAULT_METHOD
     boxes = read_boxes(phantom_archive / "BBox_List_2017.csv")
     test = set((phantom_archive / "test_list.txt").read_text().split())
@@ -215,8 +215,9 @@ def test_faithfulness_is_the_deletion_curves_of_the_boxed_images(located, phanto
     # order is seeded by its pixels, so the order of the images does not matter.
     images = np.stack([decode_image(found[i], explainer.image_size) for i in sorted(found)])
     deletion, random = deletion_aucs(explainer.model, images, explainer.heatmaps(images, "Mass"), 0)
-    assert faith["deletion_auc"] == pytest.approx(deletion.mean(), rel=1e-4)
-    assert faith["random_deletion_auc"] == pytest.approx(random.mean(), rel=1e-4)
+    if len(images) <= MAX_IMAGES:  # else the report measured a subset in its own order
+        assert faith["deletion_auc"] == pytest.approx(deletion.mean(), rel=1e-4)
+        assert faith["random_deletion_auc"] == pytest.approx(random.mean(), rel=1e-4)
     assert 0 <= faith["deletion_auc"] <= 1 and 0 <= faith["random_deletion_auc"] <= 1
     assert faith["better_than_random"] == (faith["p_value"] < 0.05)
     print(f"deletion AUC {faith['deletion_auc']:.3f}, random {faith['random_deletion_auc']:.3f}")
