@@ -229,16 +229,21 @@ def draw_phantom(
         # Pixel (col, row) sits at (col / size, row / size) in the coordinates above.
         box = tuple(float(v) for v in ((lx - radius) * size, (ly - radius) * size))
         box += (2.0 * radius * size, 2.0 * radius * size)
+    return Phantom(_expose(rng, image, spec, ap), box)
+
+
+def _expose(rng, image: np.ndarray, spec: PhantomSpec, ap: bool) -> np.ndarray:
+    """The radiograph as exposed: view contrast, pixel noise, exposure jitter, ``uint8``."""
     if ap:
         image = image.mean() + AP_CONTRAST * (image - image.mean())
-    image += rng.normal(0, AP_NOISE if ap else 4.0, image.shape)
+    image += rng.normal(0, AP_NOISE if ap else 4.0, image.shape)  # in place: stays float32
     if spec.exposure_jitter:
         # Exposure differs between radiographs: without it the lesion's small share of the
         # image's total brightness is a shortcut a network learns instead of the lesion.
         gain, offset = rng.uniform(1 - spec.exposure_jitter, 1 + spec.exposure_jitter), 0.0
         offset = rng.uniform(-100 * spec.exposure_jitter, 100 * spec.exposure_jitter)
         image = image * gain + offset
-    return Phantom(np.clip(image, 0, 255).astype(np.uint8), box)
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 # Multi-finding phantoms with distractors: Mass lesions anywhere in the lung (next to effusion
