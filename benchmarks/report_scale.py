@@ -10,12 +10,18 @@ Example thumbnails are read from a few small generated PNG files that every row 
 
     python benchmarks/report_scale.py --rows 112120
     python benchmarks/report_scale.py --rows 112120 --findings 14   # 1,569,680 rows
+
+With ``--model MODEL_DIR`` the first synthetic model takes that model's id, so the report
+draws heatmaps (``--saliency``) on the example thumbnails; ``--boxes N`` adds a box file
+boxing Mass on the first N images (NIH's has 85 Mass boxes among 984), so the report also
+plays the pointing game and measures faithfulness there.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -54,7 +60,12 @@ def chosen_findings(count: int) -> tuple[str, ...]:
 
 
 def write_inputs(
-    folder: Path, rows: int, models: int, seed: int, findings: tuple[str, ...] = ("Mass",)
+    folder: Path,
+    rows: int,
+    models: int,
+    seed: int,
+    findings: tuple[str, ...] = ("Mass",),
+    first_model_id: str | None = None,
 ) -> tuple[Path, Path]:
     """Write synthetic predictions and labels; return ``(predictions dir, labels csv)``."""
     import pyarrow as pa
@@ -101,6 +112,8 @@ def write_inputs(
     scored_at = pd.Timestamp("2025-01-01", tz="UTC")
     for model in range(models):
         model_id = hashlib.sha256(f"synthetic model {model}".encode()).hexdigest()
+        if model == 0 and first_model_id:
+            model_id = first_model_id
         scores = 1 / (1 + np.exp(-(rng.normal(-1.5, 1.0, n) + 1.2 * labels)))
         scores = scores.astype(np.float32)
         failed = rng.random(n) < 0.001
@@ -151,6 +164,9 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="show the report's log")
+    parser.add_argument("--model", default=None, help="model directory: heatmaps on examples")
+    parser.add_argument("--saliency", default="gradcam", help="heatmap method with --model")
+    parser.add_argument("--boxes", type=int, default=0, help="Mass boxes on the first N images")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     findings = chosen_findings(args.findings)
@@ -159,8 +175,24 @@ def main(argv: list[str] | None = None) -> float:
 
     with tempfile.TemporaryDirectory(prefix="medai-report-bench-") as tmp:
         folder = Path(tmp)
-        predictions, labels = write_inputs(folder, args.rows, args.models, args.seed, findings)
+        model_id = None
+        if args.model:
+            model_id = json.loads((Path(args.model) / "model_card.json").read_text())["model_id"]
+        predictions, labels = write_inputs(
+            folder, args.rows, args.models, args.seed, findings, model_id
+        )
+        boxes = None
+        if args.boxes:
+            ids = pd.read_csv(labels, usecols=["Image Index"])["Image Index"][: args.boxes]
+            boxes = folder / "boxes.csv"
+            boxes.write_text(
+                "image_id,finding,x,y,width,height\n"
+                + "".join(f"{image_id},Mass,64,64,64,64\n" for image_id in ids)
+            )
         config = ReportConfig(
+            model=args.model,
+            boxes=boxes,
+            saliency=args.saliency,
             predictions=predictions,
             labels=labels,
             out=folder / "out",

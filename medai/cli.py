@@ -89,6 +89,8 @@ def _add_score(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:
+    from medai.saliency import METHODS
+
     add_model_flag(parser)
     parser.add_argument("image", nargs="+", help="image files (or ARCHIVE::MEMBER)")
     parser.add_argument(
@@ -102,8 +104,14 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
         "--heatmap",
         metavar="DIR",
         default=None,
-        help="write each image's Grad-CAM heatmap of every finding to DIR as "
+        help="write each image's heatmap of every finding to DIR as "
         "<image stem>_<finding>.png (the model's input with the heatmap overlaid)",
+    )
+    parser.add_argument(
+        "--saliency",
+        default=None,
+        metavar="METHOD",
+        help=f"heatmap method for --heatmap: {', '.join(METHODS)} (default: the report's)",
     )
 
 

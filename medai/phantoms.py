@@ -13,6 +13,13 @@ each finding has its own sign: Mass the round lesion, Effusion a haze rising fro
 one or both lung fields, Cardiomegaly a heart shadow about 1.9 times as wide as a normal one.
 Labels are written NIH-style (``Mass|Effusion``, ``No Finding`` when none). Without
 ``findings`` the generator is the single-finding one, byte for byte.
+
+Distractors (:data:`DISTRACTORS`, the phantoms saliency maps are measured on): multi-finding
+phantoms whose lesions may sit anywhere in the lung field (``lesion_spread``), so next to the
+basal effusion haze and the heart's border, and some of whose images are AP views
+(``ap_fraction``): fainter (their contrast about the mean scaled by :data:`AP_CONTRAST`) and
+noisier (noise of :data:`AP_NOISE` grey levels instead of 4), labelled ``AP`` in the view
+column. Both options are off by default, so existing seeds draw the same images.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "AP_CONTRAST",
+    "AP_NOISE",
     "BBOX_HEADER",
+    "DISTRACTORS",
     "LESION_PROFILES",
     "NIH_HEADER",
     "SIGNS",
@@ -39,6 +49,9 @@ __all__ = [
 # The findings a multi-finding phantom can carry, each with a sign of its own.
 SIGNS = ("Mass", "Effusion", "Cardiomegaly")
 LESION_PROFILES = ("flat", "sphere")
+# AP views (portable, supine): lower contrast and more quantum noise than PA views.
+AP_CONTRAST = 0.7
+AP_NOISE = 10.0
 
 NIH_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -83,6 +96,11 @@ class PhantomSpec:
             where it falls to 37% of its peak); ``"sphere"``: what a round mass of uniform
             density projects to, brightest at its centre and ending at its radius (the box is
             its whole extent).
+        lesion_spread: How far from its lung field's centre a lesion may sit, as a fraction
+            of the field's radii (0.45: the middle of the lung; up to 0.8 reaches the basal
+            effusion haze and the heart's border).
+        ap_fraction: Share of images drawn as AP views (fainter, noisier; ``AP`` in the
+            labels' view column).
     """
 
     n_patients: int = 200
@@ -99,8 +117,14 @@ class PhantomSpec:
     findings: tuple[str, ...] = ()
     exposure_jitter: float = 0.0
     lesion_profile: str = "flat"
+    lesion_spread: float = 0.45
+    ap_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.lesion_spread <= 0.8:
+            raise ValueError(f"lesion_spread must be in (0, 0.8], not {self.lesion_spread!r}")
+        if not 0.0 <= self.ap_fraction <= 1.0:
+            raise ValueError(f"ap_fraction must be in [0, 1], not {self.ap_fraction!r}")
         if self.lesion_profile not in LESION_PROFILES:
             raise ValueError(
                 f"lesion_profile must be one of {LESION_PROFILES}, not {self.lesion_profile!r}"
@@ -144,12 +168,13 @@ def render_phantom(
     lesion: bool,
     spec: PhantomSpec,
     signs: frozenset[str] | None = None,
+    ap: bool = False,
 ) -> np.ndarray:
     """Render one phantom radiograph as a ``uint8`` array of shape ``(size, size)``.
 
     See :func:`draw_phantom`, which also returns where the lesion is.
     """
-    return draw_phantom(rng, size, lesion, spec, signs).pixels
+    return draw_phantom(rng, size, lesion, spec, signs, ap).pixels
 
 
 def draw_phantom(
@@ -158,6 +183,7 @@ def draw_phantom(
     lesion: bool,
     spec: PhantomSpec,
     signs: frozenset[str] | None = None,
+    ap: bool = False,
 ) -> Phantom:
     """Render one phantom radiograph and record its lesion's bounding box.
 
@@ -169,6 +195,8 @@ def draw_phantom(
         signs: Multi-finding phantoms only: the findings this image carries; a heart shadow
             is drawn (enlarged for Cardiomegaly) and an effusion haze for Effusion. ``None``
             draws the single-finding phantom (the Mass sign only).
+        ap: Draw an AP view: contrast about the mean scaled by :data:`AP_CONTRAST`, noise of
+            :data:`AP_NOISE` grey levels.
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     image = 170.0 - 60.0 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)  # bright soft-tissue surround
@@ -189,7 +217,7 @@ def draw_phantom(
     box = None
     if lesion:
         cx, cy, rx, ry = lungs[rng.integers(2)]
-        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.45)
+        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0, spec.lesion_spread)
         lx, ly = cx + dist * rx * np.cos(angle), cy + dist * ry * np.sin(angle)
         radius = spec.lesion_radius * rng.uniform(0.85, 1.15)
         d2 = ((xx - lx) ** 2 + (yy - ly) ** 2) / radius**2
@@ -201,14 +229,37 @@ def draw_phantom(
         # Pixel (col, row) sits at (col / size, row / size) in the coordinates above.
         box = tuple(float(v) for v in ((lx - radius) * size, (ly - radius) * size))
         box += (2.0 * radius * size, 2.0 * radius * size)
-    image += rng.normal(0, 4.0, image.shape)
+    return Phantom(_expose(rng, image, spec, ap), box)
+
+
+def _expose(rng, image: np.ndarray, spec: PhantomSpec, ap: bool) -> np.ndarray:
+    """The radiograph as exposed: view contrast, pixel noise, exposure jitter, ``uint8``."""
+    if ap:
+        image = image.mean() + AP_CONTRAST * (image - image.mean())
+    image += rng.normal(0, AP_NOISE if ap else 4.0, image.shape)  # in place: stays float32
     if spec.exposure_jitter:
         # Exposure differs between radiographs: without it the lesion's small share of the
         # image's total brightness is a shortcut a network learns instead of the lesion.
         gain, offset = rng.uniform(1 - spec.exposure_jitter, 1 + spec.exposure_jitter), 0.0
         offset = rng.uniform(-100 * spec.exposure_jitter, 100 * spec.exposure_jitter)
         image = image * gain + offset
-    return Phantom(np.clip(image, 0, 255).astype(np.uint8), box)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+# Multi-finding phantoms with distractors: Mass lesions anywhere in the lung (next to effusion
+# haze and enlarged hearts), a third of the views AP; exposure jitter and sphere lesions so a
+# model must find the lesion (tests/test_localization.py's slow test, benchmarks).
+DISTRACTORS = PhantomSpec(
+    n_patients=200,
+    size=128,
+    positive_fraction=0.4,
+    findings=SIGNS,
+    exposure_jitter=0.15,
+    lesion_contrast=110.0,
+    lesion_profile="sphere",
+    lesion_spread=0.75,
+    ap_fraction=0.35,
+)
 
 
 def _heart_shadow(rng, image: np.ndarray, xx, yy, enlarged: bool) -> np.ndarray:
@@ -273,7 +324,7 @@ def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) ->
             : int(round(spec.n_patients * spec.test_fraction))
         ].tolist()
     )
-    images: list[tuple[str, bool, frozenset[str] | None]] = []
+    images: list[tuple[str, bool, frozenset[str] | None, bool]] = []
     for patient in range(spec.n_patients):
         patient_id = patient + spec.first_patient
         for follow_up in range(int(rng.integers(1, 4))):
@@ -291,11 +342,14 @@ def write_phantom_archive(out: str | Path, spec: PhantomSpec = PhantomSpec()) ->
                 if positive and rng.random() < 0.2:
                     labels = f"Effusion|{spec.finding}"
             age, sex = int(rng.integers(20, 80)), "MF"[int(rng.integers(2))]
+            ap = bool(spec.ap_fraction) and bool(rng.random() < spec.ap_fraction)
+            view = "AP" if ap else "PA"
             rows.append(
-                f"{image_id},{labels},{follow_up},{patient_id},{age},{sex},PA,2500,2048,0.168,0.168"
+                f"{image_id},{labels},{follow_up},{patient_id},{age},{sex},{view},"
+                "2500,2048,0.168,0.168"
             )
             (test if patient in test_patients else train_val).append(image_id)
-            images.append((image_id, positive, signs))
+            images.append((image_id, positive, signs, ap))
     boxes = _write_tarballs(out, images, spec, rng)
     return _write_tables(out, rows, boxes, train_val, test)
 
@@ -306,8 +360,8 @@ def _write_tarballs(out: Path, images: list, spec: PhantomSpec, rng) -> list[tup
     for start in range(0, len(images), spec.images_per_archive):
         number = start // spec.images_per_archive + spec.archive_number
         with tarfile.open(out / f"images_{number:03d}.tar.gz", "w:gz", compresslevel=1) as tar:
-            for image_id, positive, signs in images[start : start + spec.images_per_archive]:
-                phantom = draw_phantom(rng, spec.size, positive, spec, signs)
+            for image_id, positive, signs, ap in images[start : start + spec.images_per_archive]:
+                phantom = draw_phantom(rng, spec.size, positive, spec, signs, ap)
                 if phantom.lesion_box is not None:
                     lesion_finding = "Mass" if spec.findings else spec.finding
                     boxes.append((image_id, lesion_finding, *phantom.lesion_box))

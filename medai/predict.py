@@ -10,12 +10,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from medai.artifact import card_findings, card_thresholds
-from medai.card import is_positive
+from medai.card import card_findings, card_thresholds, is_positive
 from medai.configs import CheckedConfig
 from medai.errors import MedaiError
 from medai.images import ImageError, decode_image, read_bytes
 from medai.paths import folder_problem
+from medai.saliency import METHODS
 
 __all__ = ["PredictConfig", "PredictError", "predict_image", "predict_images", "run_predict"]
 
@@ -44,6 +44,7 @@ class PredictConfig(CheckedConfig):
     precision: str = "fp32"
     threads: int | None = None
     heatmap: str | None = None
+    saliency: str | None = None
     json: bool = False
 
     error: ClassVar[type[MedaiError]] = PredictError
@@ -55,6 +56,10 @@ class PredictConfig(CheckedConfig):
             problems.append("--threads must be at least 1")
         if self.heatmap is not None and (problem := folder_problem("--heatmap", self.heatmap)):
             problems.append(problem)
+        if self.saliency is not None and self.saliency not in METHODS:
+            problems.append(
+                f"--saliency must be one of {', '.join(METHODS)}, not {self.saliency!r}"
+            )
         return problems
 
 
@@ -68,6 +73,7 @@ def run_predict(config: PredictConfig) -> list[dict]:
         precision=config.precision,
         threads=config.threads,
         heatmap_dir=config.heatmap,
+        saliency=config.saliency,
     )
 
 
@@ -78,12 +84,13 @@ def predict_images(
     precision: str = "fp32",
     threads: int | None = None,
     heatmap_dir: str | Path | None = None,
+    saliency: str | None = None,
 ) -> list[dict]:
     """Score images one by one, in process (no Ray): for a handful of files.
 
     Each image is decoded and run through the network once, for every finding of the model.
-    With ``heatmap_dir``, each image's Grad-CAM heatmap of every finding is written there as
-    ``<image stem>_<finding>.png``: the decoded model input with the heatmap overlaid.
+    With ``heatmap_dir``, each image's heatmap (``saliency``) of every finding is written there
+    as ``<image stem>_<finding>.png``: the decoded model input with the heatmap overlaid.
 
     Args:
         paths: Image paths, URIs or ``ARCHIVE::MEMBER`` sources.
@@ -92,6 +99,7 @@ def predict_images(
         precision: ``fp32``, ``bf16`` or ``int8``.
         threads: Inference threads (``None``: the engine's default).
         heatmap_dir: Folder for heatmap PNGs (created); ``None`` writes none.
+        saliency: Heatmap method (:data:`medai.saliency.METHODS`); ``None``: the default.
 
     Returns:
         One dict per image and finding (image-major, findings in the model's order):
@@ -104,15 +112,20 @@ def predict_images(
     Raises:
         EngineError: If the engine or precision cannot run this model directory.
         PredictError: If ``heatmap_dir`` is a file.
+        SaliencyError: If ``saliency`` is not a known method.
     """
+    if saliency is not None:
+        from medai.saliency import check_method
+
+        check_method(saliency)  # before the model loads
     card, runner = _load(str(Path(model_dir).resolve()), engine, precision, threads)
     explainer = None
     if heatmap_dir is not None:
         if problem := folder_problem("--heatmap", heatmap_dir):
             raise PredictError(problem)
-        from medai.saliency import load_explainer
+        from medai.saliency import DEFAULT_METHOD, load_explainer
 
-        explainer = load_explainer(model_dir)
+        explainer = load_explainer(model_dir, saliency or DEFAULT_METHOD)
         Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
     results = []
     for path in paths:

@@ -1,20 +1,31 @@
-"""Where the model looks: Grad-CAM heatmaps and the pointing-game localisation check.
+"""Where the model looks: saliency heatmaps and the pointing-game localisation check.
 
-Grad-CAM (Selvaraju et al., 2017) weights the feature maps of one convolutional block by the
-spatial mean of the gradient of a finding's logit with respect to them and keeps the positive
-part. Each grid cell's value is then spread over the pixels it sees: a Gaussian centred on its
-receptive field, as wide as the block's effective receptive field (Luo et al., 2016), rather
-than interpolated between cell centres.
+Three methods (:data:`METHODS`, ``--saliency``):
 
-Mirror images (:data:`MIRRORS`): a network's features need not sit on the object they detect.
-On phantom models the maximum of an image's own Grad-CAM sat consistently above and left of
-the lesion (median offset at ``mixed5`` 3-13 px up, 2-4 px left, on three models), and
-flipping the input flipped the offset: it belongs to the features, not to the image. So the
-heatmap is the sum of the Grad-CAM of the image and of its three mirror images (top-bottom,
-left-right, both), each map flipped back, normalised after summing, so each view counts by
-the evidence Grad-CAM found in it. Averaging CAMs over flipped inputs is the test-time
-augmentation weakly supervised segmentation uses for its CAMs (e.g. Ahn and Kwak, 2018); it
-costs four Grad-CAM passes per image, made for example and boxed images only.
+- ``gradcam`` (Selvaraju et al., 2017) weights the feature maps of one convolutional block by
+  the spatial mean of the gradient of a finding's logit with respect to them and keeps the
+  positive part;
+- ``hirescam`` (Draelos and Carin, 2020) multiplies each cell's feature maps by the gradient
+  at that cell before summing over channels: no spatial averaging, so a cell counts by the
+  evidence found there and the map keeps the grid's full detail;
+- ``occlusion`` (Zeiler and Fergus, 2014; :mod:`medai.occlusion`) slides a patch filled from
+  a blurred copy of the image over it and records how far the finding's logit falls: model
+  agnostic, as sharp as its patch, and about a hundred times dearer (measured in the README).
+
+For the two gradient methods each grid cell's value is spread over the pixels it sees: a
+Gaussian centred on its receptive field, as wide as the block's effective receptive field
+(Luo et al., 2016), rather than interpolated between cell centres.
+How faithful a map is to the score is measured by :mod:`medai.faithfulness` (deletion curves).
+
+Mirror images (:data:`MIRRORS`, gradient methods): a network's features need not sit on the
+object they detect. On phantom models the maximum of an image's own Grad-CAM sat consistently
+above and left of the lesion (median offset at ``mixed5`` 3-13 px up, 2-4 px left, on three
+models), and flipping the input flipped the offset: it belongs to the features, not to the
+image. So the heatmap is the sum of the Grad-CAM of the image and of its three mirror images
+(top-bottom, left-right, both), each map flipped back, normalised after summing, so each view
+counts by the evidence Grad-CAM found in it. Averaging CAMs over flipped inputs is the
+test-time augmentation weakly supervised segmentation uses for its CAMs (e.g. Ahn and Kwak,
+2018); it costs four Grad-CAM passes per image, made for example and boxed images only.
 
 Which block (:func:`choose_block`): ``mixed5``, the middle of InceptionV3's 17x17 stage (6x6
 at 128 px, 14x14 at 256 px), wherever its grid is at least :data:`MIN_GRID` cells wide (inputs
@@ -46,16 +57,24 @@ from pathlib import Path
 
 import numpy as np
 
+from medai.errors import MedaiError
+
 __all__ = [
     "BLOCK",
     "FALLBACK_BLOCK",
     "MIN_GRID",
+    "DEFAULT_METHOD",
+    "METHODS",
+    "METHOD_NAMES",
     "MIRRORS",
+    "SaliencyError",
     "Box",
     "Explainer",
     "cell_centres",
+    "check_method",
     "choose_block",
     "gradcam",
+    "heatmaps",
     "load_explainer",
     "pointing_hit",
     "overlay",
@@ -64,6 +83,14 @@ __all__ = [
 log = logging.getLogger("medai.saliency")
 
 MIN_GRID = 6
+# The heatmap methods (see the module docstring). The default, chosen by measurement on
+# phantoms with distractors (benchmarks/saliency_methods.py, README Limitations): on two 128 px
+# trainings Grad-CAM pointed at 0.68-0.90 of the Mass lesions with deletion AUCs a third of
+# random; HiResCAM and occlusion were no better by more than a few lesions of 40, and
+# occlusion costs 20-50 times as much.
+METHODS = ("gradcam", "hirescam", "occlusion")
+DEFAULT_METHOD = "gradcam"
+METHOD_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "occlusion": "Occlusion"}
 BLOCK = "mixed5"
 FALLBACK_BLOCK = "mixed2"
 _BATCH = 16  # images in one Grad-CAM pass, mirror images included: bounded memory at 512 px
@@ -99,6 +126,21 @@ _ERF_SIGMA = {
     "mixed9": 46.0,
     "mixed10": 50.0,
 }
+
+
+class SaliencyError(MedaiError, ValueError):
+    """An unknown saliency method; the message names the known ones."""
+
+
+def check_method(method: str) -> str:
+    """``method`` if it is one of :data:`METHODS`.
+
+    Raises:
+        SaliencyError: Naming the known methods.
+    """
+    if method not in METHODS:
+        raise SaliencyError(f"--saliency must be one of {', '.join(METHODS)}, not {method!r}")
+    return method
 
 
 @dataclass(frozen=True)
@@ -145,9 +187,14 @@ def _heads(model) -> tuple[list, list]:
 
 
 def gradcam(
-    model, images: np.ndarray, output: int = 0, block: str | None = None, mirrored: bool = True
+    model,
+    images: np.ndarray,
+    output: int = 0,
+    block: str | None = None,
+    mirrored: bool = True,
+    per_cell: bool = False,
 ) -> np.ndarray:
-    """Grad-CAM heatmaps of one model output for a batch of images.
+    """Grad-CAM (or HiResCAM) heatmaps of one model output for a batch of images.
 
     Args:
         model: A medai classifier taking ``uint8 (N, S, S, 1)``.
@@ -157,6 +204,8 @@ def gradcam(
         mirrored: Sum the Grad-CAM of each image and of its :data:`MIRRORS` (each flipped
             back) before normalising, as the module's docstring explains; ``False``: the
             image's own Grad-CAM only.
+        per_cell: HiResCAM: weight each cell's maps by the gradient at that cell, not by
+            the gradient's spatial mean.
 
     Returns:
         ``float32 (N, S, S)`` heatmaps in [0, 1] (all zeros where no feature raised the logit).
@@ -167,7 +216,7 @@ def gradcam(
     block = block or choose_block(model)
     mirrors = MIRRORS if mirrored else MIRRORS[:1]
     views = np.concatenate([_flip(images, *mirror) for mirror in mirrors])
-    cam = _cell_cam(model, views, output, block)
+    cam = _cell_cam(model, views, output, block, per_cell)
     heat = place_cells(cam, block, images.shape[1:3]).reshape(len(mirrors), *images.shape[:3])
     heat = sum(_flip(part, *mirror) for part, mirror in zip(heat, mirrors, strict=True))
     peak = heat.max(axis=(1, 2), keepdims=True)
@@ -183,8 +232,9 @@ def _flip(array: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _cell_cam(model, images: np.ndarray, output: int, block: str) -> np.ndarray:
-    """Grad-CAM on ``block``'s grid, before normalising: ``(N, rows, cols)``, at least 0."""
+def _cell_cam(model, images: np.ndarray, output: int, block: str, per_cell: bool) -> np.ndarray:
+    """Grad-CAM (HiResCAM with ``per_cell``) on ``block``'s grid, before normalising:
+    ``(N, rows, cols)``, at least 0."""
     import keras
     import tensorflow as tf
 
@@ -207,7 +257,7 @@ def _cell_cam(model, images: np.ndarray, output: int, block: str) -> np.ndarray:
         logits = tf.matmul(tf.cast(y, last.kernel.dtype), last.kernel) + last.bias
         target = logits[:, output]
     grads = tape.gradient(target, maps)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    weights = grads if per_cell else tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     return tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1)).numpy()
 
 
@@ -267,16 +317,43 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     return np.clip(grey * (1.0 - weight) + colour * weight, 0, 255).astype(np.uint8)
 
 
+def heatmaps(
+    model, images: np.ndarray, output: int, method: str, block: str | None = None
+) -> np.ndarray:
+    """Heatmaps ``float32 (N, S, S)`` in [0, 1] of one output by one of :data:`METHODS`.
+
+    Args:
+        model: A medai classifier taking ``uint8 (N, S, S, 1)``.
+        images: ``uint8 (N, S, S, 1)``.
+        output: Index of the finding.
+        method: One of :data:`METHODS`.
+        block: Block the gradient methods explain; default :func:`choose_block`.
+    """
+    check_method(method)
+    if method == "occlusion":
+        from medai.occlusion import occlusion
+
+        return occlusion(model, images, output)
+    step = max(1, _BATCH // len(MIRRORS))
+    parts = [
+        gradcam(model, images[at : at + step], output, block, per_cell=method == "hirescam")
+        for at in range(0, len(images), step)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0,) + images.shape[1:3], np.float32)
+
+
 @dataclass
 class Explainer:
-    """A model directory's Keras network and the block Grad-CAM explains.
+    """A model directory's Keras network, the saliency method and the block it explains.
 
     Attributes:
         model: The loaded classifier.
         model_id: Its id (sha256 of ``model.keras``, checked on load).
         findings: Output names, in output order.
         image_size: Input size.
-        block: The InceptionV3 block Grad-CAM explains (:func:`medai.saliency.choose_block`).
+        block: The InceptionV3 block the gradient methods explain
+            (:func:`medai.saliency.choose_block`).
+        method: One of :data:`METHODS`.
     """
 
     model: object
@@ -284,35 +361,34 @@ class Explainer:
     findings: list[str]
     image_size: int
     block: str
+    method: str = DEFAULT_METHOD
 
     def heatmaps(self, images: np.ndarray, finding: str) -> np.ndarray:
-        """Grad-CAM maps ``float32 (N, S, S)`` of ``finding`` for ``uint8 (N, S, S, 1)`` images."""
-        output = self.findings.index(finding)
-        step = max(1, _BATCH // len(MIRRORS))
-        parts = [
-            gradcam(self.model, images[start : start + step], output, self.block)
-            for start in range(0, len(images), step)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0,) + images.shape[1:3], np.float32)
+        """Maps ``float32 (N, S, S)`` of ``finding`` for ``uint8 (N, S, S, 1)`` images."""
+        return heatmaps(self.model, images, self.findings.index(finding), self.method, self.block)
 
 
-def load_explainer(model_dir: str | Path) -> Explainer:
-    """Load a model directory for Grad-CAM (TensorFlow is imported here, not before).
+def load_explainer(model_dir: str | Path, method: str = DEFAULT_METHOD) -> Explainer:
+    """Load a model directory for heatmaps (TensorFlow is imported here, not before).
 
     Raises:
         ModelDirError: If the directory is incomplete or ``model.keras`` does not match its card.
+        SaliencyError: If ``method`` is not one of :data:`METHODS`.
     """
     from medai.artifact import card_findings, load_model_dir
     from medai.runtime import quiet_tensorflow
 
+    check_method(method)
     quiet_tensorflow()
     loaded = load_model_dir(model_dir)
     block = choose_block(loaded.model)
-    log.info("Grad-CAM on InceptionV3 block %s of model %s", block, loaded.card["model_id"][:12])
+    model_id = str(loaded.card["model_id"])
+    log.info("%s on InceptionV3 block %s of model %s", method, block, model_id[:12])
     return Explainer(
         model=loaded.model,
-        model_id=str(loaded.card["model_id"]),
+        model_id=model_id,
         findings=list(card_findings(loaded.card)),
         image_size=int(loaded.card["image_size"]),
         block=block,
+        method=method,
     )

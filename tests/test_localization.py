@@ -111,9 +111,13 @@ def located(ray_session, trained_model, phantom_archive, tmp_path_factory) -> di
     return locate(model_dir, card, phantom_archive, folder)
 
 
-def locate(model_dir: Path, card: dict, archive: Path, folder: Path) -> dict:
-    """Score ``archive`` with the model, then report with ``--model`` and ``--boxes``."""
+def locate(
+    model_dir: Path, card: dict, archive: Path, folder: Path, saliency: str | None = None
+) -> dict:
+    """Score ``archive`` with the model, then report with ``--model`` and ``--boxes``
+    (heatmaps by ``saliency``, default the report's)."""
     from medai.report import ReportConfig, run_report
+    from medai.saliency import DEFAULT_METHOD
     from medai.score import ScoreConfig, run_scoring
 
     run_scoring(
@@ -132,6 +136,7 @@ def locate(model_dir: Path, card: dict, archive: Path, folder: Path) -> dict:
             model=model_dir,
             boxes=archive / "BBox_List_2017.csv",
             bootstrap=50,
+            saliency=saliency or DEFAULT_METHOD,
         )
     )
     return {"metrics": metrics, "out": folder / "report", "card": card, "model": model_dir}
@@ -185,6 +190,50 @@ def test_pointing_game_over_the_boxed_test_images(located, phantom_archive):
     assert on_disk["localization"] == metrics["localization"]
 
 
+def test_faithfulness_is_the_deletion_curves_of_the_boxed_images(located, phantom_archive):
+    """metrics.json's faithfulness equals the deletion AUCs of the same images and maps, and
+    the page shows them beside the pointing game (with the warning when no better than
+    random)."""
+    from medai.faithfulness import MAX_IMAGES, deletion_aucs
+    from medai.images import decode_image, iter_archive
+    from medai.saliency import DEFAULT_METHOD, load_explainer
+
+    (entry,) = located["metrics"]["localization"]
+    faith = entry["faithfulness"]
+    assert faith["n"] == min(entry["n"], MAX_IMAGES) and faith["method"] == DEFAULT_METHOD
+    assert located["metrics"]["saliency"]["method"] == DEFAULT_METHOD
+    boxes = read_boxes(phantom_archive / "BBox_List_2017.csv")
+    test = set((phantom_archive / "test_list.txt").read_text().split())
+    wanted = set(boxes["image_id"]) & test
+    explainer = load_explainer(located["model"])
+    found = {
+        Path(name).name: data
+        for name, data in iter_archive(str(phantom_archive / "images_001.tar.gz"))
+        if Path(name).name in wanted
+    }
+    # The report plays the images in the order of its evaluated rows; each image's random
+    # order is seeded by its pixels, so the order of the images does not matter.
+    images = np.stack([decode_image(found[i], explainer.image_size) for i in sorted(found)])
+    deletion, random = deletion_aucs(explainer.model, images, explainer.heatmaps(images, "Mass"), 0)
+    if len(images) <= MAX_IMAGES:  # else the report measured a subset in its own order
+        assert faith["deletion_auc"] == pytest.approx(deletion.mean(), rel=1e-4)
+        assert faith["random_deletion_auc"] == pytest.approx(random.mean(), rel=1e-4)
+    assert 0 <= faith["deletion_auc"] <= 1 and 0 <= faith["random_deletion_auc"] <= 1
+    assert faith["better_than_random"] == (faith["p_value"] < 0.05)
+    print(f"deletion AUC {faith['deletion_auc']:.3f}, random {faith['random_deletion_auc']:.3f}")
+    page = (located["out"] / "report.html").read_text()
+    assert "random-order AUC" in page
+    assert ("no better than random at finding" in page) == (not faith["better_than_random"])
+
+
+def test_report_saliency_flag_is_checked_before_work(tmp_path):
+    from medai.cli import main
+
+    args = ["report", "--predictions", str(tmp_path), "--labels", str(tmp_path / "l.csv")]
+    assert main([*args, "--out", str(tmp_path / "out"), "--saliency", "lime"]) == 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_overlays_heatmaps_and_names_the_block(located):
     saliency = located["metrics"]["saliency"]
     assert saliency["heatmaps"] and saliency["localization"]
@@ -228,6 +277,10 @@ def test_predict_writes_one_heatmap_per_image_and_finding(located, phantom_archi
     (tmp_path / "file").write_text("")
     model = str(located["model"])
     assert main(["predict", "--model", model, sources[0], "--heatmap", str(tmp_path / "file")]) == 2
+    occluded = tmp_path / "occluded"
+    command = ["predict", "--model", model, sources[0], "--heatmap", str(occluded)]
+    assert main([*command, "--saliency", "occlusion"]) == 0
+    assert len(list(occluded.iterdir())) == 1
 
 
 # Phantoms a model can only separate by finding the lesion: exposure jitter hides the overall
@@ -257,8 +310,50 @@ def test_trained_phantom_model_points_at_the_lesion(ray_session, tmp_path):
     archive = tmp_path / "phantoms"
     write_phantom_archive(archive, LOCALISING_PHANTOMS)
     model_dir, card = train_phantoms(archive, tmp_path, num_workers=1, epochs=6)
-    located = locate(model_dir, card, archive, tmp_path / "located")
+    located = locate(model_dir, card, archive, tmp_path / "located", saliency="gradcam")
     (entry,) = located["metrics"]["localization"]
     print(f"pointing game: {entry['hits']}/{entry['n']} = {entry['pointing_hit_rate']:.3f}")
     assert entry["block"] == "mixed5" and entry["n"] >= 40
     assert entry["pointing_hit_rate"] >= 0.8
+
+
+@pytest.mark.slow  # a 12-epoch training of its own: about 15 min on a 2-core host, alone
+def test_default_heatmap_points_at_masses_among_distractors(ray_session, tmp_path):
+    """On multi-finding phantoms with distractors (Mass lesions next to effusion haze and
+    enlarged hearts, a third of the views AP: :data:`medai.phantoms.DISTRACTORS`), the
+    report's default heatmap points into the Mass box for at least 0.6 of the boxed test
+    lesions (issue 27's target), and deleting its hottest cells first drops the Mass score
+    faster than a random order does (the report's faithfulness, paired test). Two one-process
+    Keras trainings on these phantoms (benchmarks/saliency_methods.py, 12 epochs) pointed at
+    0.88 and 0.68 with Grad-CAM, deletion AUC 0.27 and 0.23 against 0.79 and 0.55 at random;
+    this `medai train` recipe itself has not been recorded yet."""
+    from conftest import train_phantoms
+
+    from medai.phantoms import DISTRACTORS
+
+    archive = tmp_path / "phantoms"
+    write_phantom_archive(archive, DISTRACTORS)
+    model_dir, card = train_phantoms(
+        archive, tmp_path, num_workers=1, epochs=12, finding="Mass,Effusion,Cardiomegaly"
+    )
+    located = locate(model_dir, card, archive, tmp_path / "located")
+    entries = {entry["finding"]: entry for entry in located["metrics"]["localization"]}
+    entry = entries["Mass"]
+    faith = entry["faithfulness"]
+    print(
+        f"pointing game: {entry['hits']}/{entry['n']} = {entry['pointing_hit_rate']:.3f}; "
+        f"deletion AUC {faith['deletion_auc']:.3f}, random {faith['random_deletion_auc']:.3f}"
+    )
+    assert entry["n"] >= 30 and entries["Effusion"]["n"] == 0
+    assert entry["pointing_hit_rate"] >= 0.6
+    assert faith["better_than_random"]
+
+
+def test_predict_saliency_flag_is_checked_before_work(tiny_model_dir, tmp_path, capsys):
+    from medai.cli import main
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    command = ["predict", "--model", str(tiny_model_dir), str(image), "--heatmap", str(tmp_path)]
+    assert main([*command, "--saliency", "lime"]) == 2
+    assert "--saliency must be one of gradcam, hirescam, occlusion" in capsys.readouterr().err

@@ -180,3 +180,26 @@ def test_field_widths_are_the_measured_effective_fields(base_299, block):
     spread = np.sqrt((rows * (pixels - (rows * pixels).sum()) ** 2).sum())
     print(f"{block}: measured {spread:.1f} px, table {_ERF_SIGMA[block]}")
     assert spread == pytest.approx(_ERF_SIGMA[block], rel=0.15)
+
+
+def test_every_method_gives_normalised_maps_and_hirescam_is_not_gradcam(tiny_model_dir):
+    """HiResCAM weights each cell by its own gradient: on an untrained network its map differs
+    from Grad-CAM's spatially averaged weighting (the check fails if the weighting is ignored)."""
+    from medai.artifact import load_model_dir
+    from medai.saliency import METHODS, heatmaps
+
+    model = load_model_dir(tiny_model_dir).model
+    images = np.random.default_rng(2).integers(0, 255, (2, 75, 75, 1), dtype=np.uint8)
+    maps = {method: heatmaps(model, images, 0, method) for method in METHODS}
+    for heat in maps.values():
+        assert heat.shape == (2, 75, 75) and heat.dtype == np.float32
+        assert np.isfinite(heat).all() and heat.min() >= 0.0 and heat.max() <= 1.0
+    np.testing.assert_array_equal(maps["gradcam"], gradcam(model, images))
+    assert np.abs(maps["hirescam"] - maps["gradcam"]).max() > 0.05
+
+
+def test_unknown_method_is_named(tiny_model_dir):
+    from medai.saliency import SaliencyError, load_explainer
+
+    with pytest.raises(SaliencyError, match="--saliency must be one of gradcam, hirescam, occl"):
+        load_explainer(tiny_model_dir, "lime")

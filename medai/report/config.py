@@ -11,6 +11,7 @@ from typing import ClassVar
 from medai.configs import CheckedConfig, config_from
 from medai.errors import MedaiError
 from medai.labels import NEGATIVE_POLICIES
+from medai.saliency import DEFAULT_METHOD, METHODS
 
 __all__ = [
     "SPLITS",
@@ -84,6 +85,7 @@ class ReportConfig(CheckedConfig):
         processes: Worker processes for the findings' bootstraps and figures (findings are
             independent); ``0``: one per CPU this process may use, ``1``: all in this process.
             The results do not depend on it.
+        saliency: Heatmap method, one of :data:`medai.saliency.METHODS`.
     """
 
     predictions: str | Path
@@ -102,6 +104,7 @@ class ReportConfig(CheckedConfig):
     processes: int = 0
     deidentify: bool = False
     id_key: str | None = None
+    saliency: str = DEFAULT_METHOD
 
     error: ClassVar[type[MedaiError]] = ReportError
 
@@ -218,6 +221,13 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
         "original-image pixels): score localisation by the pointing game on the evaluated "
         "images with a box (needs --model, whose Grad-CAM heatmaps are played)",
     )
+    parser.add_argument(
+        "--saliency",
+        default=DEFAULT_METHOD,
+        metavar="METHOD",
+        help=f"heatmap method: {', '.join(METHODS)} (default: {DEFAULT_METHOD}; README, "
+        "Limitations, compares them)",
+    )
 
 
 def build_report_parser(prog: str = "medai report") -> argparse.ArgumentParser:
@@ -275,6 +285,8 @@ def report_problems(config: ReportConfig) -> list[str]:
         value = getattr(config, name)
         if value is not None and not str(value).strip():
             problems.append(f"--{name.replace('_', '-')} must not be empty")
+    if config.saliency not in METHODS:
+        problems.append(f"--saliency must be one of {', '.join(METHODS)}, not {config.saliency!r}")
     if config.boxes is not None and config.model is None:
         problems.append(
             "--boxes needs --model MODEL_DIR: the pointing game plays the model's Grad-CAM heatmaps"

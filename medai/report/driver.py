@@ -41,7 +41,7 @@ from medai.report.render import fmt, render_html, undefined_auc
 from medai.report.saliency import boxed_sources, localization, overlays
 from medai.report.subgroups import attributes_of, with_header_attributes
 from medai.report.workers import finding_pool, pool_map
-from medai.saliency import Explainer, load_explainer
+from medai.saliency import METHOD_NAMES, Explainer, load_explainer
 
 __all__ = ["run_report"]
 
@@ -264,6 +264,7 @@ def _draw_comparisons(models, config: ReportConfig, plots_dir: Path, sections: l
 def _explainer(config: ReportConfig, inputs) -> tuple[Explainer | None, dict]:
     """The ``--model`` network when heatmaps or localisation need it, and what was skipped."""
     saliency = {"model_id": None, "block": None, "heatmaps": False, "localization": False}
+    saliency["method"] = None
     skipped = []
     if config.model is None:
         skipped.append("heatmaps and localisation skipped: no --model MODEL_DIR given")
@@ -274,8 +275,9 @@ def _explainer(config: ReportConfig, inputs) -> tuple[Explainer | None, dict]:
     saliency["skipped"] = skipped
     if config.model is None or (not config.images and inputs.boxes is None):
         return None, saliency
-    explainer = load_explainer(config.model)
+    explainer = load_explainer(config.model, config.saliency)
     saliency |= {"model_id": explainer.model_id, "block": explainer.block}
+    saliency["method"] = explainer.method
     saliency |= {"heatmaps": config.images, "localization": inputs.boxes is not None}
     return explainer, saliency
 
@@ -293,7 +295,9 @@ def _thumbnails(explainer, model, finding: str, groups, decoded) -> tuple[dict, 
     shown = [s for s in sources if isinstance(s, str)]
     for source, pixels in overlays(explainer, finding, shown, decoded).items():
         thumbnails[source] = (pixels, "")
-    return thumbnails, f"\nGrad-CAM heatmaps of {finding} ({explainer.block})"
+    name = METHOD_NAMES[explainer.method]
+    where = "" if explainer.method == "occlusion" else f" ({explainer.block})"
+    return thumbnails, f"\n{name} heatmaps of {finding}{where}"
 
 
 def _log_localization(entries) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from medai import metrics
 from medai.card import ECE_BINS, INTENDED_USE
+from medai.saliency import METHOD_NAMES
 
 __all__ = ["CAPTIONS", "fmt", "render_html", "undefined_auc"]
 
@@ -143,8 +144,9 @@ def _flags(report: Mapping) -> list[str]:
     for row in report.get("localization", []):
         if row["flagged"]:
             low, high = row["ci95"]
+            name = METHOD_NAMES.get(report["saliency"].get("method"), "Grad-CAM")
             flags.append(
-                f"{row['finding']}: Grad-CAM points inside the annotated box in "
+                f"{row['finding']}: {name} points inside the annotated box in "
                 f"{row['pointing_hit_rate']:.3f} [{low:.3f}, {high:.3f}] of {row['n']} images: "
                 "the heatmaps do not show where the finding is"
             )

@@ -1,11 +1,14 @@
-"""Where the model looks, in the report: heatmaps on the example images and the pointing game.
+"""Where the model looks, in the report: heatmaps on the example images, the pointing game and
+how faithful the heatmaps are.
 
-Both need the network itself, so both need ``--model MODEL_DIR`` (the report already checks
-that its ``model_id`` is the predictions'). Heatmaps are Grad-CAM (:mod:`medai.saliency`) of
-the finding's output, computed at the model's input size from the same decoding the scorer
-used, then resized onto the thumbnails. The pointing game runs over the evaluated images that
-``--boxes`` gives a box for the finding: a hit when the heatmap's maximum falls inside one of
-the image's boxes for that finding; the hit rate's 95% CI is Wilson's score interval.
+All need the network itself, so all need ``--model MODEL_DIR`` (the report already checks
+that its ``model_id`` is the predictions'). Heatmaps are the ``--saliency`` method's
+(:mod:`medai.saliency`) of the finding's output, computed at the model's input size from the
+same decoding the scorer used, then resized onto the thumbnails. The pointing game runs over
+the evaluated images that ``--boxes`` gives a box for the finding: a hit when the heatmap's
+maximum falls inside one of the image's boxes for that finding; the hit rate's 95% CI is
+Wilson's score interval. On the same images the deletion curves of :mod:`medai.faithfulness`
+say whether the heatmap finds what the score depends on better than a random order does.
 """
 
 from __future__ import annotations
@@ -56,13 +59,16 @@ def localization(
     Returns:
         One entry per finding: ``finding``, ``n`` (images played), ``hits``,
         ``pointing_hit_rate``, ``ci95`` (Wilson), ``block``, ``unreadable``, ``flagged``
-        (the CI lies wholly below :data:`POINTING_FLAG`) and ``reason`` (why the rate is
-        null, else ``None``).
+        (the CI lies wholly below :data:`POINTING_FLAG`), ``reason`` (why the rate is
+        null, else ``None``) and ``faithfulness``
+        (:func:`medai.faithfulness.summarise`: ``deletion_auc``, ``random_deletion_auc``,
+        ``n``, ``method``, ...).
     """
     return [_play(explainer, finding, boxes, decoded) for finding in model.findings]
 
 
 def _play(explainer, finding: FindingRows, boxes, decoded) -> dict:
+    from medai.faithfulness import faithfulness, summarise
     from medai.saliency import Box, pointing_hit
 
     mine = boxes[boxes["finding"] == finding.name]
@@ -71,6 +77,7 @@ def _play(explainer, finding: FindingRows, boxes, decoded) -> dict:
     entry = {"finding": finding.name, "n": 0, "hits": 0, "pointing_hit_rate": None}
     entry |= {"ci95": None, "block": explainer.block, "unreadable": 0, "reason": None}
     entry["flagged"] = False
+    entry["faithfulness"] = summarise(np.zeros(0), np.zeros(0), explainer.method)
     usable = []
     for image_id, source in rows[["image_id", "source"]].itertuples(index=False):
         image, _ = decoded.get(source, (None, "not read"))
@@ -81,7 +88,10 @@ def _play(explainer, finding: FindingRows, boxes, decoded) -> dict:
     if not usable:
         entry["reason"] = "no evaluated image has a readable image and a box for this finding"
         return entry
-    maps = explainer.heatmaps(np.stack([image.model_input for _, image in usable]), finding.name)
+    images = np.stack([image.model_input for _, image in usable])
+    maps = explainer.heatmaps(images, finding.name)
+    output = explainer.findings.index(finding.name)
+    entry["faithfulness"] = faithfulness(explainer.model, images, maps, output, explainer.method)
     by_image = {
         image_id: [Box(*box) for box in group[["x", "y", "width", "height"]].to_numpy()]
         for image_id, group in mine.groupby("image_id")
@@ -109,7 +119,7 @@ def overlays(
     sources: list[str],
     decoded: Mapping[str, tuple[Decoded | None, str]],
 ) -> dict[str, np.ndarray]:
-    """Thumbnails with the finding's Grad-CAM blended in, ``uint8 (T, T, 3)`` per source."""
+    """Thumbnails with the finding's heatmap blended in, ``uint8 (T, T, 3)`` per source."""
     from PIL import Image
 
     from medai.saliency import overlay
