@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["codec_problem", "missing_codecs", "stored_values"]
+__all__ = ["codec_problem", "missing_codecs", "stored_values", "warn_missing_codecs"]
 
 # The package that decodes each compressed syntax (MIT/BSD; never GPL pylibjpeg-libjpeg).
 _CODEC_PACKAGES = {
@@ -58,6 +58,15 @@ def codec_problem(syntax: str | None, bits_stored: int = 8) -> str:
 def missing_codecs() -> list[str]:
     """One line per radiograph transfer syntax without an installed decoder (warned at start)."""
     return [text for text in map(codec_problem, _CODEC_PACKAGES) if text]
+
+
+def warn_missing_codecs() -> None:
+    """Warn, at the start of a job that reads images, of each syntax it cannot decode: such
+    files become decode-error rows naming the package to install."""
+    import logging
+
+    for problem in missing_codecs():
+        logging.getLogger("medai.dicom").warning("DICOM codec missing: %s", problem)
 
 
 def stored_values(dataset) -> np.ndarray:

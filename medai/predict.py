@@ -12,6 +12,7 @@ import numpy as np
 
 from medai.card import card_findings, card_thresholds, is_positive
 from medai.configs import CheckedConfig
+from medai.dicom_codecs import warn_missing_codecs
 from medai.errors import MedaiError
 from medai.images import ImageError, decode_image, read_bytes
 from medai.paths import folder_problem
@@ -118,6 +119,7 @@ def predict_images(
         from medai.saliency import check_method
 
         check_method(saliency)  # before the model loads
+    warn_missing_codecs()
     card, runner = _load(str(Path(model_dir).resolve()), engine, precision, threads)
     explainer = None
     if heatmap_dir is not None:

@@ -45,7 +45,7 @@ from medai.card import (
     read_card,
     write_card_copy,
 )
-from medai.dicom import missing_codecs
+from medai.dicom_codecs import warn_missing_codecs
 from medai.dicomweb import is_dicomweb
 from medai.engines import resolve_engine, verify_ir
 from medai.files import write_json
@@ -278,8 +278,7 @@ def _pipeline(
     from medai.cpus import plan_actors
 
     plan = plan_actors(config.actors, engine, actor_cpus)
-    for problem in missing_codecs():  # such files become error rows naming the package
-        logger.warning("DICOM codec missing: %s", problem)
+    warn_missing_codecs()
     dataset, listing = input_dataset(
         config.images, inputs, card["image_size"], skip, config.pacs, tuple(config.modalities)
     )

@@ -27,6 +27,7 @@ import pandas as pd
 from medai.artifact import save_model_dir
 from medai.card import CURVES_FILE, card_line, read_card, write_split
 from medai.cpus import WorkerPlan
+from medai.dicom_codecs import warn_missing_codecs
 from medai.dicom_labels import resolve_labels
 from medai.errors import MedaiError
 from medai.files import write_json
@@ -75,6 +76,7 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
         logger.warning("%s already holds a model; it will be replaced", out)
     labels = load_labels(config.labels, config.finding, config.negatives)
     inputs = discover_images(config.images)
+    warn_missing_codecs()
     # DICOM: study-level labels to images, keyed pseudonyms for patients (one header pass).
     labels = resolve_labels(labels, inputs, config.id_key, tuple(config.modalities))
     train_val_path, test_path = find_split_lists(config.labels)
