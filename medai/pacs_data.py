@@ -299,8 +299,9 @@ def instance_urls(
     texts: Iterable[str], allow_insecure_http: bool = False, ca_bundle: str | None = None
 ) -> list[str]:
     """Each argument as the sources to read one by one (``medai predict``): a ``dicomweb+``
-    source (a server, filtered or narrowed) or a bare WADO-RS instance URL becomes the WADO-RS
-    URLs of its instances, listed after every server's login is checked; others stay as given.
+    source (a server, filtered or narrowed) becomes the WADO-RS URLs of its instances, listed
+    after every server's login is checked; one narrowed to an instance, or a bare WADO-RS URL,
+    stays that instance's URL (a gone one then gets its error row); others stay as given.
 
     Raises:
         medai.dicomweb.DicomwebError: A bad URL, credentials or login, in one line.
@@ -315,11 +316,16 @@ def instance_urls(
     )
     urls = []
     for text in texts:
-        if text not in sources:
+        source = sources.get(text)
+        if source is None:
             urls.append(text)
-            continue
-        [(source, refs)] = list_new_instances([sources[text]], frozenset(), None, ca_bundle)
-        urls += [source.instance_url(ref) for ref in refs]
+        elif source.instance:  # one named instance: retrieved as named (if gone: its error row)
+            urls.append(source.scope)
+        else:
+            [(_, refs)] = list_new_instances([source], frozenset(), None, ca_bundle)
+            urls += [source.instance_url(ref) for ref in refs]
+            if not refs:
+                logger.warning("%s: no image instance found", source.scope)
     return urls
 
 
