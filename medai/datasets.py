@@ -123,7 +123,8 @@ def _records(
     clients: dict = {}  # one DICOMweb client per server for the unit's WADO-RS URLs
     for source in unit["files"]:
         image_id = image_id_of(source)
-        dicom = is_dicom_name(source) or extensionless(source) or parse_instance_url(source)
+        wado = parse_instance_url(source) is not None
+        dicom = is_dicom_name(source) or extensionless(source) or wado
         if wanted is not None and image_id not in wanted and not dicom:
             continue
         if image_id in exclude and not dicom:
