@@ -160,24 +160,31 @@ def _attach_labels(batch: dict, labels_of: dict, split_of: dict, columns: list[s
 
 def _load_images(plan: TrainPlan):
     """Decode the labelled train/val images once (materialised: epochs re-read it)."""
-    from medai.datasets import image_dataset
-
     usable = plan.split[plan.split["split"].isin(["train", "val"])]
     columns = plan.columns
     labels = usable[columns].astype(int).itertuples(index=False, name=None)
     labels_of = dict(zip(usable["image_id"], labels, strict=True))
     split_of = dict(zip(usable["image_id"], usable["split"], strict=True))
-    config, wanted, modalities = plan.config, set(labels_of), tuple(plan.config.modalities)
     # In input order: the same seed then sees the same training set and trains the same model.
-    parts = (
-        []
-        if plan.inputs.empty
-        else [
-            image_dataset(
-                plan.inputs, config.image_size, wanted, ordered=True, modalities=modalities
-            )
-        ]
+    dataset = _labelled_images(plan, set(labels_of))
+    dataset = dataset.map_batches(
+        _attach_labels,
+        fn_kwargs={"labels_of": labels_of, "split_of": split_of, "columns": columns},
+        batch_format="numpy",
     )
+    return dataset.materialize()
+
+
+def _labelled_images(plan: TrainPlan, wanted: set[str]):
+    """The decoded dataset of the wanted images: the files' (in input order) and DICOMweb's (in
+    listing order; only wanted instances retrieved), blocks of each taken in turn."""
+    from medai.datasets import image_dataset
+
+    config, modalities = plan.config, tuple(plan.config.modalities)
+    parts = []
+    if not plan.inputs.empty:
+        size = config.image_size
+        parts.append(image_dataset(plan.inputs, size, wanted, ordered=True, modalities=modalities))
     web = pacs_dataset(
         plan.listing,
         config.image_size,
@@ -191,13 +198,8 @@ def _load_images(plan: TrainPlan):
     if not parts:
         raise TrainError("none of the labelled train/val images was found in --images")
     dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    dataset.context.execution_options.preserve_order = True  # blocks of each part in turn
-    dataset = dataset.map_batches(
-        _attach_labels,
-        fn_kwargs={"labels_of": labels_of, "split_of": split_of, "columns": columns},
-        batch_format="numpy",
-    )
-    return dataset.materialize()
+    dataset.context.execution_options.preserve_order = True
+    return dataset
 
 
 def _latest_checkpoint(storage: Path) -> str | None:
