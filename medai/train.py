@@ -329,7 +329,7 @@ def _loop_config(plan: TrainPlan, inventory: Inventory, sizing: WorkerPlan) -> d
     }
 
 
-def _export_ir(out: Path, web: tuple[bool, str | None]) -> dict:
+def _export_ir(out: Path, web: tuple[bool, str | None] = (False, None)) -> dict:
     """Write the OpenVINO IR beside ``model.keras``; a failed export fails the run.
 
     ``web``: ``(allow_insecure_http, ca_bundle)``, to retrieve validation images trained on
