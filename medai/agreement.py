@@ -71,20 +71,21 @@ def load_split_images(
     images: tuple[str, ...] | None = None,
     limit: int | None = None,
     seed: int = 0,
+    web: tuple[bool, str | None] = (False, None),
 ) -> dict[str, LabelledImages]:
     """Decode the images of some splits of ``split.csv``, read in place (archives streamed once).
 
     Only the images training used are read (``split.csv``'s ``status`` ``used``), through the
-    reader training uses (:func:`medai.datasets.read_records`): an image that cannot be read or
-    decoded now is left out and counted as ``unreadable``, and a truncated archive gives the
-    members before its fault, as in training.
+    reader training uses (:func:`medai.datasets.read_records`; ``web``: its
+    ``(allow_insecure_http, ca_bundle)`` for the WADO-RS URLs of images from DICOMweb): an image
+    that cannot be read or decoded now is left out and counted as ``unreadable``, and a
+    truncated archive gives the members before its fault, as in training.
 
     Args:
         model_dir: The model directory (holds ``split.csv``).
         card: Its card (gives the image size and, by default, where the images are).
         splits: Split names, e.g. ``("train", "val")``.
-        images: Archives, folders or files holding the images; default: the card's
-            ``training_data.images``.
+        images: Where the images are (default: the card's ``training_data.images``).
         limit: At most this many images per split (a seeded sample).
         seed: Seed of the sample.
 
@@ -98,10 +99,8 @@ def load_split_images(
     except ModelDirError as exc:
         raise ExportError(str(exc)) from exc
     if table is None:
-        raise ExportError(
-            f"{Path(model_dir) / SPLIT_FILE} is missing: int8 needs the model's training and "
-            "validation split"
-        )
+        missing = Path(model_dir) / SPLIT_FILE
+        raise ExportError(f"{missing} is missing: int8 needs the model's training and val split")
     sources = tuple(images or card.get("training_data", {}).get("images", ()))
     if not sources:
         raise ExportError("no image folders known: pass the training images")
@@ -110,7 +109,7 @@ def load_split_images(
         name: sample_ids(table.loc[table["split"] == name, "image_id"].tolist(), limit, seed)
         for name in splits
     }
-    decoded = _decode_wanted(sources, {i for ids in wanted.values() for i in ids}, card)
+    decoded = _decode_wanted(sources, table, wanted, card, web)
     label_of = dict(zip(table["image_id"], split_labels(table, card_findings(card)), strict=True))
     found = {}
     for name, ids in wanted.items():
@@ -126,14 +125,34 @@ def load_split_images(
     return found
 
 
-def _decode_wanted(sources: tuple[str, ...], wanted: set[str], card: dict) -> dict:
-    """Per image id, its decoded model input; unreadable images are logged and left out."""
-    from medai.datasets import read_records
-    from medai.images import ImageError, decode_image, discover_images
+def _split_inputs(sources: tuple[str, ...], table, wanted: set[str]):
+    """What to read the wanted images from: the folders, archives and files of ``sources``, and
+    for a ``dicomweb+`` source the WADO-RS URLs ``split.csv`` records for the wanted images."""
+    from medai.dicomweb import is_dicomweb, parse_instance_url
+    from medai.images import ImageInputs, discover_images
 
+    files = [s for s in sources if not is_dicomweb(s)]
+    inputs = discover_images(files) if files else ImageInputs()
+    if len(files) == len(sources) or "source" not in table:
+        return inputs
+    chosen = table.loc[table["image_id"].isin(wanted), "source"]
+    urls = dict.fromkeys(s for s in chosen if parse_instance_url(s))
+    return ImageInputs(inputs.archives, (*inputs.files, *urls))
+
+
+def _decode_wanted(
+    sources: tuple[str, ...], table, chosen: dict, card: dict, web: tuple[bool, str | None]
+) -> dict:
+    """Per image id chosen (in any split), its decoded model input; unreadable images are
+    logged and left out."""
+    from medai.datasets import read_records
+    from medai.images import ImageError, decode_image
+
+    wanted = {i for ids in chosen.values() for i in ids}
+    inputs = _split_inputs(sources, table, wanted)
     size = int(card["image_size"])
     decoded: dict[str, np.ndarray] = {}
-    for record in read_records(discover_images(sources), wanted):
+    for record in read_records(inputs, wanted, allow_insecure_http=web[0], ca_bundle=web[1]):
         if record.image_id in decoded or record.image_id not in wanted:
             continue  # a broken archive's row is named after the archive
         if record.error:

@@ -252,7 +252,8 @@ def write_split(model_dir: str | Path, split, label_columns: list[str]) -> None:
     Args:
         model_dir: The model directory.
         split: ``image_id``, ``patient_id``, ``split``, ``label``, the ``label_<Finding>``
-            columns and the inventory's ``found`` and ``unreadable`` flags.
+            columns, the inventory's ``found`` and ``unreadable`` flags and, if there, its
+            ``source`` (an image's WADO-RS URL when read from DICOMweb, else ``""``; last).
         label_columns: The per-finding columns in output order (written when more than one).
     """
     import pandas as pd
@@ -266,6 +267,8 @@ def write_split(model_dir: str | Path, split, label_columns: list[str]) -> None:
     status[split["unreadable"]] = "unreadable"
     status[~read] = "not read"
     table["status"] = status
+    if "source" in split:
+        table["source"] = split["source"]
     write_atomically(Path(model_dir) / SPLIT_FILE, lambda tmp: table.to_csv(tmp, index=False))
 
 

@@ -92,7 +92,12 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
     from medai.saliency import METHODS
 
     add_model_flag(parser)
-    parser.add_argument("image", nargs="+", help="image files (or ARCHIVE::MEMBER)")
+    parser.add_argument(
+        "image",
+        nargs="+",
+        help="image files, ARCHIVE::MEMBER, or DICOMweb sources (dicomweb+https://HOST/"
+        "dicom-web[?QIDO filters] or .../studies/UID[/series/UID[/instances/UID]])",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print JSON lines (one per image and finding)"
     )
@@ -113,6 +118,7 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
         metavar="METHOD",
         help=f"heatmap method for --heatmap: {', '.join(METHODS)} (default: the report's)",
     )
+    add_pacs_flags(parser, scoring=False, requests=False)
 
 
 def _add_export(parser: argparse.ArgumentParser) -> None:

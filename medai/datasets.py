@@ -9,8 +9,9 @@ and ``error`` (``""`` when the image is usable, else :attr:`medai.images.ImageEr
 ``"read error: ..."`` or ``"decode error: ..."``, the same text for the same fault every run;
 empty strings survive Arrow and pandas round trips where ``None`` turns into NaN or "nan").
 A corrupt member, an unreadable file or a broken archive becomes a row with an error: nothing
-is dropped silently. A file or member above the size cap is an error row without its bytes
-ever being read.
+is dropped silently. A WADO-RS instance URL (a DICOMweb row's ``source``) is read as a file is,
+retrieved through :mod:`medai.dicomweb` (see :func:`read_source`). A file or member above the
+size cap is an error row without its bytes ever being read.
 
 Reading (streaming each tarball, or a chunk of single files) and decoding are separate
 stages with different CPU requests, so Ray does not fuse them into one serial task, and
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from medai.dicom import DEFAULT_MODALITIES, extensionless, is_dicom_name, read_header, skip_reason
+from medai.dicomweb import parse_instance_url, read_instance_url
 from medai.images import (
     ARCHIVE_SEP,
     MAX_BYTES,
@@ -43,6 +45,7 @@ __all__ = [
     "DECODE_CPUS",
     "ImageRecord",
     "plan_units",
+    "read_source",
     "read_records",
     "identify",
     "record_columns",
@@ -69,18 +72,42 @@ def plan_units(inputs: ImageInputs, files_per_unit: int = 64) -> list[dict]:
     return units
 
 
+def read_source(
+    source: str,
+    max_bytes: int = MAX_BYTES,
+    allow_insecure_http: bool = False,
+    ca_bundle: str | None = None,
+    clients: dict | None = None,
+) -> bytes:
+    """One image's bytes: a WADO-RS instance URL retrieved through :mod:`medai.dicomweb`
+    (credentials from the environment, plain http only to this machine unless
+    ``allow_insecure_http``), anything else read by :func:`medai.images.read_bytes`.
+
+    Raises:
+        ImageError: As :func:`medai.images.read_bytes` or
+            :func:`medai.dicomweb.retrieve_instance` (same texts, same retries).
+        medai.dicomweb.DicomwebError: A WADO-RS URL that may not be read (plain http to
+            another host, credentials in it or unusable ones in the environment).
+    """
+    if parse_instance_url(source) is not None:
+        return read_instance_url(source, allow_insecure_http, ca_bundle, clients)
+    return read_bytes(source, max_bytes)
+
+
 def _records(
     unit: dict,
     wanted: set[str] | None,
     exclude: frozenset[str],
     max_bytes: int = MAX_BYTES,
     modalities: tuple[str, ...] = DEFAULT_MODALITIES,
+    web: tuple[bool, str | None] = (False, None),
 ) -> Iterator[tuple]:
     """Yield ``(image_id, source, bytes, error, skip, meta, ignored)`` for every image of a
     read unit (see :func:`_identified`).
 
     Excluded images still yield a row (flagged ``skip``, without bytes) so that the
-    downstream count of skipped images is exact.
+    downstream count of skipped images is exact. ``web``: ``(allow_insecure_http, ca_bundle)``
+    for WADO-RS URLs among the files.
     """
     archive = unit["archive"]
     if archive:
@@ -93,16 +120,18 @@ def _records(
         except Exception as exc:  # a truncated or corrupt archive: one row says so
             yield image_id_of(archive), archive, b"", archive_error(exc).text, False, "", ""
         return
+    clients: dict = {}  # one DICOMweb client per server for the unit's WADO-RS URLs
     for source in unit["files"]:
         image_id = image_id_of(source)
-        dicom = is_dicom_name(source) or extensionless(source)
+        wado = parse_instance_url(source) is not None
+        dicom = is_dicom_name(source) or extensionless(source) or wado
         if wanted is not None and image_id not in wanted and not dicom:
             continue
         if image_id in exclude and not dicom:
             yield image_id, source, b"", "", True, "", ""
             continue
         try:
-            record = (image_id, source, read_bytes(source, max_bytes), "")
+            record = (image_id, source, read_source(source, max_bytes, *web, clients), "")
         except ImageError as exc:
             record = (image_id, source, b"", exc.text)
         yield from identify(record, wanted, exclude, modalities)
@@ -163,21 +192,33 @@ class ImageRecord(NamedTuple):
 
 
 def read_records(
-    inputs: ImageInputs, wanted: set[str] | None = None, max_bytes: int = MAX_BYTES
+    inputs: ImageInputs,
+    wanted: set[str] | None = None,
+    max_bytes: int = MAX_BYTES,
+    allow_insecure_http: bool = False,
+    ca_bundle: str | None = None,
 ) -> Iterator[ImageRecord]:
     """Read images in this process, one streaming pass per archive, as :func:`read_unit` does.
 
     For the few images a job needs outside a Ray dataset (export's validation images, the
-    report's examples): the same reading, the same error rows, no Ray.
+    report's examples): the same reading, the same error rows, no Ray. Files may be WADO-RS
+    instance URLs (DICOMweb rows' sources): they are retrieved (see :func:`read_source`).
 
     Args:
         inputs: Archives and files to read.
         wanted: If given, only these image ids (or archive member names) are read.
         max_bytes: Files and members above this size are error records, never read.
+        allow_insecure_http: Allow plain http to a DICOMweb host other than this machine.
+        ca_bundle: A CA file to trust for https DICOMweb servers.
+
+    Raises:
+        medai.dicomweb.DicomwebError: A WADO-RS URL that may not be read (see
+            :func:`read_source`).
     """
+    web = (allow_insecure_http, ca_bundle)
     for unit in plan_units(inputs):
         for image_id, source, data, error, skip, *_ in _records(
-            unit, wanted, frozenset(), max_bytes
+            unit, wanted, frozenset(), max_bytes, web=web
         ):
             if not skip:  # a DICOM instance that is not a radiograph (SR, CT, ...)
                 yield ImageRecord(image_id, source, data, error)

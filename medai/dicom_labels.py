@@ -6,6 +6,8 @@ image of the study takes its labels. Without a ``patient_id`` column, a DICOM im
 the keyed pseudonym of its Patient ID (:mod:`medai.pseudonyms`), so the patient split holds and
 the plain ID is written nowhere. Both need each image's study and patient, which only the
 headers hold: :func:`header_index` reads them (without pixel data) before any training starts.
+For DICOMweb instances the QIDO listing gives them (:func:`listing_index`): the study of each
+instance, and the Patient ID asked for at study level, kept only as its pseudonym.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from collections.abc import Callable, Iterator
 import pandas as pd
 
 from medai.dicom import DEFAULT_MODALITIES, extensionless, is_dicom_name, read_header, skip_reason
+from medai.dicomweb import list_study_patients, open_client
 from medai.images import MAX_BYTES, ImageError, ImageInputs, iter_members, read_bytes
 from medai.labels import PATIENTS_FROM_FILE, LabelError
-from medai.pseudonyms import load_id_key
+from medai.pseudonyms import load_id_key, pseudonym
 
-__all__ = ["INDEX_COLUMNS", "header_index", "resolve_labels"]
+__all__ = ["INDEX_COLUMNS", "header_index", "listing_index", "resolve_labels"]
 
 logger = logging.getLogger("medai.dicom_labels")
 INDEX_COLUMNS = ["image_id", "study_id", "patient"]
@@ -70,15 +73,41 @@ def header_index(
     return pd.DataFrame(rows, columns=INDEX_COLUMNS).drop_duplicates("image_id")
 
 
+def listing_index(
+    listing, key: Callable[[], bytes] | None = None, ca_bundle: str | None = None
+) -> pd.DataFrame:
+    """:func:`header_index`'s table for DICOMweb instances, from QIDO alone (no retrieval).
+
+    Args:
+        listing: ``[(DicomwebSource, [InstanceRef, ...]), ...]``
+            (:func:`medai.pacs_data.list_new_instances`).
+        key: As :func:`header_index`'s; with it, each study's Patient ID is asked for (QIDO,
+            study level) and only its pseudonym kept.
+        ca_bundle: A CA file to trust.
+    """
+    once = functools.cache(key) if key is not None else None
+    rows = []
+    for source, refs in listing:
+        patients: dict = {}
+        if once is not None and refs:
+            client = open_client(source, ca_bundle)
+            patients = list_study_patients(client, source, lambda text: pseudonym(text, once()))
+        rows += [(ref.sop, ref.study, patients.get(ref.study)) for ref in refs]
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS).drop_duplicates("image_id")
+
+
 def resolve_labels(
     labels: pd.DataFrame,
     inputs: ImageInputs,
     id_key: str | None = None,
     modalities: tuple[str, ...] = DEFAULT_MODALITIES,
+    listing=(),
+    ca_bundle: str | None = None,
 ) -> pd.DataFrame:
     """Labels keyed by image, with DICOM images' patients pseudonymised where the file has none.
 
     Image-level labels with a patient column are returned as they are (no header is read).
+    DICOMweb instances (``listing``, see :func:`listing_index`) count as the files' do.
 
     Raises:
         LabelError: If study-level labels match no DICOM image.
@@ -92,6 +121,9 @@ def resolve_labels(
     needed = "to give DICOM images a patient (the label file has no patient_id column)"
     key = None if from_file else lambda: load_id_key(id_key, needed)
     index = header_index(inputs, key, modalities)
+    if listing:
+        index = pd.concat([index, listing_index(listing, key, ca_bundle)], ignore_index=True)
+        index = index.drop_duplicates("image_id")
     attrs = dict(labels.attrs)
     if study_level:
         labels = _expand_studies(labels, index, from_file)

@@ -2,7 +2,11 @@
 
 A source is written ``dicomweb+https://HOST/dicom-web`` (``dicomweb+http://`` for a server on
 this machine), optionally with QIDO-RS filters as query parameters
-(``?ModalitiesInStudy=DX&StudyDate=20260101-20260131``), which apply at the study level.
+(``?ModalitiesInStudy=DX&StudyDate=20260101-20260131``), which apply at the study level, or
+narrowed to one study, series or instance (``.../dicom-web/studies/S[/series/R[/instances/I]]``):
+then only that scope is listed. A row's ``source`` is its instance's WADO-RS URL
+(``https://HOST/dicom-web/studies/S/series/R/instances/I``, see
+:meth:`DicomwebSource.instance_url`); :func:`read_instance_url` retrieves one again.
 
 Credentials come from the environment only: ``MEDAI_DICOMWEB_USER`` with
 ``MEDAI_DICOMWEB_PASSWORD`` (HTTP basic) or ``MEDAI_DICOMWEB_TOKEN`` (bearer). They are never
@@ -28,8 +32,9 @@ import io
 import ipaddress
 import logging
 import os
+import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import NamedTuple
@@ -54,7 +59,10 @@ __all__ = [
     "open_client",
     "check_login",
     "list_instances",
+    "list_study_patients",
     "retrieve_instance",
+    "parse_instance_url",
+    "read_instance_url",
 ]
 
 logger = logging.getLogger("medai.dicomweb")
@@ -71,6 +79,12 @@ _GONE = (404, 410)
 # Documents, not images (medai's own SRs among them): never listed, so never retrieved.
 NOT_IMAGES = frozenset({"SR", "KO", "PR", "DOC"})
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+# A narrowed source's path ends in one study, series or instance; a WADO-RS instance URL names
+# all three.
+_SCOPE = re.compile(r"^(.*?)/studies/([^/]+)(?:/series/([^/]+)(?:/instances/([^/]+))?)?/?$")
+_INSTANCE_URL = re.compile(
+    r"^(https?://[^?#]+?)/studies/([^/?#]+)/series/([^/?#]+)/instances/([^/?#]+)$"
+)
 
 
 class DicomwebError(MedaiError, ValueError):
@@ -84,14 +98,29 @@ class DicomwebSource:
     Attributes:
         url: The service root, e.g. ``https://pacs.example.org/dicom-web``.
         filters: QIDO-RS study-level filters, in the order given.
+        study, series, instance: The one study, series or instance a narrowed source names
+            (``None``: all that the filters match).
     """
 
     url: str
     filters: tuple[tuple[str, str], ...] = ()
+    study: str | None = None
+    series: str | None = None
+    instance: str | None = None
 
     @property
     def host(self) -> str:
         return urlsplit(self.url).hostname or ""
+
+    @property
+    def scope(self) -> str:
+        """The URL of what is listed: the root, or the study, series or instance named."""
+        parts = zip(
+            ("studies", "series", "instances"),
+            (self.study, self.series, self.instance),
+            strict=True,
+        )
+        return self.url + "".join(f"/{name}/{uid}" for name, uid in parts if uid)
 
     def instance_url(self, ref: InstanceRef) -> str:
         """The WADO-RS URL of an instance (the ``source`` of its rows)."""
@@ -121,7 +150,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def parse_source(text: str, allow_insecure_http: bool = False) -> DicomwebSource:
-    """Parse ``dicomweb+http(s)://HOST[:PORT]/PATH[?FILTERS]``.
+    """Parse ``dicomweb+http(s)://HOST[:PORT]/PATH[/studies/S[/series/R[/instances/I]]][?FILTERS]``.
 
     Raises:
         DicomwebError: Not such a URL, credentials in it, or plain http to another host
@@ -144,8 +173,11 @@ def parse_source(text: str, allow_insecure_http: bool = False) -> DicomwebSource
         )
     if parts.fragment:
         raise DicomwebError(f"DICOMweb source with a #fragment: {text!r}")
-    url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-    return DicomwebSource(url, tuple(parse_qsl(parts.query, keep_blank_values=False)))
+    path, uids = parts.path.rstrip("/"), (None, None, None)
+    if scoped := _SCOPE.match(path):
+        path, *uids = scoped.groups()
+    url = f"{parts.scheme}://{parts.netloc}{path}"
+    return DicomwebSource(url, tuple(parse_qsl(parts.query, keep_blank_values=False)), *uids)
 
 
 def since_range(since: str, today: date | None = None) -> str:
@@ -249,13 +281,27 @@ def _pages(search, page: int, **query) -> Iterator[dict]:
         offset += len(records)
 
 
+def _studies(client, source: DicomwebSource, since: str | None, page: int, fields: list[str]):
+    """The study records of a source (its filters, its one study, ``--since``), page by page."""
+    filters = dict(source.filters)
+    if since:
+        filters["StudyDate"] = since_range(since)
+    if source.study:
+        filters["StudyInstanceUID"] = source.study
+    return _pages(client.search_for_studies, page, fields=fields, search_filters=filters)
+
+
 def list_instances(
-    client, source: DicomwebSource, since: str | None = None, page: int = PAGE
+    client,
+    source: DicomwebSource,
+    since: str | None = None,
+    page: int = PAGE,
+    modalities: tuple[str, ...] | None = None,
 ) -> Iterator[InstanceRef]:
     """Every image instance of the studies that match the source's filters, page by page.
 
     Instances whose Modality is a document's (SR, KO, PR, DOC: medai's own results among
-    them) are left out.
+    them) are left out. A narrowed source lists only its study, series or instance.
 
     Args:
         client: From :func:`open_client`.
@@ -263,17 +309,11 @@ def list_instances(
         since: ``--since`` (``2d`` or a date): only studies dated then or later (``StudyDate``,
             which every PACS indexes; an instance's arrival time is not a QIDO attribute).
         page: Records per QIDO request.
+        modalities: If given, only instances of these modalities (training lists only the
+            radiographs it reads, as the header index of files does).
     """
-    filters = dict(source.filters)
-    if since:
-        filters["StudyDate"] = since_range(since)
-    studies = _pages(
-        client.search_for_studies,
-        page,
-        fields=["StudyInstanceUID"],
-        search_filters=filters,
-    )
-    for study_record in studies:
+    narrowed = {"SOPInstanceUID": source.instance} if source.instance else None
+    for study_record in _studies(client, source, since, page, ["StudyInstanceUID"]):
         study = _uid(study_record, "0020000D")
         if study is None:
             continue
@@ -281,12 +321,33 @@ def list_instances(
             client.search_for_instances,
             page,
             study_instance_uid=study,
+            series_instance_uid=source.series,
             fields=["SeriesInstanceUID", "SOPInstanceUID", "Modality"],
+            search_filters=narrowed,
         )
         for record in instances:
-            series, sop = _uid(record, "0020000E"), _uid(record, "00080018")
-            if series and sop and _uid(record, "00080060") not in NOT_IMAGES:
+            series, sop, modality = (_uid(record, t) for t in ("0020000E", "00080018", "00080060"))
+            if not (series and sop) or modality in NOT_IMAGES:
+                continue
+            if modalities is None or modality is None or modality in modalities:
                 yield InstanceRef(study, series, sop)
+
+
+def list_study_patients(
+    client, source: DicomwebSource, pseudonym: Callable[[str], str], page: int = PAGE
+) -> dict[str, str | None]:
+    """Per study of the source, the keyed pseudonym of its Patient ID (``None``: none given).
+
+    The Patient ID (a QIDO study attribute) goes straight into ``pseudonym``; the plain value
+    is kept nowhere, returned nowhere and never logged.
+    """
+    patients: dict[str, str | None] = {}
+    for record in _studies(client, source, None, page, ["StudyInstanceUID", "PatientID"]):
+        if study := _uid(record, "0020000D"):
+            value = record.get("00100020", {}).get("Value") or [None]
+            text = str(value[0]).strip() if value[0] is not None else ""
+            patients[study] = pseudonym(text) if text else None
+    return patients
 
 
 def _retriable(exc: BaseException) -> bool:
@@ -344,3 +405,37 @@ def retrieve_instance(
             logger.info("retrying %s in %.1f s (%s)", ref.sop, delay, type(exc).__name__)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def parse_instance_url(text: str) -> tuple[DicomwebSource, InstanceRef] | None:
+    """The server and UIDs of a WADO-RS instance URL (a DICOMweb row's ``source``), or ``None``
+    when ``text`` is not one."""
+    match = _INSTANCE_URL.match(str(text))
+    if match is None:
+        return None
+    root, *uids = match.groups()
+    return DicomwebSource(root), InstanceRef(*uids)
+
+
+def read_instance_url(
+    url: str,
+    allow_insecure_http: bool = False,
+    ca_bundle: str | None = None,
+    clients: dict | None = None,
+) -> bytes:
+    """Retrieve the instance a WADO-RS URL names (as :func:`retrieve_instance` does), logged in
+    from the environment; ``clients`` keeps one client per server across calls.
+
+    Raises:
+        DicomwebError: Not such a URL, credentials in it, or plain http to another host.
+        ImageError: The retrieval failed (see :func:`retrieve_instance`).
+    """
+    parsed = parse_instance_url(url)
+    if parsed is None:
+        raise DicomwebError(f"not a WADO-RS instance URL: {url!r}")
+    root, ref = parsed
+    clients = {} if clients is None else clients
+    if root.url not in clients:
+        source = parse_source(f"dicomweb+{root.url}", allow_insecure_http)  # the same rules
+        clients[root.url] = open_client(source, ca_bundle)
+    return retrieve_instance(clients[root.url], ref)

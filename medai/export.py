@@ -104,6 +104,7 @@ def export_openvino(
     validation_size: int | None = 2000,
     attempts: tuple[Int8Attempt, ...] = DEFAULT_ATTEMPTS,
     seed: int = 0,
+    web: tuple[bool, str | None] = (False, None),
 ) -> dict:
     """Write ``MODEL_DIR/openvino/`` and record it in the card.
 
@@ -115,14 +116,14 @@ def export_openvino(
         calibration_size: Training images used to calibrate int8 (a seeded sample).
         validation_size: At most this many validation images measure agreement and the gate.
         attempts: NNCF configurations tried in order until one passes the gate.
-        seed: Seed of the image samples.
+        seed: Seed of the image samples; ``web``: ``(allow_insecure_http, ca_bundle)`` (DICOMweb).
 
     Returns:
         The card's new ``openvino`` block.
 
     Raises:
-        ExportError: If int8 is refused by the gate, NNCF is missing, or split images are
-            missing; nothing is written then.
+        ExportError: int8 refused by its gate, NNCF missing or split images missing (then
+            nothing is written).
         ModelDirError: If the directory is incomplete or ``model.keras`` was changed.
     """
     import openvino as ov
@@ -135,9 +136,8 @@ def export_openvino(
     loaded = load_model_dir(model_dir)
     card = loaded.card
     threshold = np.asarray(card_thresholds(card), np.float64)
-    split = _agreement_images(
-        model_dir, card, images, int8, calibration_size, validation_size, seed
-    )
+    sizes = (calibration_size, validation_size)
+    split = _agreement_images(model_dir, card, images, int8, sizes, seed, web)
     ov_model = _convert(loaded.model)
     reference, fp32 = _fp32_agreement(loaded.model, ov_model, split.get("val"), card, seed)
     quantized = None
@@ -203,14 +203,17 @@ def _agreement_images(
     card: dict,
     images: tuple[str, ...] | None,
     int8: bool,
-    calibration_size: int,
-    validation_size: int | None,
+    sizes: tuple[int, int | None],
     seed: int,
+    web: tuple[bool, str | None],
 ) -> dict[str, LabelledImages]:
-    """Training (int8 only) and validation images; an fp32 export without them uses none."""
+    """Training (int8 only) and validation images; an fp32 export without them uses none.
+
+    ``sizes``: the calibration and validation sample sizes."""
+    calibration_size, validation_size = sizes
     splits = ("train", "val") if int8 else ("val",)
     try:
-        found = load_split_images(model_dir, card, splits, images, validation_size, seed)
+        found = load_split_images(model_dir, card, splits, images, validation_size, seed, web)
     except ExportError:
         if int8:
             raise

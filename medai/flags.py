@@ -30,8 +30,9 @@ def add_images_flag(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         action="extend",
         metavar="PATH",
-        help="folders (recursive; NIH tarballs read in place), tarballs, images, .txt lists or "
-        "URIs (file://, s3://, gs://); several after one flag or the flag repeated",
+        help="folders (recursive; NIH tarballs read in place), tarballs, images, .txt lists, "
+        "URIs (file://, s3://, gs://) or DICOMweb servers (dicomweb+https://HOST/dicom-web); "
+        "several after one flag or the flag repeated",
     )
 
 
@@ -216,6 +217,7 @@ def _add_train_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_max_unreadable_flag(parser)
     add_dicom_flags(parser)
+    add_pacs_flags(parser, scoring=False)
 
 
 def add_nightly_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -245,14 +247,37 @@ def add_runs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def add_pacs_flags(parser: argparse.ArgumentParser) -> None:
-    """DICOMweb flags: ``--since``, ``--results-to``, ``--allow-insecure-http``, ``--ca-bundle``,
-    ``--max-requests``. Credentials are never flags: ``MEDAI_DICOMWEB_USER`` +
-    ``MEDAI_DICOMWEB_PASSWORD`` or ``MEDAI_DICOMWEB_TOKEN`` in the environment."""
+def add_pacs_flags(
+    parser: argparse.ArgumentParser, scoring: bool = True, requests: bool = True
+) -> None:
+    """DICOMweb flags: ``--since``, ``--results-to`` (``scoring``), ``--allow-insecure-http``,
+    ``--ca-bundle``, ``--max-requests`` (``requests``). Credentials are never flags:
+    ``MEDAI_DICOMWEB_USER`` + ``MEDAI_DICOMWEB_PASSWORD`` or ``MEDAI_DICOMWEB_TOKEN`` in the
+    environment."""
     group = parser.add_argument_group(
-        "PACS (--images dicomweb+https://HOST/dicom-web[?QIDO filters]; credentials from "
-        "MEDAI_DICOMWEB_USER + MEDAI_DICOMWEB_PASSWORD or MEDAI_DICOMWEB_TOKEN)"
+        "PACS (dicomweb+https://HOST/dicom-web[?QIDO filters] or .../studies/UID[/series/UID"
+        "[/instances/UID]]; credentials from MEDAI_DICOMWEB_USER + MEDAI_DICOMWEB_PASSWORD or "
+        "MEDAI_DICOMWEB_TOKEN)"
     )
+    if scoring:
+        _add_scoring_pacs_flags(group)
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow plain http to a DICOMweb host other than this machine",
+    )
+    group.add_argument("--ca-bundle", default=None, help="CA file to trust for https (PEM)")
+    if requests:
+        group.add_argument(
+            "--max-requests",
+            type=int,
+            default=4,
+            help="DICOMweb requests in flight at most, for the whole run (default: 4)",
+        )
+
+
+def _add_scoring_pacs_flags(group) -> None:
+    """``--since`` and ``--results-to`` (scoring jobs only)."""
     group.add_argument(
         "--since",
         default=None,
@@ -265,16 +290,4 @@ def add_pacs_flags(parser: argparse.ArgumentParser) -> None:
         metavar="DIR|dicomweb+https://...",
         help="one DICOM SR per scored image: files in DIR, or STOW-RS to a PACS (one per "
         "model and image, however often a job runs; missing ones are sent next run)",
-    )
-    group.add_argument(
-        "--allow-insecure-http",
-        action="store_true",
-        help="allow plain http to a DICOMweb host other than this machine",
-    )
-    group.add_argument("--ca-bundle", default=None, help="CA file to trust for https (PEM)")
-    group.add_argument(
-        "--max-requests",
-        type=int,
-        default=4,
-        help="DICOMweb requests in flight at most, for the whole run (default: 4)",
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medai.dicomweb import parse_instance_url
 from medai.train_config import TrainError
 
 __all__ = [
@@ -37,7 +38,8 @@ class Inventory:
     """What reading the labelled train/val images found.
 
     Attributes:
-        split: The split table with ``found`` (read and decoded) and ``unreadable`` columns;
+        split: The split table with ``found`` (read and decoded), ``unreadable`` and
+            ``source`` (the WADO-RS URL of an image read from DICOMweb, else ``""``) columns;
             test rows count as found (training does not read them).
         unreadable: One row per unreadable labelled image: ``image_id``, ``split``,
             ``source``, ``error``.
@@ -78,6 +80,7 @@ def take_inventory(seen: pd.DataFrame, split: pd.DataFrame) -> Inventory:
     table = split.copy()
     table["found"] = table["image_id"].isin(found) | ~wanted
     table["unreadable"] = table["image_id"].isin(set(failed["image_id"])) & wanted
+    table["source"] = table["image_id"].map(_web_sources(seen, ok)).fillna("")
     split_of = dict(zip(split["image_id"], split["split"], strict=True))
     unreadable = failed.assign(split=failed["image_id"].map(split_of))
     return Inventory(
@@ -85,6 +88,17 @@ def take_inventory(seen: pd.DataFrame, split: pd.DataFrame) -> Inventory:
         unreadable=unreadable[["image_id", "split", "source", "error"]].reset_index(drop=True),
         broken=broken.reset_index(drop=True),
     )
+
+
+def _web_sources(seen: pd.DataFrame, ok: pd.Series) -> dict[str, str]:
+    """Per image read from DICOMweb, its WADO-RS URL (UIDs only: the export retrieves it again).
+
+    Paths are left out: a hospital's export folders may be named after patients, and
+    ``split.csv`` travels with the model.
+    """
+    rows = pd.concat([seen[ok], seen[~ok]]).drop_duplicates("image_id")
+    web = rows[rows["source"].map(lambda s: parse_instance_url(s) is not None)]
+    return dict(zip(web["image_id"], web["source"], strict=True))
 
 
 def _worst_sources(inventory: Inventory, limit: int = 3) -> list[str]:

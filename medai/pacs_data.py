@@ -49,6 +49,7 @@ __all__ = [
     "read_pacs_unit",
     "pacs_dataset",
     "check_servers",
+    "instance_urls",
     "input_dataset",
     "send_run_results",
 ]
@@ -125,14 +126,16 @@ def list_new_instances(
     exclude: frozenset[str],
     since: str | None = None,
     ca_bundle: str | None = None,
+    modalities: tuple[str, ...] | None = None,
 ) -> PacsListing:
-    """Instances of every source not in ``exclude`` (SOP Instance UIDs already scored)."""
+    """Instances of every source not in ``exclude`` (SOP Instance UIDs already scored); only
+    those of ``modalities`` if given (see :func:`medai.dicomweb.list_instances`)."""
     listing = PacsListing()
     seen: set[str] = set()
     for source in sources:
         client = open_client(source, ca_bundle)
         refs = []
-        for ref in list_instances(client, source, since):
+        for ref in list_instances(client, source, since, modalities=modalities):
             if ref.sop in exclude:
                 listing.skipped += 1
             elif ref.sop not in seen:  # one instance listed twice (two sources) is read once
@@ -140,7 +143,7 @@ def list_new_instances(
                 refs.append(ref)
         listing.append((source, refs))
         logger.info(
-            "%s: %d instances to read (since %s)", source.url, len(refs), since or "the start"
+            "%s: %d instances to read (since %s)", source.scope, len(refs), since or "the start"
         )
     return listing
 
@@ -165,7 +168,11 @@ def plan_pacs_units(listing: PacsListing, tasks: int = 1) -> list[dict]:
 
 
 def _records(
-    unit: dict, ca_bundle: str | None, retries: int | None, modalities: tuple[str, ...]
+    unit: dict,
+    ca_bundle: str | None,
+    retries: int | None,
+    modalities: tuple[str, ...],
+    wanted: set[str] | None = None,
 ) -> Iterator[tuple]:
     from medai.datasets import identify
 
@@ -180,7 +187,7 @@ def _records(
         except ImageError as exc:
             record = (ref.sop, url, b"", exc.text)
         # As a file's bytes are: named by the header's SOP Instance UID, its columns kept.
-        yield from identify(record, None, frozenset(), modalities)
+        yield from identify(record, wanted, frozenset(), modalities)
 
 
 def read_pacs_unit(
@@ -188,11 +195,13 @@ def read_pacs_unit(
     ca_bundle: str | None = None,
     retries: int | None = None,
     modalities: tuple[str, ...] = DEFAULT_MODALITIES,
+    wanted: set[str] | None = None,
 ) -> Iterator[dict]:
     """Ray Data UDF: retrieve the instances of read units, one request at a time.
 
     Yields batches in the columns of :func:`medai.datasets.read_unit`, for
-    :func:`medai.datasets.decode_batch`.
+    :func:`medai.datasets.decode_batch`; with ``wanted`` (training's labelled ids) an instance
+    that is not a radiograph of the task is a decode-error row, as a file's is.
     """
     from medai.datasets import record_batches
 
@@ -201,7 +210,9 @@ def read_pacs_unit(
         for i in range(len(batch["root"]))
     )
     yield from record_batches(
-        record for unit in units for record in _records(unit, ca_bundle, retries, modalities)
+        record
+        for unit in units
+        for record in _records(unit, ca_bundle, retries, modalities, wanted)
     )
 
 
@@ -212,6 +223,8 @@ def pacs_dataset(
     ca_bundle: str | None = None,
     retries: int | None = None,
     modalities: tuple[str, ...] = DEFAULT_MODALITIES,
+    wanted: set[str] | None = None,
+    ordered: bool = False,
 ):
     """The lazy Ray dataset of decoded DICOMweb images (columns as
     :func:`medai.datasets.image_dataset`), ``None`` when nothing is left to read.
@@ -222,11 +235,17 @@ def pacs_dataset(
         max_requests: WADO-RS requests in flight at most, for the whole run.
         ca_bundle: A CA file to trust.
         retries: Retries per instance (``None``: :data:`medai.dicomweb.RETRIES`).
+        modalities: DICOM modalities read as images.
+        wanted: Training's labelled ids: only these are retrieved, and one that is not a
+            radiograph of the task is an error row (see :func:`medai.datasets.identify`).
+        ordered: Rows in listing order (as :func:`medai.datasets.image_dataset`'s).
     """
     import ray
 
     from medai.datasets import BLOCK_BYTES, DECODE_CPUS, READ_CPUS, decode_batch
 
+    if wanted is not None:
+        listing = _only(listing, wanted)
     units = plan_pacs_units(listing, max_requests)
     if not units:
         return None
@@ -237,14 +256,29 @@ def pacs_dataset(
         batch_size=1,
         num_cpus=READ_CPUS,
         compute=ray.data.TaskPoolStrategy(size=max(1, max_requests)),
-        fn_kwargs={"ca_bundle": ca_bundle, "retries": retries, "modalities": modalities},
+        fn_kwargs={
+            "ca_bundle": ca_bundle,
+            "retries": retries,
+            "modalities": modalities,
+            "wanted": wanted,
+        },
     )
-    return raw.map_batches(
+    decoded = raw.map_batches(
         decode_batch,
         batch_size=_ROWS_PER_BATCH,
         num_cpus=DECODE_CPUS,
         fn_kwargs={"image_size": image_size},
     )
+    if ordered:
+        decoded.context.execution_options.preserve_order = True
+    return decoded
+
+
+def _only(listing: PacsListing, wanted: set[str]) -> PacsListing:
+    """The listing's instances whose SOP Instance UID is wanted (nothing else is retrieved)."""
+    kept = PacsListing((source, [r for r in refs if r.sop in wanted]) for source, refs in listing)
+    kept.skipped = listing.skipped
+    return kept
 
 
 def check_servers(images: Iterable[str], pacs: PacsOptions) -> None:
@@ -259,6 +293,40 @@ def check_servers(images: Iterable[str], pacs: PacsOptions) -> None:
     if pacs.results_to and is_dicomweb(pacs.results_to):
         servers.append(pacs.results_to)
     open_sources(servers, pacs.allow_insecure_http, pacs.ca_bundle)
+
+
+def instance_urls(
+    texts: Iterable[str], allow_insecure_http: bool = False, ca_bundle: str | None = None
+) -> list[str]:
+    """Each argument as the sources to read one by one (``medai predict``): a ``dicomweb+``
+    source (a server, filtered or narrowed) becomes the WADO-RS URLs of its instances, listed
+    after every server's login is checked; one narrowed to an instance, or a bare WADO-RS URL,
+    stays that instance's URL (a gone one then gets its error row); others stay as given.
+
+    Raises:
+        medai.dicomweb.DicomwebError: A bad URL, credentials or login, in one line.
+    """
+    from medai.dicomweb import is_dicomweb, parse_instance_url
+
+    texts = [str(t) for t in texts]
+    web = {t: t if is_dicomweb(t) else f"dicomweb+{t}" for t in texts if parse_instance_url(t)}
+    web.update({t: t for t in texts if is_dicomweb(t)})
+    sources = dict(
+        zip(web, open_sources(web.values(), allow_insecure_http, ca_bundle), strict=True)
+    )
+    urls = []
+    for text in texts:
+        source = sources.get(text)
+        if source is None:
+            urls.append(text)
+        elif source.instance:  # one named instance: retrieved as named (if gone: its error row)
+            urls.append(source.scope)
+        else:
+            [(_, refs)] = list_new_instances([source], frozenset(), None, ca_bundle)
+            urls += [source.instance_url(ref) for ref in refs]
+            if not refs:
+                logger.warning("%s: no image instance found", source.scope)
+    return urls
 
 
 def input_dataset(

@@ -1,4 +1,10 @@
-"""Single-image prediction with the same preprocessing, engine and decision rule as the scorer."""
+"""Single-image prediction with the same preprocessing, engine and decision rule as the scorer.
+
+Images are files, URIs, archive members or DICOMweb sources (``dicomweb+https://HOST/dicom-web``
+with QIDO filters, or narrowed to ``/studies/S[/series/R[/instances/I]]``): a source's logins
+are checked and its instances listed before the model loads, then each is retrieved (WADO-RS)
+and scored; its result's ``image`` is its WADO-RS URL.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,12 @@ import numpy as np
 
 from medai.card import card_findings, card_thresholds, is_positive
 from medai.configs import CheckedConfig
+from medai.datasets import read_source
 from medai.dicom_codecs import warn_missing_codecs
+from medai.dicomweb import DicomwebError, is_dicomweb, parse_source
 from medai.errors import MedaiError
-from medai.images import ImageError, decode_image, read_bytes
+from medai.images import ImageError, decode_image
+from medai.pacs_data import instance_urls
 from medai.paths import folder_problem
 from medai.saliency import METHODS
 
@@ -47,6 +56,8 @@ class PredictConfig(CheckedConfig):
     heatmap: str | None = None
     saliency: str | None = None
     json: bool = False
+    allow_insecure_http: bool = False  # DICOMweb; credentials only from the environment
+    ca_bundle: str | None = None
 
     error: ClassVar[type[MedaiError]] = PredictError
 
@@ -61,6 +72,11 @@ class PredictConfig(CheckedConfig):
             problems.append(
                 f"--saliency must be one of {', '.join(METHODS)}, not {self.saliency!r}"
             )
+        for text in filter(is_dicomweb, self.image):
+            try:
+                parse_source(text, self.allow_insecure_http)
+            except DicomwebError as exc:
+                problems.append(str(exc))
         return problems
 
 
@@ -75,6 +91,7 @@ def run_predict(config: PredictConfig) -> list[dict]:
         threads=config.threads,
         heatmap_dir=config.heatmap,
         saliency=config.saliency,
+        web=(config.allow_insecure_http, config.ca_bundle),
     )
 
 
@@ -86,6 +103,7 @@ def predict_images(
     threads: int | None = None,
     heatmap_dir: str | Path | None = None,
     saliency: str | None = None,
+    web: tuple[bool, str | None] = (False, None),
 ) -> list[dict]:
     """Score images one by one, in process (no Ray): for a handful of files.
 
@@ -94,13 +112,15 @@ def predict_images(
     as ``<image stem>_<finding>.png``: the decoded model input with the heatmap overlaid.
 
     Args:
-        paths: Image paths, URIs or ``ARCHIVE::MEMBER`` sources.
+        paths: Image paths, URIs, ``ARCHIVE::MEMBER`` sources, DICOMweb sources
+            (``dicomweb+https://...``, filtered or narrowed) or WADO-RS instance URLs.
         model_dir: A model directory written by ``medai train``.
         engine: ``auto``, ``openvino`` or ``tensorflow`` (see :func:`medai.engines.load_engine`).
         precision: ``fp32``, ``bf16`` or ``int8``.
         threads: Inference threads (``None``: the engine's default).
         heatmap_dir: Folder for heatmap PNGs (created); ``None`` writes none.
         saliency: Heatmap method (:data:`medai.saliency.METHODS`); ``None``: the default.
+        web: ``(allow_insecure_http, ca_bundle)`` for DICOMweb sources.
 
     Returns:
         One dict per image and finding (image-major, findings in the model's order):
@@ -114,33 +134,44 @@ def predict_images(
         EngineError: If the engine or precision cannot run this model directory.
         PredictError: If ``heatmap_dir`` is a file.
         SaliencyError: If ``saliency`` is not a known method.
+        DicomwebError: An unusable DICOMweb source or login, before the model loads.
     """
     if saliency is not None:
         from medai.saliency import check_method
 
         check_method(saliency)  # before the model loads
     warn_missing_codecs()
+    paths = instance_urls(paths, *web)  # logins checked, instances listed: before the model
     card, runner = _load(str(Path(model_dir).resolve()), engine, precision, threads)
-    explainer = None
-    if heatmap_dir is not None:
-        if problem := folder_problem("--heatmap", heatmap_dir):
-            raise PredictError(problem)
-        from medai.saliency import DEFAULT_METHOD, load_explainer
-
-        explainer = load_explainer(model_dir, saliency or DEFAULT_METHOD)
-        Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
-    results = []
-    for path in paths:
-        results += _predict_one(str(path), card, runner, explainer, heatmap_dir)
-    return results
+    explainer = _explainer(model_dir, heatmap_dir, saliency)
+    # read_source's options: one DICOMweb client per server for the whole call.
+    reader = {"allow_insecure_http": web[0], "ca_bundle": web[1], "clients": {}}
+    return [
+        row
+        for p in paths
+        for row in _predict_one(str(p), card, runner, explainer, heatmap_dir, reader)
+    ]
 
 
-def _predict_one(path: str, card: dict, runner, explainer, heatmap_dir) -> list[dict]:
+def _explainer(model_dir, heatmap_dir, saliency: str | None):
+    """The heatmap maker for ``--heatmap`` (its folder created), or ``None`` without it."""
+    if heatmap_dir is None:
+        return None
+    if problem := folder_problem("--heatmap", heatmap_dir):
+        raise PredictError(problem)
+    from medai.saliency import DEFAULT_METHOD, load_explainer
+
+    explainer = load_explainer(model_dir, saliency or DEFAULT_METHOD)
+    Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
+    return explainer
+
+
+def _predict_one(path: str, card: dict, runner, explainer, heatmap_dir, reader: dict) -> list[dict]:
     """One image's rows, one per finding: its score and decision, or its error."""
     findings, thresholds = card_findings(card), card_thresholds(card)
     heatmaps = dict.fromkeys(findings)
     try:
-        image = decode_image(read_bytes(path), int(card["image_size"]))
+        image = decode_image(read_source(path, **reader), int(card["image_size"]))
     except ImageError as exc:
         scores, error = [None] * len(findings), exc.text  # the text Parquet stores
     else:
@@ -169,10 +200,13 @@ def _write_heatmaps(explainer, image: np.ndarray, source: str, out: Path) -> dic
     """Write one overlay PNG per finding of ``explainer`` for a decoded image."""
     from PIL import Image
 
+    from medai.dicomweb import parse_instance_url
     from medai.images import image_id_of
     from medai.saliency import overlay
 
-    stem = Path(image_id_of(source)).stem
+    # A WADO-RS URL ends in the SOP Instance UID, whose last dotted part is no suffix.
+    name = image_id_of(source)
+    stem = name if parse_instance_url(source) else Path(name).stem
     written = {}
     for finding in explainer.findings:
         heat = explainer.heatmaps(image[None], finding)[0]

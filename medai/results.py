@@ -21,7 +21,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from medai.dicomweb import (
     InstanceRef,
     is_dicomweb,
     open_client,
+    parse_instance_url,
     parse_source,
 )
 
@@ -90,7 +90,10 @@ class ResultsSummary:
 def parse_target(text: str, allow_insecure_http: bool = False) -> ResultsTarget:
     """``--results-to``: a ``dicomweb+http(s)://`` server or a folder."""
     if is_dicomweb(text):
-        return ResultsTarget(server=parse_source(text, allow_insecure_http))
+        server = parse_source(text, allow_insecure_http)
+        if server.study:
+            raise DicomwebError(f"--results-to names a server (its root), not a study: {text}")
+        return ResultsTarget(server=server)
     from medai.paths import folder_problem
 
     if problem := folder_problem("--results-to", text):
@@ -211,9 +214,6 @@ def scored_results(out: str | Path, model_id: str, findings: list[str]):
     return frame[complete]
 
 
-_WADO = re.compile(r"^(https?://.+?)/studies/([^/]+)/series/([^/]+)/instances/([^/]+)$")
-
-
 def _metadata_header(client, ref: InstanceRef):
     """An instance's header from WADO-RS metadata (bulk data such as pixels left out)."""
     import pydicom
@@ -272,10 +272,8 @@ class _Sender:
         return clients[server.url]
 
     def header(self, source: str):
-        match = _WADO.match(source)
-        if match:
-            root, *uids = match.groups()
-            return _metadata_header(self.client(DicomwebSource(root)), InstanceRef(*uids))
+        if wado := parse_instance_url(source):
+            return _metadata_header(self.client(wado[0]), wado[1])
         if source in self.archived:
             return self.archived[source]
         from medai.images import read_bytes

@@ -8,6 +8,11 @@ Images that cannot be read or decoded never reach training or validation
 (``--finding Mass,Effusion`` or ``all``) train one network with one output per finding (see
 :mod:`medai.train_loop`); :mod:`medai.train_card` describes the card fields a run writes.
 
+``--images`` may name DICOMweb servers (``dicomweb+https://HOST/dicom-web[?filters]``) beside
+folders: their logins are checked and their instances listed (QIDO) before any work; only the
+labelled instances are retrieved (WADO-RS, :func:`medai.pacs_data.pacs_dataset`), in listing
+order, and ``split.csv`` records their WADO-RS URLs, from which the export reads them again.
+
 After the model directory is written, the network is exported to an OpenVINO IR beside it
 (:func:`medai.export.export_openvino`); a failed export fails the run.
 """
@@ -29,9 +34,10 @@ from medai.card import CURVES_FILE, card_line, read_card, write_split
 from medai.cpus import WorkerPlan
 from medai.dicom_codecs import warn_missing_codecs
 from medai.dicom_labels import resolve_labels
+from medai.dicomweb import is_dicomweb, parse_source
 from medai.errors import MedaiError
 from medai.files import write_json
-from medai.images import discover_images
+from medai.images import ImageInputs, discover_images
 from medai.inventory import (
     Inventory,
     check_unreadable,
@@ -40,6 +46,7 @@ from medai.inventory import (
 )
 from medai.labels import find_split_lists, load_labels, read_split_list
 from medai.model import ensure_imagenet_weights, resolve_weights
+from medai.pacs_data import PacsListing, check_servers, list_new_instances, pacs_dataset
 from medai.report.training_curves import write_training_curves
 from medai.splits import finding_columns, split_by_patient
 from medai.train_card import card_fields
@@ -74,21 +81,36 @@ def prepare_training(config: TrainConfig) -> TrainPlan:
     out = Path(config.out)
     if (out / "model.keras").exists() and not config.resume:
         logger.warning("%s already holds a model; it will be replaced", out)
+    check_servers(config.images, config.pacs)  # a refused login stops the run before work
     labels = load_labels(config.labels, config.finding, config.negatives)
-    inputs = discover_images(config.images)
+    files = [i for i in config.images if not is_dicomweb(i)]
+    inputs = discover_images(files) if files else ImageInputs()
+    listing = _list_pacs(config)
     warn_missing_codecs()
-    # DICOM: study-level labels to images, keyed pseudonyms for patients (one header pass).
-    labels = resolve_labels(labels, inputs, config.id_key, tuple(config.modalities))
+    # DICOM: study-level labels to images, keyed pseudonyms for patients (one header pass;
+    # DICOMweb instances from their QIDO listing).
+    labels = resolve_labels(
+        labels, inputs, config.id_key, tuple(config.modalities), listing, config.ca_bundle
+    )
     train_val_path, test_path = find_split_lists(config.labels)
     test_ids = read_split_list(test_path) if test_path else []
     train_val_ids = read_split_list(train_val_path) if train_val_path else None
     split = split_by_patient(labels, test_ids, train_val_ids, config.val_fraction, config.seed)
     _require_both_classes(split)
-    if inputs.empty:
+    if inputs.empty and not listing.count:
         raise TrainError(f"--images: no images or archives found in {list(config.images)}")
     if weights == "imagenet":  # last: the only check that may touch the network
         ensure_imagenet_weights()
-    return TrainPlan(config, split, inputs, frozenset(test_ids))
+    return TrainPlan(config, split, inputs, frozenset(test_ids), listing)
+
+
+def _list_pacs(config: TrainConfig) -> PacsListing:
+    """The radiograph instances of the DICOMweb sources of ``--images`` (QIDO, page by page)."""
+    sources = [parse_source(i, config.allow_insecure_http) for i in config.images if is_dicomweb(i)]
+    if not sources:
+        return PacsListing()
+    modalities = tuple(config.modalities)
+    return list_new_instances(sources, frozenset(), None, config.ca_bundle, modalities)
 
 
 def _require_both_classes(split: pd.DataFrame, usable: str = "", warn: bool = False) -> None:
@@ -138,27 +160,46 @@ def _attach_labels(batch: dict, labels_of: dict, split_of: dict, columns: list[s
 
 def _load_images(plan: TrainPlan):
     """Decode the labelled train/val images once (materialised: epochs re-read it)."""
-    from medai.datasets import image_dataset
-
     usable = plan.split[plan.split["split"].isin(["train", "val"])]
     columns = plan.columns
     labels = usable[columns].astype(int).itertuples(index=False, name=None)
     labels_of = dict(zip(usable["image_id"], labels, strict=True))
     split_of = dict(zip(usable["image_id"], usable["split"], strict=True))
     # In input order: the same seed then sees the same training set and trains the same model.
-    dataset = image_dataset(
-        plan.inputs,
-        plan.config.image_size,
-        wanted=set(labels_of),
-        ordered=True,
-        modalities=tuple(plan.config.modalities),
-    )
+    dataset = _labelled_images(plan, set(labels_of))
     dataset = dataset.map_batches(
         _attach_labels,
         fn_kwargs={"labels_of": labels_of, "split_of": split_of, "columns": columns},
         batch_format="numpy",
     )
     return dataset.materialize()
+
+
+def _labelled_images(plan: TrainPlan, wanted: set[str]):
+    """The decoded dataset of the wanted images: the files' (in input order) and DICOMweb's (in
+    listing order; only wanted instances retrieved), blocks of each taken in turn."""
+    from medai.datasets import image_dataset
+
+    config, modalities = plan.config, tuple(plan.config.modalities)
+    parts = []
+    if not plan.inputs.empty:
+        size = config.image_size
+        parts.append(image_dataset(plan.inputs, size, wanted, ordered=True, modalities=modalities))
+    web = pacs_dataset(
+        plan.listing,
+        config.image_size,
+        config.max_requests,
+        config.ca_bundle,
+        modalities=modalities,
+        wanted=wanted,
+        ordered=True,
+    )
+    parts += [web] if web is not None else []
+    if not parts:
+        raise TrainError("none of the labelled train/val images was found in --images")
+    dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    dataset.context.execution_options.preserve_order = True
+    return dataset
 
 
 def _latest_checkpoint(storage: Path) -> str | None:
@@ -243,7 +284,7 @@ def run_training(config: TrainConfig) -> dict:
         for finding, entry in card["per_finding"].items():
             logger.info("  %s: %s", finding, card_line(entry))
     if config.export_openvino:
-        card = _export_ir(out)
+        card = _export_ir(out, (config.allow_insecure_http, config.ca_bundle))
     return card
 
 
@@ -288,8 +329,11 @@ def _loop_config(plan: TrainPlan, inventory: Inventory, sizing: WorkerPlan) -> d
     }
 
 
-def _export_ir(out: Path) -> dict:
+def _export_ir(out: Path, web: tuple[bool, str | None] = (False, None)) -> dict:
     """Write the OpenVINO IR beside ``model.keras``; a failed export fails the run.
+
+    ``web``: ``(allow_insecure_http, ca_bundle)``, to retrieve validation images trained on
+    from DICOMweb again.
 
     Returns:
         The card as the export completed it (with its ``openvino`` block).
@@ -303,7 +347,7 @@ def _export_ir(out: Path) -> dict:
 
     started = time.perf_counter()
     try:
-        block = export_openvino(out)
+        block = export_openvino(out, web=web)
     except (MedaiError, OSError) as exc:
         raise TrainError(
             f"the model was written to {out} but its OpenVINO export failed: {exc}; "

@@ -14,10 +14,12 @@ import pandas as pd
 
 from medai.configs import CheckedConfig
 from medai.dicom import DEFAULT_MODALITIES
+from medai.dicomweb import DEFAULT_MAX_REQUESTS, DicomwebError, is_dicomweb, parse_source
 from medai.errors import MedaiError
 from medai.images import ImageInputs
 from medai.labels import NEGATIVE_POLICIES, parse_findings
 from medai.model import HEADS, MIN_IMAGE_SIZE, ModelSpec
+from medai.pacs_data import PacsListing, PacsOptions
 from medai.paths import folder_problem
 from medai.splits import finding_columns
 
@@ -56,6 +58,10 @@ class TrainConfig(CheckedConfig):
     export_openvino: bool = True
     modalities: tuple[str, ...] = DEFAULT_MODALITIES
     id_key: str | None = None  # the site key's file (its path, never its bytes, is recorded)
+    # DICOMweb sources among --images (credentials only from the environment, never here).
+    allow_insecure_http: bool = False
+    ca_bundle: str | None = None
+    max_requests: int = DEFAULT_MAX_REQUESTS
 
     error: ClassVar[type[MedaiError]] = TrainError
 
@@ -84,9 +90,24 @@ class TrainConfig(CheckedConfig):
             problems.append("--max-unreadable must be between 0 and 1")
         if not self.images:
             problems.append("--images is required")
+        problems += self.pacs.problems()
+        for text in filter(is_dicomweb, self.images):
+            try:
+                parse_source(text, self.allow_insecure_http)
+            except DicomwebError as exc:
+                problems.append(str(exc))
         if problem := folder_problem("--out", self.out):
             problems.append(problem)
         return problems
+
+    @property
+    def pacs(self) -> PacsOptions:
+        """The DICOMweb options (see :class:`medai.pacs_data.PacsOptions`)."""
+        return PacsOptions(
+            allow_insecure_http=self.allow_insecure_http,
+            ca_bundle=self.ca_bundle,
+            max_requests=self.max_requests,
+        )
 
     @property
     def findings(self) -> tuple[str, ...]:
@@ -108,12 +129,14 @@ class TrainConfig(CheckedConfig):
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """What a checked configuration resolved to."""
+    """What a checked configuration resolved to: the split, the files and archives found, and
+    the instances DICOMweb sources listed."""
 
     config: TrainConfig
     split: pd.DataFrame
     inputs: ImageInputs
     test_ids: frozenset[str] = field(default_factory=frozenset)
+    listing: PacsListing = field(default_factory=PacsListing)  # DICOMweb instances (QIDO)
 
     @property
     def findings(self) -> list[str]:

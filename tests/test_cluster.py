@@ -657,10 +657,10 @@ def test_structural_schema_rules() -> None:
 
 
 def test_dicomweb_credentials_come_from_a_secret_on_head_and_workers() -> None:
-    """Scoring and nightly jobs see MEDAI_DICOMWEB_* from the Secret medai-dicomweb on the head
-    (listing, SRs) and every worker (retrieval); no manifest spells a credential out."""
+    """Scoring, nightly and training jobs see MEDAI_DICOMWEB_* from the Secret medai-dicomweb on
+    the head (listing, SRs) and every worker (retrieval); no manifest spells a credential out."""
     for origin, spec in _job_specs():
-        if not origin.startswith(("rayjob-score", "raycronjob-nightly")):
+        if not origin.startswith(("rayjob-score", "raycronjob-nightly", "rayjob-train")):
             continue
         cluster = spec["rayClusterSpec"]
         groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]

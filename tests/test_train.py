@@ -71,7 +71,7 @@ def check_model_dir(model_dir: Path, labels_dir: Path, epochs: int) -> dict:
     assert curves.format == "PNG" and curves.size[0] > 2 * curves.size[1]
     assert json.loads((model_dir / "train_config.json").read_text())["epochs"] == epochs
     split = pd.read_csv(model_dir / "split.csv", dtype=str)
-    assert list(split.columns) == ["image_id", "patient_id", "split", "label", "status"]
+    assert list(split.columns) == ["image_id", "patient_id", "split", "label", "status", "source"]
     assert split.groupby("patient_id")["split"].nunique().max() == 1
     test_ids = set(read_split_list(labels_dir / "test_list.txt"))
     assert not split.loc[split["split"].isin(["train", "val"]), "image_id"].isin(test_ids).any()
