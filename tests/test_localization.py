@@ -328,7 +328,7 @@ def test_default_heatmap_points_at_masses_among_distractors(ray_session, tmp_pat
     0.88 and 0.68 with Grad-CAM, deletion AUC 0.27 and 0.23 against 0.79 and 0.55 at random.
 
     This `medai train` recipe FAILS today (issue 27 stays open): on 2026-12-05 it did not
-    learn Mass (validation AUC of Mass 0.47, training AUC 0.49-0.60 over all 12 epochs, while
+    learn Mass (validation AUC of Mass 0.47, training AUC 0.48-0.60 over all 12 epochs, while
     Effusion reached 0.95), so its heatmap pointed into 1 box of 35 and the report said it was
     no better than random. The first assertion names that cause; the heatmap checks follow."""
     from conftest import train_phantoms
