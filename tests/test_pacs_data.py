@@ -1,8 +1,4 @@
-"""Scoring straight from a real Orthanc (DICOMweb), SRs back into it, nightly against it.
-
-Tests that need scores from DICOM pixels skip, saying so, while ``medai.images.decode_image``
-cannot decode DICOM (before the DICOM decoder of issue 25 is merged); the others run anyway.
-"""
+"""Scoring straight from a real Orthanc (DICOMweb), SRs back into it, nightly against it."""
 
 from __future__ import annotations
 
@@ -18,25 +14,11 @@ import pytest
 from pacs_kit import PHI, FaultProxy, chest_dicom, instance_count, orthanc, upload  # noqa: F401
 
 from medai.dicomweb import ENV_PASSWORD, ENV_USER
-from medai.images import ImageError, decode_image, error_kind
+from medai.images import error_kind
 from medai.nightly import NightlyConfig, read_ledger, run_nightly
 from medai.pacs_data import PacsOptions
 from medai.predictions import prediction_files
 from medai.score import ScoreConfig, run_scoring
-
-
-def _decodes_dicom() -> bool:
-    try:
-        decode_image(chest_dicom(0), 32)
-    except ImageError:
-        return False
-    return True
-
-
-needs_decoder = pytest.mark.skipif(
-    not _decodes_dicom(),
-    reason="medai.images.decode_image does not decode DICOM in this branch (issue 25's decoder)",
-)
 
 
 @pytest.fixture
@@ -93,8 +75,7 @@ def test_read_errors_from_5xx_are_retried_next_run(ray_session, tiny_model_dir, 
         assert len(rows) == 6 and set(rows["image_id"]) == {_sop(f) for f in files}
         assert not (rows["kind"] == "read").any()
         assert second.scored + second.errors == 2  # only the two read errors were read again
-        if _decodes_dicom():
-            assert rows["error"].isna().all()
+        assert rows["error"].isna().all()
         _assert_no_secrets(out, [server.password, *PHI.values()])
     finally:
         proxy.stop()
@@ -139,7 +120,6 @@ def test_credentials_in_the_url_are_refused(tiny_model_dir, server, tmp_path, mo
     assert server.password not in str(caught.value)
 
 
-@needs_decoder
 def test_scoring_from_dicomweb_equals_scoring_the_files(
     ray_session, tiny_model_dir, server, tmp_path
 ):
@@ -183,7 +163,6 @@ def test_nightly_reads_only_new_arrivals_within_since(
 
 
 @pytest.mark.slow  # three nightly runs (~100 s on a loaded 2-core host)
-@needs_decoder
 def test_nightly_scores_new_arrivals_and_leaves_one_sr_per_image(
     ray_session, tiny_model_dir, server, tmp_path
 ):
@@ -216,7 +195,6 @@ def test_nightly_scores_new_arrivals_and_leaves_one_sr_per_image(
     assert set(read_report(report)) == {"Mass"}
 
 
-@needs_decoder
 def test_srs_that_fail_to_go_are_sent_next_run(ray_session, tiny_model_dir, server, tmp_path):
     files = [chest_dicom(40 + i) for i in range(3)]
     upload(server, files)
