@@ -52,6 +52,7 @@ __all__ = [
     "record_batches",
     "read_unit",
     "decode_batch",
+    "decode_stage",
     "image_dataset",
 ]
 
@@ -343,6 +344,12 @@ def image_dataset(
             "modalities": tuple(modalities),
         },
     )
+    return decode_stage(raw, image_size, ordered)
+
+
+def decode_stage(raw, image_size: int, ordered: bool = False):
+    """The decode stage after a read stage (files' or a new source's): :func:`decode_batch`
+    in tasks of their own CPU request; ``ordered`` keeps the read stage's row order."""
     decoded = raw.map_batches(
         decode_batch,
         batch_size=_ROWS_PER_BATCH,

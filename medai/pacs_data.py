@@ -56,7 +56,6 @@ __all__ = [
 
 logger = logging.getLogger("medai.pacs_data")
 UNIT_INSTANCES = 8  # instances per read task: small, so retrieval spreads over tasks
-_ROWS_PER_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -242,7 +241,7 @@ def pacs_dataset(
     """
     import ray
 
-    from medai.datasets import BLOCK_BYTES, DECODE_CPUS, READ_CPUS, decode_batch
+    from medai.datasets import BLOCK_BYTES, READ_CPUS, decode_stage
 
     if wanted is not None:
         listing = _only(listing, wanted)
@@ -263,15 +262,7 @@ def pacs_dataset(
             "wanted": wanted,
         },
     )
-    decoded = raw.map_batches(
-        decode_batch,
-        batch_size=_ROWS_PER_BATCH,
-        num_cpus=DECODE_CPUS,
-        fn_kwargs={"image_size": image_size},
-    )
-    if ordered:
-        decoded.context.execution_options.preserve_order = True
-    return decoded
+    return decode_stage(raw, image_size, ordered)
 
 
 def _only(listing: PacsListing, wanted: set[str]) -> PacsListing:
