@@ -173,16 +173,18 @@ def plain_keras(config: TrainConfig, cpus: float) -> dict:
     import keras
     import tensorflow as tf
 
+    from medai.augment import build_augmenter
     from medai.batchnorm import make_bn_reestimation
-    from medai.model import build_augmenter, build_model
-    from medai.train import _class_weights, prepare_training
+    from medai.inventory import class_weights_of
+    from medai.model import build_model
+    from medai.train import prepare_training
     from medai.train_loop import BN_BATCHES
 
     plan = prepare_training(config)
     data = _decode_split(plan)
     (x_train, y_train), (x_val, _) = data["train"], data["val"]
     train = plan.split[plan.split["split"] == "train"]
-    class_weights = _class_weights(train)
+    class_weights = class_weights_of(train)
     weights_of = np.array([class_weights["0"], class_weights["1"]], np.float32)
     keras.utils.set_random_seed(config.seed)
     if config.precision == "bf16":

@@ -19,7 +19,6 @@ __all__ = [
     "WeightsError",
     "ModelSpec",
     "build_model",
-    "build_augmenter",
     "rebuild_with_policy",
     "resolve_weights",
     "ensure_imagenet_weights",
@@ -192,21 +191,6 @@ def rebuild_with_policy(model, spec: ModelSpec, policy: str):
         keras.config.set_dtype_policy(previous)
     fresh.set_weights(model.get_weights())
     return fresh
-
-
-def build_augmenter(seed: int | None = None):
-    """Training-only augmentation: small rotation, shifts, zoom and shear of a radiograph."""
-    import keras
-
-    return keras.Sequential(
-        [
-            keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
-            keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed),
-            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
-            keras.layers.RandomShear(0.05, 0.05, fill_mode="constant", seed=seed),
-        ],
-        name="augment",
-    )
 
 
 def image_batches(model) -> list:

@@ -13,6 +13,7 @@ findings, so readers of single-finding cards still work.
 
 from __future__ import annotations
 
+from medai.augment import description as augmentation_description
 from medai.inventory import Inventory, finding_counts, split_counts
 from medai.train_config import TrainConfig, TrainPlan
 
@@ -92,8 +93,7 @@ def _method_fields(config: TrainConfig, loop_config: dict, findings: int) -> dic
     return {
         "class_imbalance": "per-image loss weights n/(2*n_class) from the train split"
         + ("" if findings == 1 else ", per finding over the images evaluated for it"),
-        "augmentation": "rotation 0.03 turn, shift 5%, zoom 10%, shear 0.05 (training only, "
-        "seeded per worker)",
+        "augmentation": augmentation_description(),
         "batchnorm": (
             "frozen (pretrained base)"
             if config.spec.pretrained

@@ -125,7 +125,7 @@ def make_replica_step(model, optimizer, augment, global_batch: int):
 
 def augmenter_for(seed: int, rank: int):
     """The augmentation of one rank: seeded by ``seed + rank`` so that ranks draw differently."""
-    from medai.model import build_augmenter
+    from medai.augment import build_augmenter
 
     return build_augmenter(seed + rank)
 
