@@ -302,7 +302,8 @@ def test_trained_phantom_model_points_at_the_lesion(ray_session, tmp_path):
     summed over the image's mirror images, ten trainings of this recipe's kind (seeds 0-4, 6
     and 12 epochs) hit 0.82-1.00 on their test lesions but one (seed 4, 6 epochs: 0.64, its
     heatmap pulled towards the mediastinum); this recipe (seed 0, 6 epochs) hit 1.00 there,
-    0.97 on 203 unseen lesions. Each image's own Grad-CAM alone hit 0.39-1.00, 6 of 10 at 0.8
+    0.97 on 203 unseen lesions, and 0.86 (38/44) after the augmentation became one warp per
+    image (medai.augment, 2026-12-05). Each image's own Grad-CAM alone hit 0.39-1.00, 6 of 10 at 0.8
     or more; chance, a point anywhere in the lungs, is about 0.2.
     """
     from conftest import train_phantoms
@@ -317,20 +318,20 @@ def test_trained_phantom_model_points_at_the_lesion(ray_session, tmp_path):
     assert entry["pointing_hit_rate"] >= 0.8
 
 
-@pytest.mark.slow  # a 12-epoch training of its own: about 15 min on a 2-core host, alone
+@pytest.mark.slow  # a 12-epoch training of its own: about 6 min on a 2-core host, alone
 def test_default_heatmap_points_at_masses_among_distractors(ray_session, tmp_path):
     """On multi-finding phantoms with distractors (Mass lesions next to effusion haze and
     enlarged hearts, a third of the views AP: :data:`medai.phantoms.DISTRACTORS`), the
     report's default heatmap points into the Mass box for at least 0.6 of the boxed test
     lesions (issue 27's target), and deleting its hottest cells first drops the Mass score
-    faster than a random order does (the report's faithfulness, paired test). Two one-process
-    Keras trainings on these phantoms (benchmarks/saliency_methods.py, 12 epochs) pointed at
-    0.88 and 0.68 with Grad-CAM, deletion AUC 0.27 and 0.23 against 0.79 and 0.55 at random.
+    faster than a random order does (the report's faithfulness, paired test).
 
-    This `medai train` recipe FAILS today (issue 27 stays open): on 2026-12-05 it did not
-    learn Mass (validation AUC of Mass 0.47, training AUC 0.48-0.60 over all 12 epochs, while
-    Effusion reached 0.95), so its heatmap pointed into 1 box of 35 and the report said it was
-    no better than random. The first assertion names that cause; the heatmap checks follow."""
+    With the former augmentation (four chained Keras resamples that blurred the grain away)
+    this recipe did not learn Mass at all (validation AUC 0.47 while Effusion reached 0.95) and
+    its heatmap pointed into 1 box of 35; with one warp per image (medai.augment) the same
+    recipe reached Mass 0.93, Grad-CAM pointing 0.86 (30/35), deletion AUC 0.23 against 0.51
+    at random (benchmarks/saliency_report.py, 2026-12-05). The first assertion names a model
+    that did not learn Mass, so a failure says whether training or the heatmap is at fault."""
     from conftest import train_phantoms
 
     from medai.phantoms import DISTRACTORS
