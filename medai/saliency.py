@@ -84,10 +84,10 @@ log = logging.getLogger("medai.saliency")
 
 MIN_GRID = 6
 # The heatmap methods (see the module docstring). The default, chosen by measurement on
-# phantoms with distractors (benchmarks/saliency_methods.py, README Limitations): on two 128 px
-# trainings Grad-CAM pointed at 0.68-0.90 of the Mass lesions with deletion AUCs a third of
-# random; HiResCAM and occlusion were no better by more than a few lesions of 40, and
-# occlusion costs 20-50 times as much.
+# phantoms with distractors (benchmarks/saliency_report.py, README Limitations): on three 128 px
+# `medai train` models Grad-CAM pointed at 0.67-0.93 of the Mass lesions with deletion below
+# random on all three; HiResCAM met that on two, occlusion pointed at 0.40-0.91 at 9-12 times
+# the cost (a report with it overruns the 60 s archive-scale budget).
 METHODS = ("gradcam", "hirescam", "occlusion")
 DEFAULT_METHOD = "gradcam"
 METHOD_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "occlusion": "Occlusion"}
