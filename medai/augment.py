@@ -7,11 +7,12 @@ outside the image are filled with black, as on a collimated radiograph.
 
 One resample, not one per transform: a chain of Keras' random layers (rotation, translation,
 zoom, shear) resamples four times, and four bilinear passes low-pass filter the image (the
-grain of a noise image keeps 0.35 of its standard deviation, against 0.67 after one warp).
-Trained with that chain on phantoms with a noisy background (``medai.phantoms.DISTRACTORS``),
-the network did not learn the small Mass lesions (validation AUC 0.49 after 12 epochs at
-128 px) while it learnt the large findings (effusion, heart size); with the single warp it
-reached 0.89, without augmentation 0.94 (``benchmarks/README.md``).
+grain of a noise image keeps 0.35 of its standard deviation, against 0.67 after one warp),
+at three times the cost. Trained with that chain on the seed-0 archive of phantoms with
+distractors (``medai.phantoms.DISTRACTORS``), ``medai train`` did not learn the small Mass
+lesions (validation AUC 0.47 after 12 epochs, 0.53 after 24) while it learnt the large
+findings; with the single warp, everything else the same, it reached 0.93 after 12 epochs
+(README, Limitations; ``benchmarks/augmentation.py`` compares the two in one process).
 """
 
 from __future__ import annotations

@@ -601,9 +601,9 @@ def test_each_rank_draws_its_own_augmentation():
 
 
 def test_augmentation_keeps_the_grain_of_the_image():
-    """One resample per image: a chain of Keras' random layers (four bilinear passes) halved
-    the noise's standard deviation (0.35 of it), and with it the train/inference match that
-    small lesions on a noisy background need (medai.augment)."""
+    """One resample per image: a chain of Keras' random layers (four bilinear passes) left
+    0.35 of the noise's standard deviation, so training saw smoother images than scoring does
+    (medai.augment)."""
     from medai.augment import build_augmenter
 
     rng = np.random.default_rng(0)
