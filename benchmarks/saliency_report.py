@@ -142,6 +142,7 @@ def main() -> None:
         folder = Path(args.cache) / f"{name}_seed{seed}".replace(",", "+")
         archive, model, card = trained(folder, seed, args)
         aucs = {f: round(e["val_auc"], 3) for f, e in card.get("per_finding", {}).items()}
+        aucs = aucs or {"Mass": round(card["val_auc"], 3)}  # a one-finding card
         for method in args.methods:
             entry, seconds = report(folder, archive, model, method)
             faith = entry.get("faithfulness") or {}
